@@ -1,0 +1,55 @@
+"""NeoX rotary embeddings: `rotate_half` pairs dim i with i + r/2, on the first `rotary_dim` dims.
+
+    >>> cos, sin = rotary_cos_sin(torch.arange(5), rotary_dim=8)
+    >>> q_rot = apply_rotary(q, cos, sin)   # q: (batch, pos, head, d_head), rotated on dims [0, 8)
+
+Written from the definition, independently of transformers, so tests can check one against the other.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def inverse_frequencies(rotary_dim: int, base: float = 10000.0) -> Float[Tensor, " half"]:
+    """theta_j = base^(-2j / r) for j < r/2: the angle per position of pair (j, j + r/2)."""
+    return base ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+
+
+def rotary_cos_sin(
+    positions: Int[Tensor, "*batch pos"], rotary_dim: int, base: float = 10000.0
+) -> tuple[Float[Tensor, "*batch pos rot"], Float[Tensor, "*batch pos rot"]]:
+    """cos and sin of each position's angles, repeated for both halves of the rotary dims."""
+    angles = positions[..., None].double() * inverse_frequencies(rotary_dim, base)  # (*batch, pos, r/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (*batch, pos, r)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: Float[Tensor, "... rot"]) -> Float[Tensor, "... rot"]:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last axis."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rotary(
+    x: Float[Tensor, "batch pos head d_head"],
+    cos: Float[Tensor, "batch pos rot"],
+    sin: Float[Tensor, "batch pos rot"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Rotate the first `rot` dims of every head; the rest pass through unrotated."""
+    rot = cos.shape[-1]
+    cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+    x_rot, x_pass = x[..., :rot].double(), x[..., rot:]
+    rotated = x_rot * cos + rotate_half(x_rot) * sin
+    return torch.cat([rotated.to(x.dtype), x_pass], dim=-1)
+
+
+def relative_rotation(offset: int | Tensor, rotary_dim: int, base: float = 10000.0) -> Float[Tensor, "... rot rot"]:
+    """The matrix R(offset) with rot(q, i) . rot(k, j) = q R(j - i) k on the rotary dims."""
+    angles = torch.as_tensor(offset, dtype=torch.float64)[..., None] * inverse_frequencies(rotary_dim, base)
+    cos, sin = angles.cos(), angles.sin()
+    top = torch.cat([torch.diag_embed(cos), -torch.diag_embed(sin)], dim=-1)
+    bottom = torch.cat([torch.diag_embed(sin), torch.diag_embed(cos)], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
