@@ -1,0 +1,1 @@
+"""One module per `pythia-interp` subcommand; each defines `add_parser(subparsers)`."""
