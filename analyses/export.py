@@ -1,0 +1,129 @@
+"""Write a figure, or any result with `.figure()`, to a file that works offline.
+
+    >>> from analyses.export import save
+    >>> save(fig, "out/attention.html")   # self-contained: plotly.js inline, nothing fetched
+    >>> save(fig, "out/attention.png")    # rendered by kaleido in a local Chrome/Chromium
+
+`.html` embeds plotly.js and references no network resource; `.json` is plotly's figure JSON;
+`.png`, `.svg` and `.pdf` are rendered by kaleido (pip package) driving a local Chrome or
+Chromium, found through `BROWSER_PATH`, then `PATH`, then the usual install locations.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from interp.errors import InterpError
+
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
+SUFFIXES = (".html", ".json", *IMAGE_SUFFIXES)
+INSTALL_BROWSER = (
+    "install one (`apt-get install chromium` on Debian/Ubuntu, or `kaleido_get_chrome` after "
+    "`pip install kaleido`) or point BROWSER_PATH at a Chrome/Chromium executable"
+)
+
+
+class ExportError(InterpError, ValueError):
+    """A path whose suffix names no format we write."""
+
+
+class RendererNotFoundError(InterpError, RuntimeError):
+    """Static image export needs kaleido and a Chrome/Chromium, and one of them is missing."""
+
+
+def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
+    """Write `obj` (a plotly Figure or a result with `.figure()`) to `path`, format by suffix.
+
+        >>> save(patterns(model, "The cat sat").figure(0, 1), "head.png")
+        PosixPath('head.png')
+
+    `scale` multiplies the pixel size of `.png` output (2 gives crisp paper figures).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ExportError(
+            f"Cannot save to {str(path)!r}: unknown suffix {suffix or '(none)'!r}. "
+            f"Use one of {', '.join(SUFFIXES)}, e.g. {path.with_suffix('.html').name!r}."
+        )
+    fig = _as_figure(obj)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        fig.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True,
+                       config={"displaylogo": False})
+    elif suffix == ".json":
+        fig.write_json(path)
+    else:
+        path.write_bytes(render(fig, suffix[1:], scale=scale))
+    return path
+
+
+def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
+    """Bytes of `fig` as png, svg or pdf, rendered offline by kaleido in a local browser.
+
+        >>> png = render(fig, "png")
+    """
+    kaleido = _kaleido()
+    layout = fig.layout
+    opts = {"format": fmt, "width": layout.width or 900, "height": layout.height or 600,
+            "scale": scale if fmt == "png" else 1}
+    # mathjax=False keeps kaleido from loading MathJax off a CDN; plotly.js comes from plotly.py
+    kopts = {"mathjax": False, "path": _require_browser()}
+    return kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
+
+
+def find_browser() -> str | None:
+    """Path of the Chrome/Chromium kaleido will drive, or None: `BROWSER_PATH`, PATH, usual places.
+
+        >>> find_browser()
+        '/usr/bin/chromium'
+    """
+    override = os.environ.get("BROWSER_PATH")
+    if override:
+        return override if os.access(override, os.X_OK) else None
+    try:
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:
+        import shutil
+
+        return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    return Chromium.find_browser(skip_local=False)
+
+
+def _require_browser() -> str:
+    """The browser path, or an error that says how to get one."""
+    path = find_browser()
+    if path is not None:
+        return path
+    where = os.environ.get("BROWSER_PATH")
+    found = f"BROWSER_PATH={where!r} is not an executable" if where else "no Chrome/Chromium was found"
+    raise RendererNotFoundError(
+        f"PNG/SVG/PDF export renders in a headless browser, and {found}: {INSTALL_BROWSER}. "
+        "HTML and JSON export need no browser."
+    )
+
+
+def _kaleido():
+    """The kaleido module, imported where it is used (it is an optional dependency)."""
+    try:
+        import kaleido
+    except ImportError as err:
+        raise RendererNotFoundError(
+            "PNG/SVG/PDF export needs kaleido: `pip install kaleido` (or `pip install "
+            "pythia-interp[render]`), plus a Chrome/Chromium. HTML and JSON export need neither."
+        ) from err
+    return kaleido
+
+
+def _as_figure(obj):
+    """A plotly Figure from a Figure or from any result that has `.figure()`."""
+    import plotly.graph_objects as go
+
+    fig = obj.figure() if callable(getattr(obj, "figure", None)) else obj
+    if isinstance(fig, go.Figure):
+        return fig
+    raise ExportError(
+        f"Cannot save a {type(obj).__name__}: pass a plotly Figure or a result with a .figure() "
+        "method (e.g. the AttentionPatterns from analyses.attention_maps.patterns)."
+    )
