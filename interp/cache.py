@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from interp.errors import UnknownSiteError
-from interp.sites import TABLE, Sites
+from interp.sites import SHORT_ALIASES, TABLE, Sites
 
-SHORT_NO_LAYER = {spec.short for spec in TABLE if "{L}" not in spec.name}
+SHORT_KINDS = {spec.short for spec in TABLE} | set(SHORT_ALIASES)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ActivationCache(Mapping[str, Tensor]):
             return self.sites.short(*key).name
         if key in self._store:
             return key
-        return self.sites.short(key).name if key in SHORT_NO_LAYER else self.sites.resolve(key).name
+        return self.sites.short(key).name if key in SHORT_KINDS else self.sites.resolve(key).name
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._store)

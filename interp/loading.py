@@ -96,6 +96,8 @@ def _tokenizer(source: Source):
     from transformers import AutoTokenizer
 
     for where in source.tokenizer:
+        if Path(where).is_dir() and not (Path(where) / "tokenizer_config.json").exists():
+            continue  # AutoTokenizer would build an empty tokenizer from config.json alone
         try:
             return AutoTokenizer.from_pretrained(where)
         except (OSError, ValueError, TypeError):

@@ -257,7 +257,7 @@ class Model(WeightViews):
         def stop(m, args):
             raise _Stop(args[0].detach())
 
-        handle = module.register_forward_pre_hook(stop)
+        handle = module.register_forward_pre_hook(stop, prepend=True)
         try:
             yield
         finally:
