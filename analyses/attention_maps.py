@@ -1,0 +1,301 @@
+"""Attention patterns from the cache, with figures, and the head detectors run on them.
+
+    >>> pats = patterns(model, "The cat sat on the mat. The cat")
+    >>> pats.figure(layer=1, head=2)       # one head; pats.figure() is every head with a slider
+    >>> detect_heads(model).to_frame()     # prev_token, duplicate_token, induction, ... per head
+
+Patterns are read from `run_with_cache` (the model's own softmax), never recomputed here.
+The detectors and their formulas live in `analyses.head_detectors` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from analyses.head_detectors import (
+    DETECTORS,
+    ErrorMeasure,
+    HeadScores,
+    detection_patterns,
+    head_scores,
+    repeated_tokens,
+)
+from interp.cache import ActivationCache, Provenance
+from interp.errors import InputError
+from interp.model import Model, Tokens
+
+__all__ = [
+    "DETECTORS",
+    "AttentionPatterns",
+    "HeadScores",
+    "detect_heads",
+    "detection_patterns",
+    "head_scores",
+    "patterns",
+    "repeated_tokens",
+]
+LongMode = Literal["pool", "crop"]
+
+
+@dataclass(frozen=True)
+class AttentionPatterns:
+    """Attention patterns of some layers for a batch of prompts, with tokens and provenance."""
+
+    pattern: Float[Tensor, "layer batch head q_pos k_pos"]
+    layers: tuple[int, ...]  # model layer of each entry on the first axis
+    str_tokens: list[list[str]]  # readable tokens of each row, real (unpadded) positions only
+    provenance: Provenance
+
+    @classmethod
+    def from_cache(
+        cls, cache: ActivationCache, str_tokens: list[list[str]] | None = None
+    ) -> AttentionPatterns:
+        """Collect the `hook_pattern` sites a cache holds (any subset of layers).
+
+        >>> _, cache = model.run_with_cache("Hi there", names=lambda n: n.endswith("hook_pattern"))
+        >>> AttentionPatterns.from_cache(cache, model.to_str_tokens(...))
+        """
+        layers = tuple(L for L in range(cache.n_layers) if f"blocks.{L}.attn.hook_pattern" in cache)
+        if not layers:
+            raise InputError(
+                "The cache holds no attention patterns. Cache them with "
+                "run_with_cache(x, names=lambda n: n.endswith('hook_pattern')), or call "
+                "patterns(model, x)."
+            )
+        pattern = torch.stack(
+            [cache["pattern", L] for L in layers]
+        )  # (layer, batch, head, q_pos, k_pos)
+        prov = cache.provenance
+        if str_tokens is None:
+            str_tokens = [
+                [f"#{i}" for i, m in zip(row, mask, strict=True) if m]
+                for row, mask in zip(prov.tokens, prov.attention_mask, strict=True)
+            ]
+        return cls(pattern, layers, str_tokens, prov)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return self.pattern.shape[2]
+
+    def row(self, batch: int = 0) -> tuple[Float[Tensor, "layer head q_pos k_pos"], list[int]]:
+        """One prompt's patterns over its real tokens, and its token ids."""
+        if not -len(self.str_tokens) <= batch < len(self.str_tokens):
+            raise InputError(
+                f"batch={batch} is out of range: these patterns hold {len(self.str_tokens)} "
+                "prompt(s); pass 0.." + str(len(self.str_tokens) - 1) + "."
+            )
+        mask, ids = self.provenance.attention_mask[batch], self.provenance.tokens[batch]
+        n = sum(mask)
+        return self.pattern[:, batch, :, -n:, -n:], ids[-n:]
+
+    def layer_index(self, layer: int) -> int:
+        """Position on the first axis of a model layer (negative counts from the last held)."""
+        layers = self.layers
+        if layer < 0 and -len(layers) <= layer:
+            return len(layers) + layer
+        if layer not in layers:
+            raise InputError(
+                f"layer={layer} is not among the layers held here: {list(layers)}. "
+                "Call patterns(model, x, layers=None) to hold them all."
+            )
+        return layers.index(layer)
+
+    def to_frame(self, batch: int | None = 0):
+        """Long table: layer, head, batch, q_pos, k_pos, q_token, k_token, weight (k_pos <= q_pos).
+
+        >>> pats.to_frame().query("layer == 1 and head == 0")
+        """
+        import pandas as pd
+
+        rows = range(len(self.str_tokens)) if batch is None else [batch]
+        return pd.concat([self._row_frame(b) for b in rows], ignore_index=True)
+
+    def _row_frame(self, batch: int):
+        import numpy as np
+        import pandas as pd
+
+        pat, _ = self.row(batch)
+        tokens = np.array(self.str_tokens[batch], dtype=object)
+        n_layers, n_heads, n = pat.shape[:3]
+        q, k = np.tril_indices(n)  # causal cells, k <= q
+        weights = pat[:, :, q, k].float().numpy()  # (layer, head, cell)
+        cells = len(q)
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(self.layers, n_heads * cells),
+                "head": np.tile(np.repeat(np.arange(n_heads), cells), n_layers),
+                "batch": batch,
+                "q_pos": np.tile(q, n_layers * n_heads),
+                "k_pos": np.tile(k, n_layers * n_heads),
+                "q_token": np.tile(tokens[q], n_layers * n_heads),
+                "k_token": np.tile(tokens[k], n_layers * n_heads),
+                "weight": weights.reshape(-1),
+            }
+        )
+
+    def figure(
+        self,
+        layer: int | None = None,
+        head: int | None = None,
+        *,
+        batch: int = 0,
+        max_pos: int | None = None,
+        long: LongMode = "pool",
+        slider: bool = True,
+    ):
+        """One head (layer and head), one layer's heads (layer), or all heads with a layer slider.
+
+            >>> pats.figure(1, 2)                  # one heatmap, tokens on both axes
+            >>> pats.figure(slider=False)          # static grid, a row per layer (for a paper)
+
+        Prompts longer than `max_pos` positions are max-pooled (`long="pool"`) or cropped to the
+        last `max_pos` positions (`long="crop"`); the figure's title says which.
+        """
+        from analyses import attention_figures as af
+
+        pat, _ = self.row(batch)
+        tokens, title = self.str_tokens[batch], self._title()
+        if head is not None and layer is None:
+            raise InputError(f"head={head} needs a layer too: figure(layer=..., head={head}).")
+        if layer is not None:
+            i = self.layer_index(layer)
+            if head is not None:
+                _check_head(head, self.n_heads)
+                return af.head_heatmap(
+                    pat[i, head],
+                    tokens,
+                    f"{title} · L{self.layers[i]}H{head}",
+                    max_pos=max_pos,
+                    long=long,
+                )
+            return af.heads_grid(
+                pat[i : i + 1], tokens, self.layers[i : i + 1], title, max_pos=max_pos, long=long
+            )
+        return af.heads_grid(
+            pat, tokens, self.layers, title, max_pos=max_pos, long=long, slider=slider
+        )
+
+    def token_figure(
+        self,
+        query: int = -1,
+        *,
+        batch: int = 0,
+        max_pos: int | None = None,
+        long: LongMode = "pool",
+    ):
+        """How much each earlier token receives from one query token, per head (a row per head).
+
+        >>> pats.token_figure(query=-1)        # what the last token looks at
+        """
+        from analyses import attention_figures as af
+
+        pat, _ = self.row(batch)
+        n = pat.shape[-1]
+        if not -n <= query < n:
+            raise InputError(
+                f"query={query} is outside this prompt's {n} positions: pass 0..{n - 1}, or -1 "
+                "for the last."
+            )
+        return af.token_view(
+            pat[:, :, query % n],
+            self.str_tokens[batch],
+            self.layers,
+            query % n,
+            self._title(),
+            max_pos=max_pos,
+            long=long,
+        )
+
+    def scores(
+        self,
+        *,
+        exclude_first: bool = False,
+        exclude_current: bool = False,
+        error_measure: ErrorMeasure = "mul",
+    ) -> HeadScores:
+        """Head detector scores on these patterns (formulas: `analyses.head_detectors`)."""
+        return head_scores(
+            self,
+            exclude_first=exclude_first,
+            exclude_current=exclude_current,
+            error_measure=error_measure,
+        )
+
+    def _title(self) -> str:
+        prov = self.provenance
+        rev = f"@{prov.revision}" if prov.revision else ""
+        return f"{prov.model}{rev}"
+
+
+def patterns(
+    model: Model, x: str | Sequence[str] | Tokens | Tensor, *, layers: Sequence[int] | None = None
+) -> AttentionPatterns:
+    """Run the model once and keep the attention patterns of `layers` (all by default).
+
+    >>> pats = patterns(model, "The cat sat on the mat. The cat")
+    >>> pats.pattern.shape                 # (layer, batch, head, q_pos, k_pos)
+    """
+    layers = _check_layers(layers, model.n_layers)
+    names = [f"blocks.{L}.attn.hook_pattern" for L in layers]
+    tokens = model.tokens(x)
+    _, cache = model.run_with_cache(tokens, names=names, device="cpu")
+    return AttentionPatterns.from_cache(cache, _str_tokens(model, tokens))
+
+
+def detect_heads(
+    model: Model,
+    x: str | Sequence[str] | Tokens | Tensor | None = None,
+    *,
+    seq_len: int = 50,
+    batch: int = 4,
+    seed: int = 0,
+    exclude_first: bool = False,
+    exclude_current: bool = False,
+    error_measure: ErrorMeasure = "mul",
+) -> HeadScores:
+    """Score every head on `x`, or on repeated random tokens (`repeated_tokens`) when `x` is None.
+
+    >>> detect_heads(model).top("induction")      # Olsson et al.'s repeated random tokens
+    >>> detect_heads(model, "The cat sat. The cat", exclude_current=True).to_frame()
+    """
+    tokens = repeated_tokens(model, seq_len, batch, seed) if x is None else x
+    return patterns(model, tokens).scores(
+        exclude_first=exclude_first, exclude_current=exclude_current, error_measure=error_measure
+    )
+
+
+def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    bad = [L for L in layers if not -n_layers <= L < n_layers]
+    if bad:
+        raise InputError(
+            f"layers={list(layers)}: {bad} outside 0..{n_layers - 1}. Pass None for all layers."
+        )
+    return sorted({L % n_layers for L in layers})
+
+
+def _check_head(head: int, n_heads: int) -> None:
+    if not 0 <= head < n_heads:
+        raise InputError(f"head={head} is outside 0..{n_heads - 1} ({n_heads} heads per layer).")
+
+
+def _str_tokens(model: Model, tokens: Tokens) -> list[list[str]]:
+    """Readable tokens of each row's real positions; `#id` when the model has no tokenizer."""
+    rows = [
+        row[mask.bool()]
+        for row, mask in zip(tokens.ids.cpu(), tokens.attention_mask.cpu(), strict=True)
+    ]
+    if model.tokenizer is None:
+        return [[f"#{i}" for i in row.tolist()] for row in rows]
+    return [model.to_str_tokens(row) for row in rows]
