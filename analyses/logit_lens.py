@@ -80,8 +80,8 @@ class Readout:
         return self.unembed(x).float().log_softmax(-1)
 
 
-def as_translator(lens: str | Translator) -> Translator:
-    """`"logit"` or a translator such as a TunedLens; anything else is refused with the choices."""
+def as_translator(lens: str | Translator, model: Model) -> Translator:
+    """`"logit"` or a translator that fits `model` (a TunedLens); anything else is refused."""
     if isinstance(lens, str):
         if lens != "logit":
             raise InputError(f"lens={lens!r} is not a lens: use 'logit' or a TunedLens "
@@ -90,6 +90,8 @@ def as_translator(lens: str | Translator) -> Translator:
     if not callable(getattr(lens, "translate", None)):
         raise InputError(f"lens={type(lens).__name__} has no translate(h, layer): use 'logit' "
                          "or a TunedLens.")
+    if callable(getattr(lens, "check", None)):
+        lens.check(model)
     return lens
 
 
@@ -101,7 +103,7 @@ def decode(model: Model, h: Resid, layer: int, lens: str | Translator = "logit",
         >>> decode(model, boundary(cache, 2), layer=2).shape   # (batch, pos, d_vocab)
     """
     with torch.no_grad():
-        return Readout.of(model, apply_ln)(as_translator(lens).translate(h, layer))
+        return Readout.of(model, apply_ln)(as_translator(lens, model).translate(h, layer))
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Transla
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
         >>> lens_from_cache(model, cache).kl.shape   # (layer, batch, pos)
     """
-    translator, layers = as_translator(lens), check_layers(layers, model.n_layers)
+    translator, layers = as_translator(lens, model), check_layers(layers, model.n_layers)
     targets = target_ids(model, target)
     tokens = torch.tensor(cache.provenance.tokens)
     mask = torch.tensor(cache.provenance.attention_mask)

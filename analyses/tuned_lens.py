@@ -1,0 +1,246 @@
+"""Tuned lens: one learned affine translator per layer, trained to match the model's own output.
+
+    >>> lens = train_tuned_lens(model, open("corpus.txt").read(), steps=200)
+    >>> lens.save("lenses/toy-2l")
+    >>> logit_lens(model, "Hello, I am", lens=TunedLens.load("lenses/toy-2l"))
+
+Layer boundary l < n_layers maps h -> h + A_l h + b_l (A = 0, b = 0 at the start, so an untrained
+lens is the logit lens); the last boundary stays the identity, so it still decodes to exactly what
+the model outputs. Training minimises KL(model || lens) at every layer on a token stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from analyses.logit_lens import (
+    LensResult,
+    Readout,
+    Resid,
+    boundary,
+    layer_label,
+    lens_from_cache,
+    resid_names,
+)
+from interp.errors import InputError
+from interp.model import Model, Prompt, Tokens
+
+WEIGHTS, INFO = "tuned_lens.safetensors", "tuned_lens.json"
+
+
+@dataclass(frozen=True)
+class LensInfo:
+    """Provenance of a tuned lens: which model it reads and how it was trained."""
+
+    model: str
+    revision: str | None
+    d_model: int
+    n_layers: int
+    steps: int = 0
+    loss: float | None = None  # mean KL over layers, last 10% of steps (nats)
+    layer_losses: list[float] = field(default_factory=list)  # per boundary 0..n_layers-1
+    tokens_seen: int = 0
+    batch_size: int = 0
+    seq_len: int = 0
+    lr: float = 0.0
+    seed: int = 0
+
+
+class TunedLens(nn.Module):
+    """Per-layer translators h + A_l h + b_l; pass it as `logit_lens(..., lens=tuned)`."""
+
+    name = "tuned"
+
+    def __init__(self, info: LensInfo):
+        super().__init__()
+        self.info = info
+        self.weight = nn.Parameter(torch.zeros(info.n_layers, info.d_model, info.d_model))  # A_l
+        self.bias = nn.Parameter(torch.zeros(info.n_layers, info.d_model))  # b_l
+
+    @classmethod
+    def for_model(cls, model: Model) -> TunedLens:
+        """An untrained (identity) lens shaped for `model`."""
+        return cls(LensInfo(model.name, model.revision, model.d_model, model.n_layers))
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"TunedLens({i.model}@{i.revision}: {i.n_layers} translators, {i.steps} steps)"
+
+    def translate(self, h: Resid, layer: int) -> Resid:
+        """Translate the residual at boundary `layer`; the last boundary is left as it is."""
+        if layer == self.info.n_layers:
+            return h
+        w, b = self.weight[layer].to(h), self.bias[layer].to(h)
+        return h + h @ w.T + b
+
+    def check(self, model: Model) -> None:
+        """Refuse a lens whose shapes do not fit `model`, saying which model it was trained on."""
+        mine, theirs = (self.info.d_model, self.info.n_layers), (model.d_model, model.n_layers)
+        if mine != theirs:
+            raise InputError(
+                f"This tuned lens was trained on {self.info.model} ((d_model, n_layers) = {mine}) "
+                f"and cannot read {model.name} {theirs}: train one with "
+                "train_tuned_lens(model, text).")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `path/tuned_lens.safetensors` and `path/tuned_lens.json` (provenance)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"weight": self.weight.detach().contiguous(),
+                   "bias": self.bias.detach().contiguous()}
+        save_file(tensors, str(path / WEIGHTS), metadata={"info": json.dumps(asdict(self.info))})
+        (path / INFO).write_text(json.dumps(asdict(self.info), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TunedLens:
+        """Read a lens written by `save` (the directory, or its .safetensors file)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS if path.is_dir() else path
+        if not weights.is_file():
+            raise FileNotFoundError(f"No tuned lens at {str(path)!r}: expected a directory holding "
+                                    f"{WEIGHTS}, as written by TunedLens.save or "
+                                    "`pythia-interp tuned-lens train --out DIR`.")
+        info = LensInfo(**json.loads((weights.parent / INFO).read_text()))
+        lens = cls(info)
+        lens.load_state_dict(load_file(str(weights)))
+        return lens.eval()
+
+
+def token_stream(model: Model, text: str | Sequence[str] | Tensor) -> Int[Tensor, " pos"]:
+    """One 1-D stream of ids: each document tokenized and followed by end-of-text."""
+    if isinstance(text, Tensor):
+        return text.flatten().long()
+    docs = [text] if isinstance(text, str) else list(text)
+    tok = model._require_tokenizer()
+    eos = model._pad_id() if tok.eos_token_id is None else tok.eos_token_id
+    rows = [e.ids for e in tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False)]
+    return torch.tensor([i for row in rows for i in [*row, eos]], dtype=torch.long)
+
+
+def windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
+            g: torch.Generator) -> Int[Tensor, "batch pos"]:
+    """`batch_size` random windows of `seq_len` tokens from the stream."""
+    starts = torch.randint(0, len(stream) - seq_len + 1, (batch_size,), generator=g)
+    return torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Parameters of `module` need no gradient inside the block; restored on any exit."""
+    before = {p: p.requires_grad for p in module.parameters()}
+    try:
+        for p in before:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, flag in before.items():
+            p.requires_grad_(flag)
+
+
+def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps: int = 250,
+                     batch_size: int = 8, seq_len: int = 128, lr: float = 1e-3, seed: int = 0,
+                     progress: bool = True) -> TunedLens:
+    """Train a tuned lens on `text` (str, documents or a 1-D id stream), seeded.
+
+        >>> lens = train_tuned_lens(model, ["first document", "second document"], steps=100)
+        >>> lens.info.loss, lens.info.layer_losses
+
+    Adam with the learning rate decaying linearly to zero; each step reads `batch_size`
+    random windows of `seq_len` tokens and minimises the summed per-layer KL(model || lens).
+    """
+    from tqdm.auto import tqdm
+
+    stream = token_stream(model, text)
+    seq_len = min(seq_len, model.hf.config.max_position_embeddings, len(stream))
+    if seq_len < 2 or steps < 1:
+        raise InputError(f"Need steps >= 1 and a stream of at least 2 tokens; got steps={steps}, "
+                         f"{len(stream)} tokens: give more text.")
+    g = torch.Generator().manual_seed(seed)
+    lens = TunedLens.for_model(model).to(model.device)
+    optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    history, readout = [], Readout.of(model)
+    with frozen(model.hf):
+        for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
+            ids = windows(stream, batch_size, seq_len, g).to(model.device)
+            history.append(_step(model, lens, ids, readout, optimizer))
+            schedule.step()
+    tail = torch.tensor(history[-max(1, steps // 10):]).mean(0)  # (layer,)
+    lens.info = replace(lens.info, steps=steps, loss=tail.mean().item(), layer_losses=tail.tolist(),
+                        tokens_seen=steps * batch_size * seq_len, batch_size=batch_size,
+                        seq_len=seq_len, lr=lr, seed=seed)
+    return lens.cpu().eval()
+
+
+def _step(model: Model, lens: TunedLens, ids: Int[Tensor, "batch pos"], readout: Readout,
+          optimizer: torch.optim.Optimizer) -> list[float]:
+    """One optimiser step; layers are backpropagated one at a time to bound memory."""
+    _, cache = model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():
+        ref = readout(boundary(cache, model.n_layers))  # (batch, pos, d_vocab)
+    optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for layer in range(model.n_layers):
+        logp = readout(lens.translate(boundary(cache, layer), layer))
+        loss = nn.functional.kl_div(logp, ref, log_target=True, reduction="none").sum(-1).mean()
+        loss.backward()
+        losses.append(loss.item())
+    optimizer.step()
+    return losses
+
+
+@dataclass(frozen=True)
+class LensComparison:
+    """The logit lens and a tuned lens on the same batch: mean KL and cross-entropy per layer."""
+
+    results: dict[str, LensResult]  # lens name -> result
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per lens and layer: means over prompts and real positions."""
+        frames = [r.layer_means().assign(lens=name) for name, r in self.results.items()]
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["lens", "layer", "kl", "cross_entropy", "entropy", "agrees"]]
+
+    def figure(self):
+        """Mean KL and cross-entropy per layer, one line per lens, side by side."""
+        from plotly.subplots import make_subplots
+
+        frame = self.to_frame()
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(model || lens), nats",
+                                                            "cross-entropy vs next token, nats"))
+        for i, (name, part) in enumerate(frame.groupby("lens", sort=False)):
+            colour = ("#1f77b4", "#d62728", "#2ca02c")[i % 3]
+            for col, metric in enumerate(("kl", "cross_entropy"), start=1):
+                fig.add_scatter(x=part["layer"], y=part[metric], name=f"{name} lens",
+                                legendgroup=name, showlegend=col == 1, line={"color": colour},
+                                row=1, col=col)
+        layers = sorted(frame["layer"].unique())
+        fig.update_xaxes(title="layer", tickvals=layers, ticktext=[layer_label(L) for L in layers])
+        model = next(iter(self.results.values())).provenance.model
+        fig.update_layout(title=f"Logit lens vs tuned lens: {model}", width=1000, height=450)
+        return fig
+
+
+def compare_lenses(model: Model, x: Prompt | Tokens | Tensor, tuned: TunedLens,
+                   **kwargs) -> LensComparison:
+    """Logit and tuned lens on one forward pass of `x` (keyword arguments as in `logit_lens`).
+
+        >>> compare_lenses(model, heldout_ids, TunedLens.load("lenses/toy-2l")).to_frame()
+    """
+    _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
+    return LensComparison({"logit": lens_from_cache(model, cache, **kwargs),
+                           "tuned": lens_from_cache(model, cache, lens=tuned, **kwargs)})
