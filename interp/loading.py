@@ -62,7 +62,7 @@ def _locate(name: str, revision: str | None) -> Source:
     """Resolve toy names, local directories and suite names, validating the revision first."""
     toy_name = toy.resolve(name)
     if toy_name is not None:
-        path = toy.checkpoint_path(toy_name, revision)
+        path = toy.checkpoint_path(toy_name, suite.check_revision(toy_name, revision))
         return Source(str(path), None, (str(path), str(toy.model_dir(toy_name))), toy_name)
     path = Path(name).expanduser()
     if path.is_dir():
