@@ -35,10 +35,11 @@ class RendererNotFoundError(InterpError, RuntimeError):
 def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
     """Write `obj` (a plotly Figure or a result with `.figure()`) to `path`, format by suffix.
 
-        >>> save(patterns(model, "The cat sat").figure(0, 1), "head.png")
-        PosixPath('head.png')
+    >>> save(patterns(model, "The cat sat").figure(0, 1), "head.png")
+    PosixPath('head.png')
 
-    `scale` multiplies the pixel size of `.png` output (2 gives crisp paper figures).
+    A list of figures/results makes one `.html` page (plotly.js embedded once). `scale`
+    multiplies the pixel size of `.png` output (2 gives crisp paper figures).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -47,27 +48,51 @@ def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
             f"Cannot save to {str(path)!r}: unknown suffix {suffix or '(none)'!r}. "
             f"Use one of {', '.join(SUFFIXES)}, e.g. {path.with_suffix('.html').name!r}."
         )
-    fig = _as_figure(obj)
+    figs = [_as_figure(o) for o in obj] if isinstance(obj, (list, tuple)) else [_as_figure(obj)]
+    if len(figs) != 1 and suffix != ".html":
+        raise ExportError(
+            f"{len(figs)} figures cannot go into one {suffix} file: save them one by one, "
+            "or together as a single .html page."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
-        fig.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True,
-                       config={"displaylogo": False})
+        path.write_text(html_page(figs, title=path.stem), encoding="utf-8")
     elif suffix == ".json":
-        fig.write_json(path)
+        figs[0].write_json(path)
     else:
-        path.write_bytes(render(fig, suffix[1:], scale=scale))
+        path.write_bytes(render(figs[0], suffix[1:], scale=scale))
     return path
+
+
+def html_page(figs: list, title: str = "pythia-interp") -> str:
+    """A self-contained HTML page of the figures: plotly.js inline once, no MathJax, no CDN."""
+    from html import escape
+
+    config = {"displaylogo": False}
+    divs = [
+        fig.to_html(full_html=False, include_plotlyjs=i == 0, include_mathjax=False, config=config)
+        for i, fig in enumerate(figs)
+    ]
+    body = "\n".join(divs)
+    return (
+        '<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8" />'
+        f"<title>{escape(title)}</title></head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
     """Bytes of `fig` as png, svg or pdf, rendered offline by kaleido in a local browser.
 
-        >>> png = render(fig, "png")
+    >>> png = render(fig, "png")
     """
     kaleido = _kaleido()
     layout = fig.layout
-    opts = {"format": fmt, "width": layout.width or 900, "height": layout.height or 600,
-            "scale": scale if fmt == "png" else 1}
+    opts = {
+        "format": fmt,
+        "width": layout.width or 900,
+        "height": layout.height or 600,
+        "scale": scale if fmt == "png" else 1,
+    }
     # mathjax=False keeps kaleido from loading MathJax off a CDN; plotly.js comes from plotly.py
     kopts = {"mathjax": False, "path": _require_browser()}
     return kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
@@ -76,8 +101,8 @@ def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
 def find_browser() -> str | None:
     """Path of the Chrome/Chromium kaleido will drive, or None: `BROWSER_PATH`, PATH, usual places.
 
-        >>> find_browser()
-        '/usr/bin/chromium'
+    >>> find_browser()
+    '/usr/bin/chromium'
     """
     override = os.environ.get("BROWSER_PATH")
     if override:
@@ -87,7 +112,9 @@ def find_browser() -> str | None:
     except ImportError:
         import shutil
 
-        return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+        return next(
+            filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+        )
     return Chromium.find_browser(skip_local=False)
 
 
@@ -97,7 +124,9 @@ def _require_browser() -> str:
     if path is not None:
         return path
     where = os.environ.get("BROWSER_PATH")
-    found = f"BROWSER_PATH={where!r} is not an executable" if where else "no Chrome/Chromium was found"
+    found = (
+        f"BROWSER_PATH={where!r} is not an executable" if where else "no Chrome/Chromium was found"
+    )
     raise RendererNotFoundError(
         f"PNG/SVG/PDF export renders in a headless browser, and {found}: {INSTALL_BROWSER}. "
         "HTML and JSON export need no browser."

@@ -1,0 +1,113 @@
+"""`pythia-interp attention`: attention maps and head scores for one prompt, written to a folder.
+
+    $ pythia-interp attention --model toy --prompt "The cat sat. The cat sat." --out out/
+
+writes out/attention.html (every head with a layer slider, what the last token attends to, and
+the head scores; works offline), out/attention.png (every head, a row per layer),
+out/head_scores.csv (one row per head) and out/attention.json (provenance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `attention` subcommand."""
+    parser = subparsers.add_parser(
+        "attention",
+        help="attention maps and head detector scores for a prompt",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--model", default="toy", help="name or path interp.load takes (default: toy)"
+    )
+    parser.add_argument(
+        "--revision", default=None, help="checkpoint, e.g. step1000 (default: final)"
+    )
+    parser.add_argument("--prompt", required=True, help="text whose attention is drawn")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    parser.add_argument(
+        "--scores-on",
+        choices=("random", "prompt"),
+        default="random",
+        help="score heads on repeated random tokens (default) or on the prompt",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
+    parser.add_argument(
+        "--exclude-first", action="store_true", help="ignore attention to position 0"
+    )
+    parser.add_argument("--exclude-current", action="store_true", help="ignore attention to self")
+    parser.add_argument("--max-pos", type=int, default=None, help="most positions per figure axis")
+    parser.add_argument("--long", choices=("pool", "crop"), default="pool", help="fit long prompts")
+    parser.add_argument("--no-png", action="store_true", help="skip the PNG (needs no browser)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, draw the prompt's attention, score the heads, write the files."""
+    import interp
+    from analyses.attention_maps import detect_heads, patterns
+    from analyses.export import save
+
+    model = interp.load(args.model, revision=args.revision)
+    pats = patterns(model, args.prompt)
+    options = {"exclude_first": args.exclude_first, "exclude_current": args.exclude_current}
+    if args.scores_on == "prompt":
+        scores = pats.scores(**options)
+    else:
+        seq_len = min(50, model.hf.config.max_position_embeddings // 2)
+        scores = detect_heads(model, seq_len=seq_len, seed=args.seed, **options)
+    fit = {"max_pos": args.max_pos, "long": args.long}
+    out: Path = args.out
+    written = [
+        save(
+            [pats.figure(**fit), pats.token_figure(**fit), scores.figure()], out / "attention.html"
+        )
+    ]
+    scores.to_frame().to_csv(out / "head_scores.csv", index=False, float_format="%.6g")
+    written.append(out / "head_scores.csv")
+    written.append(_write_provenance(out / "attention.json", args, pats, scores))
+    if not args.no_png:
+        written.append(save(pats.figure(slider=False, **fit), out / "attention.png"))
+    _report(written, scores)
+    return 0
+
+
+def _write_provenance(path: Path, args: argparse.Namespace, pats, scores) -> Path:
+    """Model, revision, tokens and scoring settings: enough to reproduce every file."""
+    prov = pats.provenance
+    record = {
+        "model": prov.model,
+        "revision": prov.revision,
+        "dtype": prov.dtype,
+        "prompt": args.prompt,
+        "tokens": prov.tokens[0],
+        "str_tokens": pats.str_tokens[0],
+        "n_layers": prov.n_layers,
+        "n_heads": prov.n_heads,
+        "head_scores": {
+            "on": "prompt" if args.scores_on == "prompt" else "repeated random tokens",
+            "seed": None if args.scores_on == "prompt" else args.seed,
+            "tokens": scores.provenance.tokens if args.scores_on == "random" else None,
+            "exclude_first": scores.exclude_first,
+            "exclude_current": scores.exclude_current,
+            "error_measure": scores.error_measure,
+        },
+        "figures": {"max_pos": args.max_pos, "long": args.long},
+    }
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in record.items()]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")  # a key per line
+    return path
+
+
+def _report(written: list[Path], scores) -> None:
+    """Print the files written and the top heads of each detector."""
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    for name in ("prev_token", "duplicate_token", "induction", "first_token"):
+        top = ", ".join(f"L{L}H{h}" for L, h in scores.top(name, 3))
+        print(f"top {name} heads: {top}")
