@@ -190,8 +190,8 @@ class LensResult:
         cols = self.attention_mask[prompt].bool().nonzero()[:, 0]  # real positions of the prompt
         z = self.values(metric)[:, prompt, cols]  # (layer, pos)
         top1 = self.top_ids[:, prompt, cols, 0]  # (layer, pos)
-        text = [[visible(self.token_str(t)) for t in row] for row in top1]
-        inputs = [visible(self.token_str(t)) for t in self.tokens[prompt, cols]]
+        text = [[label(self.token_str(t)) for t in row] for row in top1]
+        inputs = [label(self.token_str(t)) for t in self.tokens[prompt, cols]]
         fig = go.Figure(go.Heatmap(
             z=z.tolist(), text=text, texttemplate="%{text}", customdata=self._hover(prompt, cols),
             colorscale="Viridis", reversescale=metric.startswith(("prob", "top1")),
@@ -237,9 +237,15 @@ class LensResult:
                             row=2, col=1)
         fig.update_yaxes(type="log", autorange="reversed", row=2, col=1)
         fig.update_xaxes(title="layer (0 = embedding)", row=2, col=1)
-        token = visible(self.token_str(self.tokens[prompt, col]))
+        token = label(self.token_str(self.tokens[prompt, col]))
         fig.update_layout(title=f"{self.lens} lens: target tokens after {token!r}", height=600)
         return fig
+
+
+def label(token: str) -> str:
+    """A token for a figure: spaces and newlines visible, other control characters escaped."""
+    shown = visible(token)
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
 
 
 def layer_label(layer: int) -> str:

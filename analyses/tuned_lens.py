@@ -53,6 +53,7 @@ class LensInfo:
     seq_len: int = 0
     lr: float = 0.0
     seed: int = 0
+    text: str = ""  # what it was trained on
 
 
 class TunedLens(nn.Module):
@@ -131,6 +132,17 @@ def token_stream(model: Model, text: str | Sequence[str] | Tensor) -> Int[Tensor
     return torch.tensor([i for row in rows for i in [*row, eos]], dtype=torch.long)
 
 
+def default_text() -> tuple[list[str], str]:
+    """Training documents on every machine: the toy suite's split of Python's own docs."""
+    try:
+        from interp.toy.corpus import split_topics
+    except ImportError:
+        from pydoc_data.topics import topics
+
+        return [text for _, text in sorted(topics.items())], "pydoc_data.topics"
+    return split_topics()[0], "pydoc_data.topics (toy suite training split)"
+
+
 def windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
             g: torch.Generator) -> Int[Tensor, "batch pos"]:
     """`batch_size` random windows of `seq_len` tokens from the stream."""
@@ -153,7 +165,7 @@ def frozen(module: nn.Module):
 
 def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps: int = 250,
                      batch_size: int = 8, seq_len: int = 128, lr: float = 1e-3, seed: int = 0,
-                     progress: bool = True) -> TunedLens:
+                     source: str = "", progress: bool = True) -> TunedLens:
     """Train a tuned lens on `text` (str, documents or a 1-D id stream), seeded.
 
         >>> lens = train_tuned_lens(model, ["first document", "second document"], steps=100)
@@ -161,6 +173,7 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
 
     Adam with the learning rate decaying linearly to zero; each step reads `batch_size`
     random windows of `seq_len` tokens and minimises the summed per-layer KL(model || lens).
+    `source` says what the text is, for the lens's provenance.
     """
     from tqdm.auto import tqdm
 
@@ -182,7 +195,7 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     tail = torch.tensor(history[-max(1, steps // 10):]).mean(0)  # (layer,)
     lens.info = replace(lens.info, steps=steps, loss=tail.mean().item(), layer_losses=tail.tolist(),
                         tokens_seen=steps * batch_size * seq_len, batch_size=batch_size,
-                        seq_len=seq_len, lr=lr, seed=seed)
+                        seq_len=seq_len, lr=lr, seed=seed, text=source)
     return lens.cpu().eval()
 
 
