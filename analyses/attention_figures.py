@@ -23,6 +23,7 @@ from interp.errors import InputError
 from interp.text import visible
 
 MAX_POS = 256  # positions per axis in a one-head figure
+GRID_MAX_POS = 128  # per axis in a small multiple (about 200 pixels wide: more would not show)
 MAX_CELLS = 2_000_000  # cells across all heads of a small-multiples figure (all travel in the file)
 TICKS, TICKS_SMALL = 48, 12  # most labelled ticks per axis: one big heatmap, one small multiple
 COLORS = "Blues"
@@ -38,7 +39,7 @@ class Window:
     values: Tensor  # the input with its last one or two position axes reduced
     positions: list[int]  # first token position of each shown cell
     labels: list[str]  # tick label of each shown cell
-    hover: list[str]  # hover text of each shown cell ("12 ·cat" or "16–23 ·the…·end")
+    hover: list[str]  # hover text of each shown cell ("12 ·cat", or "16–23 ·the…" for a block)
     note: str  # what was done to fit, for the title; "" when nothing was
 
 
@@ -90,7 +91,7 @@ def _labels(
         b = min(a + block, len(tokens)) - 1
         first = _short(visible(tokens[a]))
         labels.append(first if a == b else f"{first}…")
-        hover.append(f"{a} {first}" if a == b else f"{a}–{b} {first}…{_short(visible(tokens[b]))}")
+        hover.append(f"{a} {first}" if a == b else f"{a}–{b} {first}…")
     return labels, hover
 
 
@@ -158,7 +159,7 @@ def heads_grid(
 
     n_layers, n_heads = pattern.shape[:2]
     budget = math.isqrt(MAX_CELLS // (n_layers * n_heads))
-    win = fit(pattern, tokens, max_pos or min(MAX_POS, budget), long)
+    win = fit(pattern, tokens, max_pos or min(GRID_MAX_POS, budget), long)
     z = _causal(win.values).numpy()  # (layer, head, q, k), nan above the diagonal
     one_layer = slider or n_layers == 1
     cols = min(n_heads, 4) if one_layer else n_heads

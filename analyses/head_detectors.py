@@ -159,11 +159,17 @@ def _score_row(
     for name, D in detection_patterns(ids).items():
         kept = _keep(n, False, exclude_current) if name == "first_token" else keep
         if error_measure == "abs" and name in TL_DETECTORS:
-            out[name] = 1 - torch.einsum("lhqk,qk->lh", (pattern - D).abs(), kept) / n
+            out[name] = 1 - _weighted_sum((pattern - D).abs(), kept) / n
         else:
-            weights = torch.einsum("lhqk,qk->lh", pattern, kept)
-            out[name] = torch.einsum("lhqk,qk->lh", pattern, kept * D) / weights
+            out[name] = _weighted_sum(pattern, kept * D) / _weighted_sum(pattern, kept)
     return out
+
+
+def _weighted_sum(
+    pattern: Float[Tensor, "layer head q_pos k_pos"], weights: Float[Tensor, "q_pos k_pos"]
+) -> Float[Tensor, "layer head"]:
+    """sum_qk pattern[l, h, q, k] * weights[q, k], as one matrix-vector product."""
+    return pattern.flatten(-2) @ weights.flatten()  # (layer, head, q*k) @ (q*k,)
 
 
 def _keep(n: int, exclude_first: bool, exclude_current: bool) -> Float[Tensor, "q_pos k_pos"]:
