@@ -171,8 +171,8 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
         >>> lens = train_tuned_lens(model, ["first document", "second document"], steps=100)
         >>> lens.info.loss, lens.info.layer_losses
 
-    Adam with the learning rate decaying linearly to zero; each step reads `batch_size`
-    random windows of `seq_len` tokens and minimises the summed per-layer KL(model || lens).
+    Adam, warming up over the first 10% of steps then decaying linearly to zero; each step reads
+    `batch_size` random windows of `seq_len` tokens and minimises the per-layer KL(model || lens).
     `source` says what the text is, for the lens's provenance.
     """
     from tqdm.auto import tqdm
@@ -185,7 +185,9 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     g = torch.Generator().manual_seed(seed)
     lens = TunedLens.for_model(model).to(model.device)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (1 - s / steps))
     history, readout = [], Readout.of(model)
     with frozen(model.hf):
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
