@@ -89,14 +89,22 @@ def _labels(
     labels, hover = [], []
     for a in starts:
         b = min(a + block, len(tokens)) - 1
-        first = _short(visible(tokens[a]))
+        first = token_label(tokens[a])
         labels.append(first if a == b else f"{first}…")
         hover.append(f"{a} {first}" if a == b else f"{a}–{b} {first}…")
     return labels, hover
 
 
-def _short(label: str, width: int = 14) -> str:
-    return label if len(label) <= width else label[: width - 1] + "…"
+def token_label(token: str, width: int = 14) -> str:
+    """A token as figure text: whitespace visible, control characters escaped, markup inert.
+
+    >>> token_label(" <b>\\n")
+    '·&lt;b&gt;↵'
+    """
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in visible(token))
+    shown = shown if len(shown) <= width else shown[: width - 1] + "…"
+    # plotly reads <br>, <b>, ... in any text as markup, and decodes entities
+    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def head_heatmap(
@@ -258,14 +266,14 @@ def score_heatmap(
     fig.update_xaxes(title="head", tickvals=list(range(n_heads)), type="linear")
     fig.update_layout(
         title=_title(f"{names[0]} score per head", subtitle),
-        width=min(1100, 300 + 45 * n_heads),
-        height=min(1000, 260 + 35 * n_layers),
+        width=min(1100, max(520, 300 + 45 * n_heads)),
+        height=min(1000, 300 + 35 * n_layers),
+        margin={"t": 120},
     )
     if len(names) > 1:
         buttons = [_score_button(name, scores[name], subtitle, error_measure) for name in names]
-        fig.update_layout(
-            updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.12}]
-        )
+        menu = {"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}
+        fig.update_layout(updatemenus=[menu])
     return fig
 
 
@@ -340,9 +348,7 @@ def token_view(
         title="key", tickvals=win.positions[::step], ticktext=win.labels[::step], tickangle=-60
     )
     fig.update_yaxes(autorange="reversed", type="category")
-    head = (
-        f"{title} · query {query} {_short(visible(tokens[query]))}: attention to each earlier token"
-    )
+    head = f"{title} · query {query} {token_label(tokens[query])}: attention to each earlier token"
     fig.update_layout(
         title=_title(head, win.note),
         plot_bgcolor="white",

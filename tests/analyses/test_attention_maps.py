@@ -309,6 +309,12 @@ def test_head_figure_keeps_duplicate_tokens_apart_and_shows_them():
     )
 
 
+def test_token_labels_are_text_not_markup():
+    tokens = ["<b>", " &", "\x00", "<br>"]
+    fig = hand_made(uniform(4), [1, 2, 3, 4], tokens).figure(0, 0)
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;b&gt;", "·&amp;", "\\x00", "&lt;br&gt;"]
+
+
 def test_grid_slider_steps_through_every_layer():
     model = tiny_model(seed=1)
     pats = patterns(model, "t5 t17 t3 t5 t17")
