@@ -3,6 +3,7 @@ padding is excluded, chunking changes nothing, and TransformerLens's logit lens 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -214,3 +215,46 @@ def test_memory_stays_far_below_the_full_vocabulary_tensor():
     assert measured["extra"] < full / 10, \
         f"lens used {measured['extra'] / 2**20:.0f} MiB; the full tensor is {full / 2**20:.0f} MiB"
     assert measured["extra"] < one_layer, "less than even one layer's logits for every position"
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    """A tiny model and its tokenizer in a save_pretrained folder, loadable by `--model PATH`."""
+    path = tmp_path / "tiny"
+    tiny_hf(seed=4).save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_cli_writes_csv_html_png_and_provenance(saved_model, tmp_path):
+    import pandas as pd
+
+    from analyses.cli import main
+    from analyses.export import find_browser
+
+    out = tmp_path / "out"
+    png = find_browser() is not None
+    argv = ["logit-lens", "--model", str(saved_model), "--prompt", "t5 t9 t14 t3", "--target", "t3",
+            "--out", str(out), *([] if png else ["--no-png"])]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "logit_lens.csv", keep_default_na=False)
+    for column in ("lens", "layer", "position", "token", "top1", "kl", "cross_entropy", "entropy"):
+        assert column in frame.columns
+    assert sorted(frame["layer"].unique()) == [0, 1, 2, 3] and len(frame) == 4 * 4
+    assert frame.query("layer == 0")["token"].tolist() == ["t5", "t9", "t14", "t3"]
+    record = json.loads((out / "logit_lens.json").read_text())
+    assert record["tokens"] == [5, 9, 14, 3] and record["targets"] == {"t3": 3}
+    assert record["model"] == "tiny" and record["tuned_lens"] is None
+    html = (out / "logit_lens.html").read_text()
+    assert "<script" in html and "<script src=" not in html, "self-contained HTML"
+    if png:
+        assert (out / "logit_lens.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reports_a_bad_target_without_a_traceback(saved_model, tmp_path, capsys):
+    from analyses.cli import main
+
+    argv = ["logit-lens", "--model", str(saved_model), "--prompt", "t5 t9", "--target", "t3 t4",
+            "--out", str(tmp_path / "out"), "--no-png"]
+    assert main(argv) == 2
+    assert "2 tokens" in capsys.readouterr().err

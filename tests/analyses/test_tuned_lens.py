@@ -143,3 +143,24 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(name):
         assert tuned < plain, \
             f"{name} layer {layer} on {which}: tuned KL {tuned:.3f} >= logit {plain:.3f}"
     assert frame.loc[("tuned", model.n_layers), "kl"] < 1e-6
+
+
+def test_cli_trains_saves_and_decodes_with_the_lens(tmp_path):
+    import pandas as pd
+
+    from analyses.cli import main
+
+    model_dir, lens_dir, out = tmp_path / "tiny", tmp_path / "lens", tmp_path / "out"
+    tiny_hf(seed=4).save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"t{i % 40 + 1}" for i in range(400)))
+    assert main(["tuned-lens", "train", "--model", str(model_dir), "--out", str(lens_dir),
+                 "--text", str(text), "--steps", "3", "--seq-len", "16", "--batch-size", "2"]) == 0
+    info = json.loads((lens_dir / "tuned_lens.json").read_text())
+    assert info["steps"] == 3 and info["text"] == str(text) and info["n_layers"] == 3
+    assert main(["logit-lens", "--model", str(model_dir), "--prompt", "t5 t9 t14",
+                 "--tuned", str(lens_dir), "--out", str(out), "--no-png"]) == 0
+    frame = pd.read_csv(out / "logit_lens.csv")
+    assert set(frame["lens"]) == {"logit", "tuned"}
+    assert json.loads((out / "logit_lens.json").read_text())["tuned_lens"]["steps"] == 3
