@@ -112,12 +112,13 @@ def head_heatmap(
     tokens: Sequence[str],
     title: str,
     *,
+    name: str = "",
     max_pos: int | None = None,
     long: str = "pool",
 ):
     """One head's pattern, queries down and keys across; hover names both tokens and the weight.
 
-    >>> head_heatmap(cache["pattern", 1][0, 2], model.to_str_tokens(prompt), "L1H2")
+    >>> head_heatmap(cache["pattern", 1][0, 2], model.to_str_tokens(prompt), "toy", name="L1H2")
     """
     import plotly.graph_objects as go
 
@@ -128,7 +129,7 @@ def head_heatmap(
         y=win.positions,
         customdata=_pair_hover(win.hover),
         hovertemplate=HOVER_HEAD,
-        meta=title.split(" · ")[-1],
+        meta=name,
         colorscale=COLORS,
         zmin=0,
         zmax=1,
@@ -139,7 +140,7 @@ def head_heatmap(
     _position_axes(fig, win, TICKS)
     side = min(1000, max(420, 12 * len(win.positions) + 160))
     fig.update_layout(
-        title=_title(title, win.note),
+        title=_title(f"{title} · {name}" if name else title, win.note),
         width=side + 120,
         height=side + 80,
         xaxis_title="key",

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -56,7 +57,7 @@ class AttentionPatterns:
     def from_cache(
         cls, cache: ActivationCache, str_tokens: list[list[str]] | None = None
     ) -> AttentionPatterns:
-        """Collect the `hook_pattern` sites a cache holds (any subset of layers).
+        """Collect the `hook_pattern` sites a cache holds (any subset of layers), on the CPU.
 
         >>> _, cache = model.run_with_cache("Hi there", names=lambda n: n.endswith("hook_pattern"))
         >>> AttentionPatterns.from_cache(cache, model.to_str_tokens(...))
@@ -68,9 +69,7 @@ class AttentionPatterns:
                 "run_with_cache(x, names=lambda n: n.endswith('hook_pattern')), or call "
                 "patterns(model, x)."
             )
-        pattern = torch.stack(
-            [cache["pattern", L] for L in layers]
-        )  # (layer, batch, head, q_pos, k_pos)
+        pattern = torch.stack([cache["pattern", L].cpu() for L in layers])  # (layer, batch, ...)
         prov = cache.provenance
         if str_tokens is None:
             str_tokens = [
@@ -92,7 +91,7 @@ class AttentionPatterns:
         if not -len(self.str_tokens) <= batch < len(self.str_tokens):
             raise InputError(
                 f"batch={batch} is out of range: these patterns hold {len(self.str_tokens)} "
-                "prompt(s); pass 0.." + str(len(self.str_tokens) - 1) + "."
+                f"prompt(s); pass 0..{len(self.str_tokens) - 1}."
             )
         mask, ids = self.provenance.attention_mask[batch], self.provenance.tokens[batch]
         n = sum(mask)
@@ -121,7 +120,6 @@ class AttentionPatterns:
         return pd.concat([self._row_frame(b) for b in rows], ignore_index=True)
 
     def _row_frame(self, batch: int):
-        import numpy as np
         import pandas as pd
 
         pat, _ = self.row(batch)
@@ -155,8 +153,8 @@ class AttentionPatterns:
     ):
         """One head (layer and head), one layer's heads (layer), or all heads with a layer slider.
 
-            >>> pats.figure(1, 2)                  # one heatmap, tokens on both axes
-            >>> pats.figure(slider=False)          # static grid, a row per layer (for a paper)
+        >>> pats.figure(1, 2)                  # one heatmap, tokens on both axes
+        >>> pats.figure(slider=False)          # static grid, a row per layer (for a paper)
 
         Prompts longer than `max_pos` positions are max-pooled (`long="pool"`) or cropped to the
         last `max_pos` positions (`long="crop"`); the figure's title says which.
@@ -174,7 +172,8 @@ class AttentionPatterns:
                 return af.head_heatmap(
                     pat[i, head],
                     tokens,
-                    f"{title} · L{self.layers[i]}H{head}",
+                    title,
+                    name=f"L{self.layers[i]}H{head}",
                     max_pos=max_pos,
                     long=long,
                 )
