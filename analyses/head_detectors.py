@@ -210,6 +210,8 @@ def _check_detector(name: str) -> str:
 def _ordinary_ids(model: Model) -> Tensor:
     """Token ids the tokenizer knows, minus special tokens (all of d_vocab without a tokenizer)."""
     tok = model.tokenizer
-    size = model.d_vocab if tok is None else min(model.d_vocab, len(tok))
-    special = set() if tok is None else set(tok.all_special_ids)
-    return torch.tensor([i for i in range(size) if i not in special])
+    if tok is None:
+        return torch.arange(model.d_vocab)
+    special = set(tok.all_special_ids)
+    special |= {i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if t.special}
+    return torch.tensor([i for i in range(min(model.d_vocab, len(tok))) if i not in special])
