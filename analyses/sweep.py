@@ -86,4 +86,4 @@ def _label(by: str | Sequence[str], key) -> str:
         return f"{by} {key}"
     if tuple(by) == ("layer", "head"):
         return f"L{key[0]}H{key[1]}"
-    return ", ".join(f"{b}={k}" for b, k in zip(by, key))
+    return ", ".join(f"{b}={k}" for b, k in zip(by, key, strict=True))

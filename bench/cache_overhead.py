@@ -73,8 +73,8 @@ def _bridge(eager: GPTNeoXForCausalLM, config):
     except ImportError:
         return None
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    from transformers import AutoTokenizer
     from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer
 
     path = tempfile.mkdtemp()
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<e>": 0}, unk_token="<e>")),
@@ -108,7 +108,7 @@ def measure(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, tuple[
     times: dict[str, list[float]] = {name: [] for name in runs}
     kept: dict[str, int] = {}
     with torch.no_grad():
-        for name, run in runs.items():  # warm-up
+        for run in runs.values():  # warm-up
             run()
         for _ in range(rounds):
             for name, run in runs.items():

@@ -130,7 +130,7 @@ class Model(WeightViews):
     def to_string(self, tokens: Tokens | Tensor | Sequence[int]) -> str | list[str]:
         """Decode ids back to text, skipping padding."""
         if isinstance(tokens, Tokens):
-            return [self.to_string(row[m.bool()]) for row, m in zip(tokens.ids, tokens.attention_mask)]
+            return [self.to_string(row[m.bool()]) for row, m in zip(tokens.ids, tokens.attention_mask, strict=True)]
         return self._require_tokenizer().decode(torch.as_tensor(tokens).tolist())
 
     def tokens(self, x: Prompt | Tokens | Tensor) -> Tokens:
