@@ -36,6 +36,7 @@ class Translator(Protocol):
     name: str
 
     def translate(self, h: Resid, layer: int) -> Resid:
+        """The residual at boundary `layer` (0..n_layers), ready for the final LayerNorm."""
         ...
 
 
@@ -45,6 +46,7 @@ class LogitLens:
     name = "logit"
 
     def translate(self, h: Resid, layer: int) -> Resid:
+        """The residual itself."""
         return h
 
 
@@ -129,12 +131,12 @@ class LensResult:
 
     @property
     def agrees(self) -> Bool[Tensor, "layer batch pos"]:
-        """Whether the lens's top-1 token is the model's top-1 token."""
-        return self.top_ids[..., 0] == self.final_top1
+        """Whether the lens's top-1 token is the model's top-1 token (False at padding)."""
+        return (self.top_ids[..., 0] == self.final_top1) & self.attention_mask.bool()
 
     def token_str(self, token_id: int) -> str:
+        """Readable string of a token id (`#id` when the tokenizer has none)."""
         return self.vocab.get(int(token_id), f"#{int(token_id)}")
-
 
     def values(self, metric: str) -> Float[Tensor, "layer batch pos"]:
         """One metric by name: kl, cross_entropy, entropy, top1_prob, prob[tok] or rank[tok]."""
@@ -283,30 +285,39 @@ def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Transla
     targets = target_ids(model, target)
     tokens = torch.tensor(cache.provenance.tokens)
     mask = torch.tensor(cache.provenance.attention_mask)
-    # (batch * pos, d_model) views of each boundary read, the last one always (the reference)
+    rows, final_top1 = _chunked_metrics(model, cache, translator, layers, mask,
+                                        _next_tokens(tokens, mask), apply_ln, targets, top_k, chunk)
+    stats = {k: _scatter(v, mask, dim=1) for k, v in rows.items()}  # (layer, batch, pos, ...)
+    return LensResult(
+        layers=layers, kl=stats["kl"], cross_entropy=stats["cross_entropy"],
+        entropy=stats["entropy"], top_ids=stats["top_ids"], top_probs=stats["top_probs"],
+        final_top1=_scatter(final_top1, mask, dim=0), target_ids=targets,
+        target_probs=stats["target_probs"], target_ranks=stats["target_ranks"], tokens=tokens,
+        attention_mask=mask, lens=translator.name, apply_ln=apply_ln,
+        vocab=_vocab(model, [tokens, stats["top_ids"], final_top1, torch.tensor(targets)]),
+        provenance=cache.provenance)
+
+
+def _chunked_metrics(model: Model, cache: ActivationCache, translator: Translator,
+                     layers: list[int], mask: Tensor, nxt: Tensor, apply_ln: bool,
+                     targets: list[int], top_k: int, chunk: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Metrics of every real position, `chunk` rows at a time: (layer, n, ...) each, and the
+    model's own top-1 token (n,)."""
+    # (batch * pos, d_model) views of each boundary read; the last one is always the reference
     resid = {L: boundary(cache, L).flatten(0, 1) for L in {*layers, model.n_layers}}
     rows = mask.flatten().nonzero()[:, 0].to(resid[model.n_layers].device)
-    nxt = _next_tokens(tokens, mask).flatten().to(rows.device)[rows]
+    nxt = nxt.flatten().to(rows.device)[rows]
     final, view = Readout.of(model), Readout.of(model, apply_ln)
-    parts: list[dict[str, Tensor]] = []
+    parts, top1 = [], []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):
             idx = rows[start:start + chunk]
             ref = final(resid[model.n_layers][idx])  # (chunk, d_vocab)
             per_layer = [_row_metrics(view(translator.translate(resid[L][idx], L)), ref,
                                       nxt[start:start + chunk], targets, top_k) for L in layers]
-            parts.append({k: torch.stack([m[k] for m in per_layer]) for k in per_layer[0]}
-                         | {"final_top1": ref.argmax(-1)})
-    stats = {k: _scatter(torch.cat([p[k] for p in parts], dim=int(k != "final_top1")), mask,
-                         dim=int(k != "final_top1")) for k in parts[0]}
-    return LensResult(
-        layers=layers, kl=stats["kl"], cross_entropy=stats["cross_entropy"],
-        entropy=stats["entropy"],
-        top_ids=stats["top_ids"], top_probs=stats["top_probs"], final_top1=stats["final_top1"],
-        target_ids=targets, target_probs=stats["target_probs"], target_ranks=stats["target_ranks"],
-        tokens=tokens, attention_mask=mask, lens=translator.name, apply_ln=apply_ln,
-        vocab=_vocab(model, [tokens, stats["top_ids"], stats["final_top1"], torch.tensor(targets)]),
-        provenance=cache.provenance)
+            parts.append({k: torch.stack([m[k] for m in per_layer]) for k in per_layer[0]})
+            top1.append(ref.argmax(-1))
+    return {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}, torch.cat(top1)
 
 
 def _row_metrics(logp: Float[Tensor, "n d_vocab"], ref: Float[Tensor, "n d_vocab"],
