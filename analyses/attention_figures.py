@@ -27,9 +27,7 @@ GRID_MAX_POS = 128  # per axis in a small multiple (about 200 pixels wide: more 
 MAX_CELLS = 2_000_000  # cells across all heads of a small-multiples figure (all travel in the file)
 TICKS, TICKS_SMALL = 48, 12  # most labelled ticks per axis: one big heatmap, one small multiple
 COLORS = "Blues"
-HOVER_HEAD = (
-    "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.3f}<extra>%{meta}</extra>"
-)
+HOVER_HEAD = "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.3f}<extra>%{meta}</extra>"
 
 
 @dataclass(frozen=True)
@@ -43,14 +41,11 @@ class Window:
     note: str  # what was done to fit, for the title; "" when nothing was
 
 
-def fit(
-    values: Tensor, tokens: Sequence[str], max_pos: int, long: str = "pool", axes: int = 2
-) -> Window:
+def fit(values: Tensor, tokens: Sequence[str], max_pos: int, long: str = "pool", axes: int = 2) -> Window:
     """Reduce the last `axes` position axes to at most `max_pos` cells: max-pool or crop."""
     if long not in ("pool", "crop"):
         raise InputError(
-            f"long={long!r} is not one of 'pool' (max-pool blocks) or 'crop' (keep the last "
-            "max_pos positions)."
+            f"long={long!r} is not one of 'pool' (max-pool blocks) or 'crop' (keep the last max_pos positions)."
         )
     if max_pos < 2:
         raise InputError(f"max_pos={max_pos} must be at least 2 positions per axis.")
@@ -59,15 +54,9 @@ def fit(
         return Window(values, list(range(n)), *_labels(tokens, range(n), 1), "")
     if long == "crop":
         start = n - max_pos
-        index = (
-            (..., slice(start, None), slice(start, None))
-            if axes == 2
-            else (..., slice(start, None))
-        )
+        index = (..., slice(start, None), slice(start, None)) if axes == 2 else (..., slice(start, None))
         note = f"cropped to the last {max_pos} of {n} positions; earlier keys not shown"
-        return Window(
-            values[index], list(range(start, n)), *_labels(tokens, range(start, n), 1), note
-        )
+        return Window(values[index], list(range(start, n)), *_labels(tokens, range(start, n), 1), note)
     block = math.ceil(n / max_pos)
     m = math.ceil(n / block)
     padded = F.pad(values, (0, m * block - n) * axes)
@@ -76,15 +65,11 @@ def fit(
     else:  # (..., m, block) -> (..., m)
         pooled = padded.reshape(*padded.shape[:-1], m, block).amax(dim=-1)
     starts = range(0, n, block)
-    note = (
-        f"{n} positions max-pooled in blocks of {block}: each cell shows its block's largest weight"
-    )
+    note = f"{n} positions max-pooled in blocks of {block}: each cell shows its block's largest weight"
     return Window(pooled, list(starts), *_labels(tokens, starts, block), note)
 
 
-def _labels(
-    tokens: Sequence[str], starts: Sequence[int], block: int
-) -> tuple[list[str], list[str]]:
+def _labels(tokens: Sequence[str], starts: Sequence[int], block: int) -> tuple[list[str], list[str]]:
     """Tick labels and hover texts of cells that start at `starts` and span `block` positions."""
     labels, hover = [], []
     for a in starts:
@@ -206,11 +191,7 @@ def heads_grid(
 def _small_heatmap(z: np.ndarray, win: Window, name: str, custom: np.ndarray | None):
     import plotly.graph_objects as go
 
-    hover = (
-        HOVER_HEAD
-        if custom is not None
-        else "query %{y}<br>key %{x}<br>weight %{z:.3f}<extra>%{meta}</extra>"
-    )
+    hover = HOVER_HEAD if custom is not None else "query %{y}<br>key %{x}<br>weight %{z:.3f}<extra>%{meta}</extra>"
     return go.Heatmap(
         z=z,
         x=win.positions,
@@ -223,18 +204,14 @@ def _small_heatmap(z: np.ndarray, win: Window, name: str, custom: np.ndarray | N
     )
 
 
-def _layer_slider(
-    z: np.ndarray, layers: Sequence[int], names: list[list[str]], title: str, note: str
-) -> dict:
+def _layer_slider(z: np.ndarray, layers: Sequence[int], names: list[list[str]], title: str, note: str) -> dict:
     """A slider whose steps swap every head's heatmap (and hover name) for another layer's."""
     n_heads = z.shape[1]
     steps = []
     for i, L in enumerate(layers):
         data = {"z": [_rounded(z[i, h]) for h in range(n_heads)], "meta": names[i]}
         layout = {"title.text": _title(f"{title} · layer {L}", note)}
-        steps.append(
-            {"method": "update", "label": str(L), "args": [data, layout, list(range(n_heads))]}
-        )
+        steps.append({"method": "update", "label": str(L), "args": [data, layout, list(range(n_heads))]})
     return {"steps": steps, "currentvalue": {"prefix": "layer "}, "pad": {"t": 50}}
 
 
@@ -345,9 +322,7 @@ def token_view(
         )
     )
     step = max(1, math.ceil(len(win.positions) / TICKS))
-    fig.update_xaxes(
-        title="key", tickvals=win.positions[::step], ticktext=win.labels[::step], tickangle=-60
-    )
+    fig.update_xaxes(title="key", tickvals=win.positions[::step], ticktext=win.labels[::step], tickangle=-60)
     fig.update_yaxes(autorange="reversed", type="category")
     head = f"{title} · query {query} {token_label(tokens[query])}: attention to each earlier token"
     fig.update_layout(

@@ -54,9 +54,7 @@ class AttentionPatterns:
     provenance: Provenance
 
     @classmethod
-    def from_cache(
-        cls, cache: ActivationCache, str_tokens: list[list[str]] | None = None
-    ) -> AttentionPatterns:
+    def from_cache(cls, cache: ActivationCache, str_tokens: list[list[str]] | None = None) -> AttentionPatterns:
         """Collect the `hook_pattern` sites a cache holds (any subset of layers), on the CPU.
 
         >>> _, cache = model.run_with_cache("Hi there", names=lambda n: n.endswith("hook_pattern"))
@@ -177,12 +175,8 @@ class AttentionPatterns:
                     max_pos=max_pos,
                     long=long,
                 )
-            return af.heads_grid(
-                pat[i : i + 1], tokens, self.layers[i : i + 1], title, max_pos=max_pos, long=long
-            )
-        return af.heads_grid(
-            pat, tokens, self.layers, title, max_pos=max_pos, long=long, slider=slider
-        )
+            return af.heads_grid(pat[i : i + 1], tokens, self.layers[i : i + 1], title, max_pos=max_pos, long=long)
+        return af.heads_grid(pat, tokens, self.layers, title, max_pos=max_pos, long=long, slider=slider)
 
     def token_figure(
         self,
@@ -202,8 +196,7 @@ class AttentionPatterns:
         n = pat.shape[-1]
         if not -n <= query < n:
             raise InputError(
-                f"query={query} is outside this prompt's {n} positions: pass 0..{n - 1}, or -1 "
-                "for the last."
+                f"query={query} is outside this prompt's {n} positions: pass 0..{n - 1}, or -1 for the last."
             )
         return af.token_view(
             pat[:, :, query % n],
@@ -278,9 +271,7 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
         return list(range(n_layers))
     bad = [L for L in layers if not -n_layers <= L < n_layers]
     if bad:
-        raise InputError(
-            f"layers={list(layers)}: {bad} outside 0..{n_layers - 1}. Pass None for all layers."
-        )
+        raise InputError(f"layers={list(layers)}: {bad} outside 0..{n_layers - 1}. Pass None for all layers.")
     return sorted({L % n_layers for L in layers})
 
 
@@ -291,10 +282,7 @@ def _check_head(head: int, n_heads: int) -> None:
 
 def _str_tokens(model: Model, tokens: Tokens) -> list[list[str]]:
     """Readable tokens of each row's real positions; `#id` when the model has no tokenizer."""
-    rows = [
-        row[mask.bool()]
-        for row, mask in zip(tokens.ids.cpu(), tokens.attention_mask.cpu(), strict=True)
-    ]
+    rows = [row[mask.bool()] for row, mask in zip(tokens.ids.cpu(), tokens.attention_mask.cpu(), strict=True)]
     if model.tokenizer is None:
         return [[f"#{i}" for i in row.tolist()] for row in rows]
     return [model.to_str_tokens(row) for row in rows]

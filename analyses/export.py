@@ -112,9 +112,7 @@ def find_browser() -> str | None:
     except ImportError:
         import shutil
 
-        return next(
-            filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
-        )
+        return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     return Chromium.find_browser(skip_local=False)
 
 
@@ -124,9 +122,7 @@ def _require_browser() -> str:
     if path is not None:
         return path
     where = os.environ.get("BROWSER_PATH")
-    found = (
-        f"BROWSER_PATH={where!r} is not an executable" if where else "no Chrome/Chromium was found"
-    )
+    found = f"BROWSER_PATH={where!r} is not an executable" if where else "no Chrome/Chromium was found"
     raise RendererNotFoundError(
         f"PNG/SVG/PDF export renders in a headless browser, and {found}: {INSTALL_BROWSER}. "
         "HTML and JSON export need no browser."

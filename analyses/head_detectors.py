@@ -84,9 +84,7 @@ class HeadScores:
         from analyses import attention_figures as af
 
         names = DETECTORS if detector is None else (_check_detector(detector),)
-        return af.score_heatmap(
-            {n: self.scores[n] for n in names}, self.layers, self._subtitle(), self.error_measure
-        )
+        return af.score_heatmap({n: self.scores[n] for n in names}, self.layers, self._subtitle(), self.error_measure)
 
     def _subtitle(self) -> str:
         prov = self.provenance
@@ -118,15 +116,9 @@ def head_scores(
     rows = []
     for b in range(len(pats.str_tokens)):
         pattern, ids = pats.row(b)
-        rows.append(
-            _score_row(
-                pattern.float(), torch.tensor(ids), exclude_first, exclude_current, error_measure
-            )
-        )
+        rows.append(_score_row(pattern.float(), torch.tensor(ids), exclude_first, exclude_current, error_measure))
     scores = {name: torch.stack([r[name] for r in rows]).mean(0) for name in DETECTORS}
-    return HeadScores(
-        scores, pats.layers, exclude_first, exclude_current, error_measure, pats.provenance
-    )
+    return HeadScores(scores, pats.layers, exclude_first, exclude_current, error_measure, pats.provenance)
 
 
 def detection_patterns(ids: Int[Tensor, " pos"]) -> dict[str, Float[Tensor, "q_pos k_pos"]]:

@@ -21,12 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="attention maps and head detector scores for a prompt",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--model", default="toy", help="name or path interp.load takes (default: toy)"
-    )
-    parser.add_argument(
-        "--revision", default=None, help="checkpoint, e.g. step1000 (default: final)"
-    )
+    parser.add_argument("--model", default="toy", help="name or path interp.load takes (default: toy)")
+    parser.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: final)")
     parser.add_argument("--prompt", required=True, help="text whose attention is drawn")
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
     parser.add_argument(
@@ -36,9 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="score heads on repeated random tokens (default) or on the prompt",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
-    parser.add_argument(
-        "--exclude-first", action="store_true", help="ignore attention to position 0"
-    )
+    parser.add_argument("--exclude-first", action="store_true", help="ignore attention to position 0")
     parser.add_argument("--exclude-current", action="store_true", help="ignore attention to self")
     parser.add_argument("--max-pos", type=int, default=None, help="most positions per figure axis")
     parser.add_argument("--long", choices=("pool", "crop"), default="pool", help="fit long prompts")
@@ -63,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
         scores = detect_heads(model, seq_len=seq_len, seed=args.seed, **options)
     fit = {"max_pos": args.max_pos, "long": args.long}
     out: Path = args.out
-    written = [
-        save(
-            [pats.figure(**fit), pats.token_figure(**fit), scores.figure()], out / "attention.html"
-        )
-    ]
+    written = [save([pats.figure(**fit), pats.token_figure(**fit), scores.figure()], out / "attention.html")]
     scores.to_frame().to_csv(out / "head_scores.csv", index=False, float_format="%.6g")
     written.append(out / "head_scores.csv")
     written.append(_write_provenance(out / "attention.json", args, pats, scores))

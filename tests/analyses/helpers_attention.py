@@ -33,14 +33,10 @@ BROWSER_FLAGS = (
     "--v=0",
     "--virtual-time-budget=10000",
 )
-REMOTE_REF = re.compile(
-    r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I
-)
+REMOTE_REF = re.compile(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I)
 
 
-def hand_made(
-    pattern: torch.Tensor, ids: list[int], tokens: list[str] | None = None
-) -> AttentionPatterns:
+def hand_made(pattern: torch.Tensor, ids: list[int], tokens: list[str] | None = None) -> AttentionPatterns:
     """AttentionPatterns of one prompt from a (layer, head, q_pos, k_pos) tensor."""
     n_layers, n_heads, n = pattern.shape[:3]
     prov = Provenance(
@@ -81,9 +77,7 @@ def open_in_browser(html: Path, size: tuple[int, int] = (1100, 900)) -> Page:
     assert browser is not None, "no Chrome/Chromium found"
     with tempfile.TemporaryDirectory() as profile:
         base = [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run(
-            [*base, "--dump-dom", url], capture_output=True, text=True, timeout=120
-        )
+        dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     with tempfile.TemporaryDirectory() as profile:
         shot = html.with_suffix(".screenshot.png")
         window = f"--window-size={size[0]},{size[1]}"

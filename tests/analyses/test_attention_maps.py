@@ -60,9 +60,7 @@ def test_identity_scores_are_the_formula_values():
         "first_token": 1 / N,
         "mean_distance": 0,
     }
-    assert got == pytest.approx(want, abs=1e-7), (
-        "identity: only row 0 looks at position 0, from 0 tokens away"
-    )
+    assert got == pytest.approx(want, abs=1e-7), "identity: only row 0 looks at position 0, from 0 tokens away"
 
 
 def test_sub_diagonal_scores_are_the_formula_values():
@@ -123,17 +121,11 @@ def test_repeats_score_as_induction_and_duplicate_heads():
     for name in ("induction", "duplicate_token"):
         d = marks[name]
         a = d.clone()
-        a[d.sum(1) == 0] = torch.eye(6)[
-            d.sum(1) == 0
-        ]  # queries without a target look at themselves
+        a[d.sum(1) == 0] = torch.eye(6)[d.sum(1) == 0]  # queries without a target look at themselves
         a = a / a.sum(1, keepdim=True)
         got = scores_of(a[None, None], ids)
-        assert got[name] == pytest.approx(0.5), (
-            f"{name}: 3 of 6 queries have a target and attend to it"
-        )
-    assert marks["induction"][3].nonzero().flatten().tolist() == [1], (
-        "after the earlier 7 comes position 1"
-    )
+        assert got[name] == pytest.approx(0.5), f"{name}: 3 of 6 queries have a target and attend to it"
+    assert marks["induction"][3].nonzero().flatten().tolist() == [1], "after the earlier 7 comes position 1"
     assert marks["duplicate_token"][3].nonzero().flatten().tolist() == [0]
 
 
@@ -152,9 +144,7 @@ def _tl_scores(pats: AttentionPatterns, tl_name: str, **options) -> torch.Tensor
     from transformer_lens.head_detector import detect_head
 
     pattern, ids = pats.row(0)
-    cfg = SimpleNamespace(
-        device="cpu", dtype=torch.float32, n_ctx=10**6, n_layers=pats.n_layers, n_heads=pats.n_heads
-    )
+    cfg = SimpleNamespace(device="cpu", dtype=torch.float32, n_ctx=10**6, n_layers=pats.n_layers, n_heads=pats.n_heads)
     stand_in = SimpleNamespace(cfg=cfg, to_tokens=lambda seq: torch.tensor([ids]))
     cache = TLCache(
         {f"blocks.{L}.attn.hook_pattern": pattern[i] for i, L in enumerate(pats.layers)},
@@ -175,9 +165,7 @@ def _tl_scores(pats: AttentionPatterns, tl_name: str, **options) -> torch.Tensor
 @pytest.mark.parametrize("error_measure", ["mul", "abs"])
 @pytest.mark.parametrize("exclude_first", [False, True])
 @pytest.mark.parametrize("exclude_current", [False, True])
-def test_scores_equal_transformer_lens(
-    rich_patterns, name, tl_name, error_measure, exclude_first, exclude_current
-):
+def test_scores_equal_transformer_lens(rich_patterns, name, tl_name, error_measure, exclude_first, exclude_current):
     pytest.importorskip("transformer_lens")
     options = {"exclude_first": exclude_first, "exclude_current": exclude_current}
     theirs = _tl_scores(
@@ -209,13 +197,9 @@ def test_patterns_are_the_cached_ones_and_leave_no_hook():
     assert_untouched(model.hf, before, weights)
     _, cache = model.run_with_cache(ids, names=lambda n: n.endswith("hook_pattern"))
     for L in range(model.n_layers):
-        assert torch.equal(pats.pattern[L], cache["pattern", L]), (
-            f"layer {L} pattern is not the cached one"
-        )
+        assert torch.equal(pats.pattern[L], cache["pattern", L]), f"layer {L} pattern is not the cached one"
     assert pats.str_tokens == [["t5", "t17", "t3", "t99", "t5", "t17"]]
-    assert AttentionPatterns.from_cache(cache).str_tokens == [
-        ["#5", "#17", "#3", "#99", "#5", "#17"]
-    ]
+    assert AttentionPatterns.from_cache(cache).str_tokens == [["#5", "#17", "#3", "#99", "#5", "#17"]]
 
 
 def test_a_subset_of_layers_is_held_and_named_in_errors():
@@ -265,9 +249,7 @@ def test_frames_have_one_row_per_head_and_per_causal_cell():
     assert (row.q_token, row.k_token) == ("t5", "t5")
     assert row.weight == pytest.approx(pats.pattern[1, 0, 1, 3, 0].item())
     sums = cells.groupby(["layer", "head", "q_pos"])["weight"].sum()
-    np.testing.assert_allclose(
-        sums.to_numpy(), 1, atol=1e-5, err_msg="each query's row must sum to 1"
-    )
+    np.testing.assert_allclose(sums.to_numpy(), 1, atol=1e-5, err_msg="each query's row must sum to 1")
 
 
 def test_bad_arguments_name_the_valid_choices():
@@ -294,19 +276,13 @@ def test_head_figure_keeps_duplicate_tokens_apart_and_shows_them():
     pats = hand_made(uniform(), list(range(N)), tokens)
     fig = pats.figure(0, 0)
     trace = fig.data[0]
-    assert list(trace.x) == list(range(N)) and list(trace.y) == list(range(N)), (
-        "one column per position"
-    )
+    assert list(trace.x) == list(range(N)) and list(trace.y) == list(range(N)), "one column per position"
     assert list(fig.layout.xaxis.ticktext) == ["The", "·cat", "↵", "·the", "·cat", "↵"]
     assert fig.layout.yaxis.autorange == "reversed", "queries read top to bottom"
-    assert trace.customdata[4][1].tolist() == ["4 ·cat", "1 ·cat"], (
-        "hover names query and key tokens"
-    )
+    assert trace.customdata[4][1].tolist() == ["4 ·cat", "1 ·cat"], "hover names query and key tokens"
     assert "%{z" in trace.hovertemplate and "query" in trace.hovertemplate
     z = np.asarray(trace.z, dtype=float)
-    assert np.isnan(z[0, 1]) and z[3, 0] == pytest.approx(0.25), (
-        "blank above the diagonal, weights below"
-    )
+    assert np.isnan(z[0, 1]) and z[3, 0] == pytest.approx(0.25), "blank above the diagonal, weights below"
 
 
 def test_token_labels_are_text_not_markup():
@@ -323,9 +299,7 @@ def test_grid_slider_steps_through_every_layer():
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == [str(L) for L in range(model.n_layers)]
     layer2 = np.array(steps[2].args[0]["z"][1], dtype=float)
-    np.testing.assert_allclose(
-        np.nan_to_num(layer2), np.tril(pats.pattern[2, 0, 1].numpy()), atol=5e-4
-    )
+    np.testing.assert_allclose(np.nan_to_num(layer2), np.tril(pats.pattern[2, 0, 1].numpy()), atol=5e-4)
     assert steps[2].args[0]["meta"] == ["L2H0", "L2H1"], "hover names the head shown"
     static = pats.figure(slider=False)
     assert len(static.data) == model.n_layers * model.n_heads and not static.layout.sliders
@@ -350,9 +324,7 @@ def test_token_view_is_one_query_row_of_every_head():
     pats = patterns(model, "t5 t17 t3 t5 t17 t3")
     fig = pats.token_figure(query=3)
     z = np.asarray(fig.data[0].z)
-    assert z.shape == (model.n_layers * model.n_heads, 4), (
-        "a row per head, a column per key up to the query"
-    )
+    assert z.shape == (model.n_layers * model.n_heads, 4), "a row per head, a column per key up to the query"
     np.testing.assert_allclose(z[3], pats.pattern[1, 0, 1, 3, :4].numpy(), atol=1e-6)
     assert list(fig.data[0].y)[3] == "L1H1" and "query 3 t5" in fig.layout.title.text
 
@@ -364,9 +336,7 @@ LONG = 2048
 
 @pytest.fixture(scope="module")
 def long_patterns() -> AttentionPatterns:
-    model = tiny_model(
-        seed=3, max_position_embeddings=LONG, num_hidden_layers=2, num_attention_heads=4
-    )
+    model = tiny_model(seed=3, max_position_embeddings=LONG, num_hidden_layers=2, num_attention_heads=4)
     ids = torch.randint(1, 128, (1, LONG), generator=torch.Generator().manual_seed(0))
     return patterns(model, ids)
 
@@ -440,14 +410,9 @@ def test_cli_writes_scores_provenance_and_an_offline_page(saved_model, tmp_path,
     } <= set(frame.columns) and len(frame) == 6
     record = json.loads((out / "attention.json").read_text())
     assert record["model"] == saved_model.name and record["revision"] == "main"
-    assert (
-        record["tokens"] == [5, 17, 3, 5, 17, 3]
-        and record["head_scores"]["exclude_current"] is True
-    )
+    assert record["tokens"] == [5, 17, 3, 5, 17, 3] and record["head_scores"]["exclude_current"] is True
     html = (out / "attention.html").read_text()
-    assert html.count("Plotly.newPlot") == 3 and not REMOTE_REF.search(html), (
-        "offline page of 3 figures"
-    )
+    assert html.count("Plotly.newPlot") == 3 and not REMOTE_REF.search(html), "offline page of 3 figures"
     assert "top induction heads" in capsys.readouterr().out
 
 

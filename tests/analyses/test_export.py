@@ -89,9 +89,7 @@ def test_html_opens_in_a_browser_without_errors(pats, tmp_path):
 @pytest.mark.browser
 @needs_browser
 def test_a_2048_token_prompt_gives_a_file_a_browser_opens(tmp_path):
-    model = tiny_model(
-        seed=3, max_position_embeddings=2048, num_hidden_layers=2, num_attention_heads=4
-    )
+    model = tiny_model(seed=3, max_position_embeddings=2048, num_hidden_layers=2, num_attention_heads=4)
     ids = torch.randint(1, 128, (1, 2048), generator=torch.Generator().manual_seed(0))
     pats = patterns(model, ids)
     path = save([pats, pats.figure(1, 2), pats.token_figure()], tmp_path / "long.html")
