@@ -34,9 +34,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
     parser.add_argument("--exclude-first", action="store_true", help="ignore attention to position 0")
     parser.add_argument("--exclude-current", action="store_true", help="ignore attention to self")
-    parser.add_argument("--max-pos", type=int, default=None, help="most positions per figure axis")
-    parser.add_argument("--long", choices=("pool", "crop"), default="pool", help="fit long prompts")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG (needs no browser)")
+    parser.add_argument(
+        "--max-pos",
+        type=int,
+        default=None,
+        help="most positions per figure axis (default 256 for one head, 128 per small multiple)",
+    )
+    parser.add_argument(
+        "--long",
+        choices=("pool", "crop"),
+        default="pool",
+        help="longer prompts: max-pool blocks of positions, or crop to the last ones",
+    )
+    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
     parser.set_defaults(func=run)
     return parser
 
