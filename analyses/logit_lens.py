@@ -28,6 +28,7 @@ from interp.text import visible
 Target = str | int | Sequence[str | int] | None
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 Resid = Float[Tensor, "... d_model"]
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 class Translator(Protocol):
@@ -231,14 +232,16 @@ class LensResult:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True,
                             subplot_titles=("probability", "rank (1 = top token)"))
         for j, tid in enumerate(self.target_ids):
-            name = repr(self.token_str(tid))
-            probs = self.target_probs[:, prompt, col, j].tolist()
-            ranks = self.target_ranks[:, prompt, col, j].tolist()
-            fig.add_scatter(x=self.layers, y=probs, name=name, legendgroup=name, row=1, col=1)
-            fig.add_scatter(x=self.layers, y=ranks, name=name, legendgroup=name, showlegend=False,
-                            row=2, col=1)
-        fig.update_yaxes(type="log", autorange="reversed", row=2, col=1)
-        fig.update_xaxes(title="layer (0 = embedding)", row=2, col=1)
+            line = {"name": repr(self.token_str(tid)), "legendgroup": str(tid),
+                    "line": {"color": PALETTE[j % len(PALETTE)]}}
+            fig.add_scatter(x=self.layers, y=self.target_probs[:, prompt, col, j].tolist(), **line,
+                            row=1, col=1)
+            fig.add_scatter(x=self.layers, y=self.target_ranks[:, prompt, col, j].tolist(), **line,
+                            showlegend=False, row=2, col=1)
+        ticks = [m * 10**e for e in range(6) for m in (1, 2, 5)]  # 1, 2, 5, 10, 20, ...
+        fig.update_yaxes(type="log", autorange="reversed", tickvals=ticks, row=2, col=1)
+        fig.update_xaxes(tickvals=self.layers, ticktext=[layer_label(L) for L in self.layers])
+        fig.update_xaxes(title="layer", row=2, col=1)
         token = label(self.token_str(self.tokens[prompt, col]))
         fig.update_layout(title=f"{self.lens} lens: target tokens after {token!r}", height=600)
         return fig

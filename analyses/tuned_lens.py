@@ -23,6 +23,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from analyses.logit_lens import (
+    PALETTE,
     LensResult,
     Readout,
     Resid,
@@ -238,7 +239,7 @@ class LensComparison:
         fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(model || lens), nats",
                                                             "cross-entropy vs next token, nats"))
         for i, (name, part) in enumerate(frame.groupby("lens", sort=False)):
-            colour = ("#1f77b4", "#d62728", "#2ca02c")[i % 3]
+            colour = PALETTE[i % len(PALETTE)]
             for col, metric in enumerate(("kl", "cross_entropy"), start=1):
                 fig.add_scatter(x=part["layer"], y=part[metric], name=f"{name} lens",
                                 legendgroup=name, showlegend=col == 1, line={"color": colour},
