@@ -52,12 +52,19 @@ class LogitLens:
 
 
 def resid_names(model: Model) -> list[str]:
-    """The sites a lens reads: the embedding and every block's resid_post."""
+    """The sites a lens reads: the embedding and every block's resid_post.
+
+        >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
+    """
     return ["hook_embed", *[f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]]
 
 
 def boundary(cache: ActivationCache, layer: int) -> Float[Tensor, "batch pos d_model"]:
-    """Residual at layer boundary `layer`: 0 is the embedding, L+1 the output of block L."""
+    """Residual at layer boundary `layer`: 0 is the embedding, L+1 the output of block L.
+
+        >>> boundary(cache, 0) is cache["hook_embed"]
+        True
+    """
     return cache["embed"] if layer == 0 else cache["resid_post", layer - 1]
 
 
@@ -248,13 +255,21 @@ class LensResult:
 
 
 def label(token: str) -> str:
-    """A token for a figure: spaces and newlines visible, other control characters escaped."""
+    """A token for a figure: spaces and newlines visible, other control characters escaped.
+
+        >>> label(" the\x19")
+        '·the\\x19'
+    """
     shown = visible(token)
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
 
 
 def layer_label(layer: int) -> str:
-    """Axis label of a layer boundary: 'embed' for 0, else the number of blocks read."""
+    """Axis label of a layer boundary: 'embed' for 0, else the number of blocks read.
+
+        >>> [layer_label(L) for L in range(3)]
+        ['embed', '1', '2']
+    """
     return "embed" if layer == 0 else str(layer)
 
 
@@ -284,8 +299,8 @@ def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Transla
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
         >>> lens_from_cache(model, cache).kl.shape   # (layer, batch, pos)
     """
-    translator, layers = as_translator(lens, model), check_layers(layers, model.n_layers)
-    targets = target_ids(model, target)
+    translator, layers = as_translator(lens, model), _check_layers(layers, model.n_layers)
+    targets = _target_ids(model, target)
     tokens = torch.tensor(cache.provenance.tokens)
     mask = torch.tensor(cache.provenance.attention_mask)
     rows, final_top1 = _chunked_metrics(model, cache, translator, layers, mask,
@@ -303,7 +318,8 @@ def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Transla
 
 def _chunked_metrics(model: Model, cache: ActivationCache, translator: Translator,
                      layers: list[int], mask: Tensor, nxt: Tensor, apply_ln: bool,
-                     targets: list[int], top_k: int, chunk: int) -> tuple[dict[str, Tensor], Tensor]:
+                     targets: list[int], top_k: int,
+                     chunk: int) -> tuple[dict[str, Tensor], Tensor]:
     """Metrics of every real position, `chunk` rows at a time: (layer, n, ...) each, and the
     model's own top-1 token (n,)."""
     # (batch * pos, d_model) views of each boundary read; the last one is always the reference
@@ -354,7 +370,7 @@ def _next_tokens(tokens: Int[Tensor, "batch pos"],
     return nxt
 
 
-def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     """Layer boundaries 0..n_layers (negative counts from the end); all when None."""
     if layers is None:
         return list(range(n_layers + 1))
@@ -366,7 +382,7 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
-def target_ids(model: Model, target: Target) -> list[int]:
+def _target_ids(model: Model, target: Target) -> list[int]:
     """Token ids of the target(s): strings must be exactly one token, ids in the vocabulary."""
     if target is None:
         return []

@@ -65,8 +65,9 @@ class TunedLens(nn.Module):
     def __init__(self, info: LensInfo):
         super().__init__()
         self.info = info
-        self.weight = nn.Parameter(torch.zeros(info.n_layers, info.d_model, info.d_model))  # A_l
-        self.bias = nn.Parameter(torch.zeros(info.n_layers, info.d_model))  # b_l
+        d, n = info.d_model, info.n_layers
+        self.weight = nn.Parameter(torch.zeros(n, d, d))  # A: (layer, d_model out, d_model in)
+        self.bias = nn.Parameter(torch.zeros(n, d))  # b: (layer, d_model)
 
     @classmethod
     def for_model(cls, model: Model) -> TunedLens:
@@ -82,10 +83,11 @@ class TunedLens(nn.Module):
         if layer == self.info.n_layers:
             return h
         w, b = self.weight[layer].to(h), self.bias[layer].to(h)
-        return h + h @ w.T + b
+        return h + h @ w.T + b  # (..., d_model)
 
     def check(self, model: Model) -> None:
-        """Refuse a lens whose shapes do not fit `model`, saying which model it was trained on."""
+        """Refuse a lens whose shapes do not fit `model` (another checkpoint of the same model
+        is allowed: reading one checkpoint with another's lens is a legitimate experiment)."""
         mine, theirs = (self.info.d_model, self.info.n_layers), (model.d_model, model.n_layers)
         if mine != theirs:
             raise InputError(
@@ -108,6 +110,7 @@ class TunedLens(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
         """Read a lens written by `save` (the directory, or its .safetensors file)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -116,25 +119,34 @@ class TunedLens(nn.Module):
             raise FileNotFoundError(f"No tuned lens at {str(path)!r}: expected a directory holding "
                                     f"{WEIGHTS}, as written by TunedLens.save or "
                                     "`pythia-interp tuned-lens train --out DIR`.")
-        info = LensInfo(**json.loads((weights.parent / INFO).read_text()))
+        with safe_open(str(weights), framework="pt") as f:
+            info = LensInfo(**json.loads(f.metadata()["info"]))
         lens = cls(info)
         lens.load_state_dict(load_file(str(weights)))
         return lens.eval()
 
 
 def token_stream(model: Model, text: str | Sequence[str] | Tensor) -> Int[Tensor, " pos"]:
-    """One 1-D stream of ids: each document tokenized and followed by end-of-text."""
+    """One 1-D stream of ids: each document tokenized and followed by end-of-text.
+
+        >>> token_stream(model, ["first document", "second"]).shape   # (pos,)
+    """
     if isinstance(text, Tensor):
         return text.flatten().long()
     docs = [text] if isinstance(text, str) else list(text)
-    tok = model._require_tokenizer()
-    eos = model._pad_id() if tok.eos_token_id is None else tok.eos_token_id
+    tok = model.tokenizer
+    if tok is None:
+        raise InputError("This model has no tokenizer: pass the text as a 1-D tensor of token ids.")
+    eos = tok.eos_token_id if tok.eos_token_id is not None else model.hf.config.eos_token_id
     rows = [e.ids for e in tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False)]
     return torch.tensor([i for row in rows for i in [*row, eos]], dtype=torch.long)
 
 
 def default_text() -> tuple[list[str], str]:
-    """Training documents on every machine: the toy suite's split of Python's own docs."""
+    """Training documents on every machine: the toy suite's split of Python's own docs.
+
+        >>> docs, source = default_text()
+    """
     try:
         from interp.toy.corpus import split_topics
     except ImportError:
@@ -144,7 +156,7 @@ def default_text() -> tuple[list[str], str]:
     return split_topics()[0], "pydoc_data.topics (toy suite training split)"
 
 
-def windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
+def _windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
             g: torch.Generator) -> Int[Tensor, "batch pos"]:
     """`batch_size` random windows of `seq_len` tokens from the stream."""
     starts = torch.randint(0, len(stream) - seq_len + 1, (batch_size,), generator=g)
@@ -152,7 +164,7 @@ def windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
 
 
 @contextmanager
-def frozen(module: nn.Module):
+def _frozen(module: nn.Module):
     """Parameters of `module` need no gradient inside the block; restored on any exit."""
     before = {p: p.requires_grad for p in module.parameters()}
     try:
@@ -190,9 +202,9 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (1 - s / steps))
     history, readout = [], Readout.of(model)
-    with frozen(model.hf):
+    with _frozen(model.hf):
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
-            ids = windows(stream, batch_size, seq_len, g).to(model.device)
+            ids = _windows(stream, batch_size, seq_len, g).to(model.device)
             history.append(_step(model, lens, ids, readout, optimizer))
             schedule.step()
     tail = torch.tensor(history[-max(1, steps // 10):]).mean(0)  # (layer,)
