@@ -325,14 +325,19 @@ def _chunked_metrics(model: Model, cache: ActivationCache, translator: Translato
     # (batch * pos, d_model) views of each boundary read; the last one is always the reference
     resid = {L: boundary(cache, L).flatten(0, 1) for L in {*layers, model.n_layers}}
     rows = mask.flatten().nonzero()[:, 0].to(resid[model.n_layers].device)
-    nxt = nxt.flatten().to(rows.device)[rows]
+    nxt = nxt.flatten()[rows.cpu()].to(model.device)
     final, view = Readout.of(model), Readout.of(model, apply_ln)
+
+    def at(layer: int, idx: Tensor) -> Float[Tensor, "chunk d_model"]:
+        """Rows of one boundary, where and as the model computes (a cache may live elsewhere)."""
+        return resid[layer][idx].to(model.device, model.dtype)
+
     parts, top1 = [], []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):
             idx = rows[start:start + chunk]
-            ref = final(resid[model.n_layers][idx])  # (chunk, d_vocab)
-            per_layer = [_row_metrics(view(translator.translate(resid[L][idx], L)), ref,
+            ref = final(at(model.n_layers, idx))  # (chunk, d_vocab)
+            per_layer = [_row_metrics(view(translator.translate(at(L, idx), L)), ref,
                                       nxt[start:start + chunk], targets, top_k) for L in layers]
             parts.append({k: torch.stack([m[k] for m in per_layer]) for k in per_layer[0]})
             top1.append(ref.argmax(-1))
