@@ -11,7 +11,14 @@ import torch
 from torch.nn.functional import kl_div
 
 import interp
-from analyses.logit_lens import boundary, decode, lens_from_cache, logit_lens, resid_names
+from analyses.logit_lens import (
+    boundary,
+    decode,
+    label,
+    lens_from_cache,
+    logit_lens,
+    resid_names,
+)
 from tests.conftest import tiny_hf, twin, word_tokenizer
 
 
@@ -129,8 +136,13 @@ def test_figures_show_top_tokens_and_targets(model):
     assert "layer embed" in heat.customdata[0][0] and heat.customdata[0][0].count("<br>") == 6
     assert result.figure("prob[t14]").data[0].z is not None
     lines = result.target_figure(prompt=0, position=1)
-    assert [d.name for d in lines.data] == ["'t14'", "'t14'", "'t3'", "'t3'"]
+    assert [d.name for d in lines.data] == ["t14", "t14", "t3", "t3"]
     assert list(lines.data[0].x) == list(range(model.n_layers + 1))
+
+
+def test_figure_labels_are_inert_text():
+    assert label(" <br>\x19") == "·&lt;br&gt;\\x19", "plotly markup and control characters"
+    assert label("abcdefghijklmnop", width=6) == "abcde…"
 
 
 @pytest.fixture(scope="module")
