@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from interp.cache import ActivationCache, Provenance
 from interp.errors import InputError
 from interp.model import Model, Prompt, Tokens
-from interp.text import visible
+from interp.text import figure_label
 
 Target = str | int | Sequence[str | int] | None
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
@@ -200,8 +200,8 @@ class LensResult:
         cols = self.attention_mask[prompt].bool().nonzero()[:, 0]  # real positions of the prompt
         z = self.values(metric)[:, prompt, cols]  # (layer, pos)
         top1 = self.top_ids[:, prompt, cols, 0]  # (layer, pos)
-        text = [[label(self.token_str(t), width=12) for t in row] for row in top1]
-        inputs = [label(self.token_str(t)) for t in self.tokens[prompt, cols]]
+        text = [[figure_label(self.token_str(t), width=12) for t in row] for row in top1]
+        inputs = [figure_label(self.token_str(t)) for t in self.tokens[prompt, cols]]
         fig = go.Figure(go.Heatmap(
             z=z.tolist(), text=text, texttemplate="%{text}", customdata=self._hover(prompt, cols),
             colorscale="Viridis", reversescale=metric.startswith(("prob", "top1")),
@@ -221,10 +221,10 @@ class LensResult:
         for i, layer in enumerate(self.layers):
             row = []
             for col in cols.tolist():
-                token = label(self.token_str(self.tokens[prompt, col]))
+                token = figure_label(self.token_str(self.tokens[prompt, col]))
                 where = f"layer {layer_label(layer)}, input {token}"
                 ids, probs = self.top_ids[i, prompt, col], self.top_probs[i, prompt, col]
-                tops = [f"{label(self.token_str(t))}: {p:.3f}"
+                tops = [f"{figure_label(self.token_str(t))}: {p:.3f}"
                         for t, p in zip(ids.tolist(), probs.tolist(), strict=True)]
                 row.append("<br>".join([where, f"KL {self.kl[i, prompt, col]:.3f} nats", *tops]))
             cells.append(row)
@@ -240,7 +240,7 @@ class LensResult:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True,
                             subplot_titles=("probability", "rank (1 = top token)"))
         for j, tid in enumerate(self.target_ids):
-            line = {"name": label(self.token_str(tid)), "legendgroup": str(tid),
+            line = {"name": figure_label(self.token_str(tid)), "legendgroup": str(tid),
                     "line": {"color": PALETTE[j % len(PALETTE)]}}
             fig.add_scatter(x=self.layers, y=self.target_probs[:, prompt, col, j].tolist(), **line,
                             row=1, col=1)
@@ -250,22 +250,9 @@ class LensResult:
         fig.update_yaxes(type="log", autorange="reversed", tickvals=ticks, row=2, col=1)
         fig.update_xaxes(tickvals=self.layers, ticktext=[layer_label(L) for L in self.layers])
         fig.update_xaxes(title="layer", row=2, col=1)
-        token = label(self.token_str(self.tokens[prompt, col]))
+        token = figure_label(self.token_str(self.tokens[prompt, col]))
         fig.update_layout(title=f"{self.lens} lens: target tokens after {token}", height=600)
         return fig
-
-
-def label(token: str, width: int | None = None) -> str:
-    """A token as figure text: whitespace visible, control characters escaped, markup inert.
-
-        >>> label(" <b>")
-        '·&lt;b&gt;'
-    """
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in visible(token))
-    if width is not None and len(shown) > width:
-        shown = shown[:width - 1] + "…"
-    # plotly reads <br>, <b>, ... in any text as markup, and decodes entities
-    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def layer_label(layer: int) -> str:

@@ -34,3 +34,16 @@ def render_token(piece: str) -> str:
 def visible(token: str) -> str:
     """A token with spaces and newlines made visible, for figure labels: ' the' -> '·the'."""
     return token.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥")
+
+
+def figure_label(token: str, width: int | None = None) -> str:
+    """A token as figure text: whitespace visible, control characters escaped, plotly markup inert.
+
+    >>> figure_label(" <b>\\n")
+    '·&lt;b&gt;↵'
+    """
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in visible(token))
+    if width is not None and len(shown) > width:
+        shown = shown[: width - 1] + "…"
+    # plotly reads <br>, <b>, ... in any text as markup, and decodes entities
+    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

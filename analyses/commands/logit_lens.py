@@ -120,10 +120,10 @@ def _write_provenance(path: Path, args: argparse.Namespace, result, tuned) -> Pa
 
 def _report(written: list[Path], result) -> None:
     """Print the files written and the last position's top-1 token at each layer."""
-    from analyses.logit_lens import label
+    from interp.text import visible
 
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     col = int(result.attention_mask[0].nonzero()[-1, 0])
-    tops = [label(result.token_str(t)) for t in result.top_ids[:, 0, col, 0].tolist()]
+    tops = [visible(result.token_str(t)) for t in result.top_ids[:, 0, col, 0].tolist()]
     print(f"{result.lens} lens, top-1 after the last token by layer: {' '.join(tops)}")

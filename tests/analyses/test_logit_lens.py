@@ -14,11 +14,11 @@ import interp
 from analyses.logit_lens import (
     boundary,
     decode,
-    label,
     lens_from_cache,
     logit_lens,
     resid_names,
 )
+from interp.text import figure_label as label
 from tests.conftest import tiny_hf, twin, word_tokenizer
 
 
