@@ -20,12 +20,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InputError
-from interp.text import visible
+from interp.text import figure_label
 
 MAX_POS = 256  # positions per axis in a one-head figure
 GRID_MAX_POS = 128  # per axis in a small multiple (about 200 pixels wide: more would not show)
 MAX_CELLS = 2_000_000  # cells across all heads of a small-multiples figure (all travel in the file)
 TICKS, TICKS_SMALL = 48, 12  # most labelled ticks per axis: one big heatmap, one small multiple
+LABEL_WIDTH = 14  # characters of a token shown in a label
 COLORS = "Blues"
 HOVER_HEAD = "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.3f}<extra>%{meta}</extra>"
 
@@ -74,22 +75,10 @@ def _labels(tokens: Sequence[str], starts: Sequence[int], block: int) -> tuple[l
     labels, hover = [], []
     for a in starts:
         b = min(a + block, len(tokens)) - 1
-        first = token_label(tokens[a])
+        first = figure_label(tokens[a], LABEL_WIDTH)
         labels.append(first if a == b else f"{first}…")
         hover.append(f"{a} {first}" if a == b else f"{a}–{b} {first}…")
     return labels, hover
-
-
-def token_label(token: str, width: int = 14) -> str:
-    """A token as figure text: whitespace visible, control characters escaped, markup inert.
-
-    >>> token_label(" <b>\\n")
-    '·&lt;b&gt;↵'
-    """
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in visible(token))
-    shown = shown if len(shown) <= width else shown[: width - 1] + "…"
-    # plotly reads <br>, <b>, ... in any text as markup, and decodes entities
-    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def head_heatmap(
@@ -324,7 +313,7 @@ def token_view(
     step = max(1, math.ceil(len(win.positions) / TICKS))
     fig.update_xaxes(title="key", tickvals=win.positions[::step], ticktext=win.labels[::step], tickangle=-60)
     fig.update_yaxes(autorange="reversed", type="category")
-    head = f"{title} · query {query} {token_label(tokens[query])}: attention to each earlier token"
+    head = f"{title} · query {query} {figure_label(tokens[query], LABEL_WIDTH)}: attention to each earlier token"
     fig.update_layout(
         title=_title(head, win.note),
         plot_bgcolor="white",
