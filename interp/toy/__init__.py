@@ -1,0 +1,81 @@
+"""The embedded toy suite: small Pythia-architecture models trained here, with their checkpoints.
+
+    >>> from interp import toy
+    >>> toy.resolve("toy"), toy.revisions("toy-2l")[:3]
+    ('toy-2l', ['step0', 'step1', 'step2'])
+    >>> toy.checkpoint_path("toy-2l", "main").name  # the final step
+    'step2000'
+
+See interp/toy/README.md (the model card) for data, training and which heads do what.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+NAMES: tuple[str, ...] = ("toy-2l", "toy-4l")
+DEFAULT: str = "toy-2l"
+ALIASES: dict[str, str] = {"toy": DEFAULT}
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+_STEP = re.compile(r"step(\d+)")
+
+
+def resolve(name: str) -> str | None:
+    """The toy model a name means ("toy" -> DEFAULT), or None when it names no toy model."""
+    if not isinstance(name, str):
+        return None
+    name = ALIASES.get(name, name)
+    return name if name in NAMES else None
+
+
+def _known(name: str) -> str:
+    """Resolve `name` or raise a ValueError listing the toy names."""
+    resolved = resolve(name)
+    if resolved is None:
+        choices = ", ".join(repr(n) for n in (*ALIASES, *NAMES))
+        raise ValueError(f"{name!r} is not a toy model; choose one of {choices}.")
+    return resolved
+
+
+def model_dir(name: str) -> Path:
+    """Directory of one toy model: its tokenizer, training.json and step<N>/ checkpoints."""
+    return MODELS_DIR / _known(name)
+
+
+def revisions(name: str) -> list[str]:
+    """Saved checkpoints in training order, e.g. ["step0", "step1", ..., "step2000"]."""
+    root = model_dir(name)
+    steps = sorted(
+        int(m.group(1)) for p in root.glob("step*") if p.is_dir() and (m := _STEP.fullmatch(p.name))
+    )
+    if not steps:
+        raise FileNotFoundError(
+            f"No checkpoints under {root}; train them with `python -m interp.toy.train --model {root.name}`."
+        )
+    return [f"step{s}" for s in steps]
+
+
+def checkpoint_path(name: str, revision: str | None = None) -> Path:
+    """Directory of one checkpoint; revision None or "main" means the final step."""
+    saved = revisions(name)
+    if revision is None or revision == "main":
+        return model_dir(name) / saved[-1]
+    if revision in saved:
+        return model_dir(name) / revision
+    raise ValueError(
+        f"{_known(name)} has no checkpoint {revision!r}; nearest: {', '.join(_nearest(revision, saved))}. "
+        f"Saved: {', '.join(saved)} (or 'main' for {saved[-1]})."
+    )
+
+
+def _nearest(revision: object, saved: list[str]) -> list[str]:
+    """The saved steps closest to `revision`: by step number when it has one, else by spelling."""
+    match = _STEP.fullmatch(str(revision))
+    if match is None:
+        return difflib.get_close_matches(str(revision), saved, n=2, cutoff=0.0)
+    step = int(match.group(1))
+    below = [s for s in saved if int(s[4:]) < step]
+    above = [s for s in saved if int(s[4:]) > step]
+    return below[-1:] + above[:1]

@@ -1,0 +1,83 @@
+"""The toy suite as data: model shapes, optimiser settings and the checkpoint schedule."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+VOCAB_SIZE = 1024
+SEQ_LEN = 128
+SHORT_LEN = 48  # row length of the first phase of training
+SPECIAL_TOKENS = ("<|endoftext|>", "<|padding|>")  # ids 0 and 1, as in GPT-NeoX-20B
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """Architecture and training recipe of one toy model."""
+
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    steps: int = 3600
+    short_steps: int = 2400  # the first steps use short rows (SHORT_LEN tokens) and data.SHORT_MIX
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay to 10% of lr, as in Pythia
+    warmup: int = 100
+    weight_decay: float = 0.01  # Pythia's
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 1234
+    n_evenly: int = 8  # evenly spaced checkpoints after the log-spaced ones
+    last_log_step: int = 64  # step1, step2, step4, ... up to this one
+
+    @property
+    def d_head(self) -> int:
+        """Dimensions per head (32 here, so 8 rotary dims at rotary_pct 0.25)."""
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        """Plain-data view for training.json."""
+        return asdict(self)
+
+
+SPECS: dict[str, ToySpec] = {
+    "toy-2l": ToySpec(name="toy-2l", d_model=96, n_layers=2, n_heads=3),
+    "toy-4l": ToySpec(name="toy-4l", d_model=64, n_layers=4, n_heads=2),
+}
+
+
+def schedule(spec: ToySpec) -> list[int]:
+    """Checkpoint steps: 0, then 1, 2, 4, ... up to last_log_step, then evenly spaced to the end."""
+    steps = [0]
+    step = 1
+    while step <= spec.last_log_step:
+        steps.append(step)
+        step *= 2
+    every = spec.steps // spec.n_evenly
+    steps += [every * k for k in range(1, spec.n_evenly + 1)]
+    return sorted(set(steps))
+
+
+def neox_config(spec: ToySpec):
+    """A GPTNeoXConfig with Pythia's architecture at the toy's size."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec.d_model,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        intermediate_size=4 * spec.d_model,
+        hidden_act="gelu",
+        max_position_embeddings=2 * SEQ_LEN,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        use_parallel_residual=True,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=True,
+    )

@@ -1,0 +1,251 @@
+"""Train the toy suite, seeded and deterministic, saving Pythia-style step checkpoints.
+
+    python -m interp.toy.train                       # both models into interp/toy/models/
+    python -m interp.toy.train --model toy-2l --steps 16 --out /tmp/toy
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from interp.toy import corpus as corpus_mod
+from interp.toy import metrics
+from interp.toy.data import LONG_MIX, SHORT_MIX, Mix, batch, tokenize_docs
+from interp.toy.spec import SEQ_LEN, SHORT_LEN, SPECS, VOCAB_SIZE, ToySpec, neox_config, schedule
+from interp.toy.tokenizer import train_tokenizer
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+N_TRAIN_EVAL = 64  # windows of training text measured at each checkpoint
+REPEAT_EVAL = {"n_seqs": 32, "half": 32, "seed": 0}  # repeated random tokens for scores
+
+
+@dataclass
+class Corpus:
+    """Tokenizer and token streams shared by every model of one run."""
+
+    tokenizer: object
+    train: torch.Tensor  # (pos,)
+    heldout: torch.Tensor  # (pos,)
+    pile: torch.Tensor | None  # (pos,)
+    fingerprint: str
+
+
+def build_corpus() -> Corpus:
+    """Train the tokenizer on the training documents and tokenize every split."""
+    train_docs, heldout_docs = corpus_mod.split_topics()
+    tokenizer = train_tokenizer(train_docs)
+    pile_docs = corpus_mod.pile_sample()
+    return Corpus(
+        tokenizer=tokenizer,
+        train=tokenize_docs(tokenizer, train_docs),
+        heldout=tokenize_docs(tokenizer, heldout_docs),
+        pile=tokenize_docs(tokenizer, pile_docs) if pile_docs else None,
+        fingerprint=corpus_mod.fingerprint(train_docs),
+    )
+
+
+def eval_sets(corpus: Corpus) -> dict[str, torch.Tensor]:
+    """Fixed evaluation batches: (batch, pos) each."""
+    train = metrics.windows(corpus.train, SEQ_LEN)
+    stride = max(1, len(train) // N_TRAIN_EVAL)
+    sets = {
+        "train": train[::stride][:N_TRAIN_EVAL],
+        "heldout": metrics.windows(corpus.heldout, SEQ_LEN),
+        "repeat": metrics.repeated_random(vocab=VOCAB_SIZE, **REPEAT_EVAL),
+    }
+    if corpus.pile is not None:
+        sets["pile"] = metrics.windows(corpus.pile, SEQ_LEN)
+    return sets
+
+
+def lr_at(step: int, spec: ToySpec) -> float:
+    """Learning rate for optimiser step `step` (1-based): linear warmup, cosine to min_lr_ratio."""
+    if step <= spec.warmup:
+        return spec.lr * step / spec.warmup
+    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return spec.lr * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * cosine)
+
+
+def phase(step: int, spec: ToySpec) -> tuple[int, Mix]:
+    """Row length and data mix of optimiser step `step` (1-based): short rows first, then full ones."""
+    return (SHORT_LEN, SHORT_MIX) if step <= spec.short_steps else (SEQ_LEN, LONG_MIX)
+
+
+def make_model(spec: ToySpec):
+    """A freshly initialised GPTNeoXForCausalLM (seeded by the caller), with Pythia's init."""
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM._from_config(neox_config(spec), attn_implementation="sdpa")
+    pythia_init_(model, spec)
+    return model
+
+
+def pythia_init_(model, spec: ToySpec) -> None:
+    """GPT-NeoX's init for Pythia: small_init N(0, 2/(5d)) everywhere, wang_init on output projections."""
+    small = math.sqrt(2 / (5 * spec.d_model))
+    wang = 2 / (spec.n_layers * math.sqrt(spec.d_model))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() < 2:
+                continue  # biases stay 0, LayerNorm gains 1
+            std = wang if name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")) else small
+            p.normal_(0.0, std)
+
+
+def make_optimizer(model, spec: ToySpec) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorms)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
+
+
+def save_checkpoint(model, path: Path):
+    """Save an fp16 copy to `path`; return that copy in fp32 with eager attention, for evaluation."""
+    half = copy.deepcopy(model).half()
+    half.config.dtype = torch.float16
+    half.save_pretrained(path, safe_serialization=True)
+    shipped = half.float().eval()
+    shipped.set_attn_implementation("eager")
+    return shipped
+
+
+def evaluate(model, sets: dict[str, torch.Tensor]) -> dict:
+    """Losses and head scores of one checkpoint, as shipped (fp16 weights, fp32 compute)."""
+    first, second = metrics.repeat_losses(model, sets["repeat"])
+    record = {name: round(metrics.text_loss(model, sets[name]), 5) for name in ("train", "heldout", "pile") if name in sets}
+    record = {f"{name}_loss": value for name, value in record.items()}
+    record.update(repeat_first_loss=round(first, 5), repeat_second_loss=round(second, 5))
+    record.update(metrics.head_scores(model, sets["repeat"]))
+    return record
+
+
+def train_model(spec: ToySpec, corpus: Corpus, out: Path, steps: int) -> dict:
+    """Train one model for `steps` steps of its schedule, saving and measuring each checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("step*"):
+        if old.is_dir() and old.name[4:].isdigit():
+            shutil.rmtree(old)  # checkpoints of an earlier run
+    corpus.tokenizer.save_pretrained(out)
+    torch.manual_seed(spec.seed)
+    model = make_model(spec).train()
+    optimizer = make_optimizer(model, spec)
+    sets = eval_sets(corpus)
+    saves = [s for s in schedule(spec) if s <= steps] + ([steps] if steps not in schedule(spec) else [])
+    checkpoints, losses, start, cpu = [], [], time.perf_counter(), time.process_time()
+    for step in range(steps + 1):
+        if step in saves:
+            record = evaluate(save_checkpoint(model, out / f"step{step}"), sets)
+            checkpoints.append({"step": step, "lr": round(lr_at(step, spec), 8) if step else 0.0, **record})
+            print(f"{spec.name} step{step}: {_summary(record)}", flush=True)
+        if step == steps:
+            break
+        seq_len, mix = phase(step + 1, spec)
+        tokens = batch(corpus.train, step + 1, spec.seed, spec.batch_size, seq_len, VOCAB_SIZE, mix)
+        losses.append(_update(model, optimizer, tokens, lr_at(step + 1, spec), spec.grad_clip))
+    seconds = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+    return _record(spec, corpus, steps, checkpoints, losses, seconds)
+
+
+def _update(model, optimizer, tokens: torch.Tensor, lr: float, clip: float) -> float:
+    """One optimiser step on a (batch, pos) batch; returns its loss before the update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return round(loss.item(), 5)
+
+
+def _summary(record: dict) -> str:
+    """One log line: losses and the best induction / previous-token scores."""
+    best = {k: max(max(row) for row in record[k]) for k in ("induction", "previous_token")}
+    return (
+        f"train {record['train_loss']:.3f} heldout {record['heldout_loss']:.3f} "
+        f"repeat {record['repeat_first_loss']:.2f}->{record['repeat_second_loss']:.2f} "
+        f"induction {best['induction']:.2f} prev {best['previous_token']:.2f}"
+    )
+
+
+def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
+    """The content of training.json."""
+    import transformers
+
+    return {
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "phases": [
+            {"steps": [1, spec.short_steps], "seq_len": SHORT_LEN, "mix": asdict(SHORT_MIX)},
+            {"steps": [spec.short_steps + 1, spec.steps], "seq_len": SEQ_LEN, "mix": asdict(LONG_MIX)},
+        ],
+        "vocab_size": VOCAB_SIZE,
+        "schedule": [c["step"] for c in checkpoints],
+        "steps_run": steps,
+        "checkpoints": checkpoints,
+        "batch_loss": losses,  # batch_loss[i]: loss of the batch of step i + 1, before its update
+        "train_seconds": round(seconds["wall"], 1),  # wall clock, evaluation included
+        "cpu_seconds": round(seconds["cpu"], 1),  # summed over threads
+        "torch_threads": torch.get_num_threads(),
+        "corpus": {
+            "source": "pydoc_data.topics.topics (Python's bundled documentation)",
+            "heldout_topics": list(corpus_mod.HELDOUT_TOPICS),
+            "train_tokens": len(corpus.train),
+            "heldout_tokens": len(corpus.heldout),
+            "pile_tokens": None if corpus.pile is None else len(corpus.pile),
+            "train_sha256": corpus.fingerprint,
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "repeat_eval": REPEAT_EVAL,
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m interp.toy.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all", choices=[*SPECS, "all"], help="which toy model to train")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR, help="parent of the <name>/ model dirs")
+    parser.add_argument("--steps", type=int, default=None, help="stop the standard schedule early, after N steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    return args
+
+
+def main(argv=None) -> None:
+    """Train the chosen models and write <out>/<name>/training.json next to the checkpoints."""
+    from transformers.utils import logging
+
+    args = parse_args(argv)
+    logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    corpus = build_corpus()
+    names = list(SPECS) if args.model == "all" else [args.model]
+    for name in names:
+        spec = SPECS[name]
+        steps = spec.steps if args.steps is None else min(args.steps, spec.steps)
+        record = train_model(spec, corpus, args.out / name, steps)
+        (args.out / name / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"{name}: {steps} steps in {record['train_seconds']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
