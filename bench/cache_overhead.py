@@ -56,10 +56,13 @@ def contenders(size: str, ids: torch.Tensor) -> dict[str, Callable[[], int]]:
             "ours: residual stream": ours(resid), "ours: every standard site": ours(standard)}
     bridge = _bridge(eager, config)
     if bridge is not None:
-        shared = {n for n in standard if n in bridge.hook_dict}
-        runs[f"ours: the {len(shared)} sites TL also has"] = ours(sorted(shared))
+        fired = bridge.run_with_cache(ids[:1, :8])[1].cache_dict  # registered is not fired: rot_q/rot_k are not
+        shared = {n for n in standard if n in fired}
+        runs[f"ours: the {len(shared)} sites TL also fills"] = ours(sorted(shared))
         runs["TransformerLens bridge: same sites"] = lambda: nbytes(
             bridge.run_with_cache(ids, names_filter=lambda n: n in shared)[1].cache_dict.values())
+        runs["TransformerLens bridge: default (all)"] = lambda: nbytes(
+            bridge.run_with_cache(ids)[1].cache_dict.values())
     nnsight_run = _nnsight(hf, model, ids)
     if nnsight_run is not None:
         runs["nnsight: residual stream"] = nnsight_run
