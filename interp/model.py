@@ -210,7 +210,9 @@ class Model(WeightViews):
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: Site) -> None:
-            store[hook.name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+            t = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
+            # q, k and v are views of the fused projection: keep only the slice, not all three
+            store[hook.name] = t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
 
         with torch.no_grad(), self._hooked([(s, save) for s in sites]), ExitStack() as stack:
             if stop_at_layer is not None:

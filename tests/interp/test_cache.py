@@ -48,6 +48,8 @@ def test_save_and_load_round_trip(model, ids, tmp_path):
     assert back.provenance.attention_mask == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_nbytes_counts_shared_storage_once(model, ids):
+def test_cache_holds_only_what_was_asked(model, ids):
     _, cache = model.run_with_cache(ids, names=["blocks.0.attn.hook_q", "blocks.0.attn.hook_k"])
-    assert cache.nbytes() == 2 * 12 * 3 * 64 * 4, "q and k are views of one fused qkv output"
+    assert cache.nbytes() == 2 * (2 * 12 * 64 * 4), "q and k alone, not the whole fused qkv output"
+    _, cache = model.run_with_cache(ids, names=["hook_embed", "blocks.0.hook_resid_pre"])
+    assert cache.nbytes() == 2 * 12 * 64 * 4, "the embedding and resid_pre 0 are one tensor, counted once"
