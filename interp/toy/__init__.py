@@ -4,20 +4,26 @@
     >>> toy.resolve("toy"), toy.revisions("toy-2l")[:3]
     ('toy-2l', ['step0', 'step1', 'step2'])
     >>> toy.checkpoint_path("toy-2l", "main").name  # the final step
-    'step2000'
+    'step3600'
+    >>> toy.HEADS["toy-2l"]["previous_token"]
+    ((0, 1),)
 
 See interp/toy/README.md (the model card) for data, training and which heads do what.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 
 NAMES: tuple[str, ...] = ("toy-2l", "toy-4l")
 DEFAULT: str = "toy-2l"
 ALIASES: dict[str, str] = {"toy": DEFAULT}
+# What the model card's named heads do at the final checkpoint, as (layer, head).
+HEADS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+    "toy-2l": {"previous_token": ((0, 1),), "induction": ((1, 0), (1, 1), (1, 2))},
+    "toy-4l": {"previous_token": ((0, 0),), "induction": ((1, 0), (1, 1))},
+}
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 _STEP = re.compile(r"step(\d+)")
 
@@ -45,7 +51,7 @@ def model_dir(name: str) -> Path:
 
 
 def revisions(name: str) -> list[str]:
-    """Saved checkpoints in training order, e.g. ["step0", "step1", ..., "step2000"]."""
+    """Saved checkpoints in training order, e.g. ["step0", "step1", ..., "step3600"]."""
     root = model_dir(name)
     steps = sorted(
         int(m.group(1)) for p in root.glob("step*") if p.is_dir() and (m := _STEP.fullmatch(p.name))
@@ -65,17 +71,17 @@ def checkpoint_path(name: str, revision: str | None = None) -> Path:
     if revision in saved:
         return model_dir(name) / revision
     raise ValueError(
-        f"{_known(name)} has no checkpoint {revision!r}; nearest: {', '.join(_nearest(revision, saved))}. "
+        f"{_known(name)} has no checkpoint {revision!r}; {_hint(revision, saved)} "
         f"Saved: {', '.join(saved)} (or 'main' for {saved[-1]})."
     )
 
 
-def _nearest(revision: object, saved: list[str]) -> list[str]:
-    """The saved steps closest to `revision`: by step number when it has one, else by spelling."""
+def _hint(revision: object, saved: list[str]) -> str:
+    """Name the saved steps on either side of a step number, or show what a revision looks like."""
     match = _STEP.fullmatch(str(revision))
     if match is None:
-        return difflib.get_close_matches(str(revision), saved, n=2, cutoff=0.0)
+        return f"revisions look like {saved[-1]!r} or 'main'."
     step = int(match.group(1))
     below = [s for s in saved if int(s[4:]) < step]
     above = [s for s in saved if int(s[4:]) > step]
-    return below[-1:] + above[:1]
+    return f"nearest: {', '.join(below[-1:] + above[:1])}."

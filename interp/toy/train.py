@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import platform
@@ -82,6 +83,18 @@ def phase(step: int, spec: ToySpec) -> tuple[int, Mix]:
     return (SHORT_LEN, SHORT_MIX) if step <= spec.short_steps else (SEQ_LEN, LONG_MIX)
 
 
+def batch_for(step: int, spec: ToySpec, corpus: Corpus) -> torch.Tensor:
+    """The training batch of optimiser step `step` (1-based): (batch, pos)."""
+    seq_len, mix = phase(step, spec)
+    return batch(corpus.train, step, spec.seed, spec.batch_size, seq_len, VOCAB_SIZE, mix)
+
+
+def batch_digests(spec: ToySpec, corpus: Corpus) -> dict[str, str]:
+    """sha256 of the first batch of each phase, so a changed data pipeline is caught without training."""
+    steps = (1, spec.short_steps + 1)
+    return {str(s): hashlib.sha256(batch_for(s, spec, corpus).numpy().tobytes()).hexdigest() for s in steps}
+
+
 def make_model(spec: ToySpec):
     """A freshly initialised GPTNeoXForCausalLM (seeded by the caller), with Pythia's init."""
     from transformers import GPTNeoXForCausalLM
@@ -151,8 +164,7 @@ def train_model(spec: ToySpec, corpus: Corpus, out: Path, steps: int) -> dict:
             print(f"{spec.name} step{step}: {_summary(record)}", flush=True)
         if step == steps:
             break
-        seq_len, mix = phase(step + 1, spec)
-        tokens = batch(corpus.train, step + 1, spec.seed, spec.batch_size, seq_len, VOCAB_SIZE, mix)
+        tokens = batch_for(step + 1, spec, corpus)
         losses.append(_update(model, optimizer, tokens, lr_at(step + 1, spec), spec.grad_clip))
     seconds = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
     return _record(spec, corpus, steps, checkpoints, losses, seconds)
@@ -195,7 +207,8 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
         "schedule": [c["step"] for c in checkpoints],
         "steps_run": steps,
         "checkpoints": checkpoints,
-        "batch_loss": losses,  # batch_loss[i]: loss of the batch of step i + 1, before its update
+        "batch_loss": losses,
+        "batch_sha256": batch_digests(spec, corpus),  # batch_loss[i]: loss of the batch of step i + 1, before its update
         "train_seconds": round(seconds["wall"], 1),  # wall clock, evaluation included
         "cpu_seconds": round(seconds["cpu"], 1),  # summed over threads
         "torch_threads": torch.get_num_threads(),

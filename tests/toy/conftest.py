@@ -1,0 +1,36 @@
+"""Toy-suite fixtures: checkpoints loaded with plain transformers (fp32, eager attention), cached."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from interp import toy
+
+
+def require_checkpoints(name: str) -> None:
+    """Skip when the toy model's checkpoints are not on disk (e.g. a source checkout without them)."""
+    try:
+        toy.revisions(name)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+
+
+@functools.lru_cache(maxsize=16)
+def hf_model(name: str, revision: str | None = None):
+    """GPTNeoXForCausalLM from a shipped checkpoint: fp32, eager attention, eval mode."""
+    from transformers import GPTNeoXForCausalLM
+
+    path = toy.checkpoint_path(name, revision)
+    model = GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(name: str):
+    """The toy model's tokenizer, as transformers.AutoTokenizer loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(toy.model_dir(name))

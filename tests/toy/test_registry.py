@@ -1,0 +1,102 @@
+"""The toy registry (names, revisions, paths), the shipped files, configs and tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interp import toy
+from interp.toy.spec import SPECS, VOCAB_SIZE, schedule
+from tests.toy.conftest import require_checkpoints, tokenizer
+
+MAX_WEIGHT_BYTES = 25_000_000
+
+
+def test_resolve_names_and_alias():
+    assert toy.resolve("toy") == toy.DEFAULT == "toy-2l"
+    assert [toy.resolve(n) for n in toy.NAMES] == list(toy.NAMES)
+    assert toy.resolve("pythia-70m") is None, "real Pythia names must fall through to the core"
+    assert toy.resolve("TOY") is None and toy.resolve(None) is None
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_revisions_follow_the_schedule_in_training_order(name):
+    require_checkpoints(name)
+    saved = toy.revisions(name)
+    assert saved == [f"step{s}" for s in schedule(SPECS[name])], "shipped steps differ from spec.schedule"
+    assert saved[:4] == ["step0", "step1", "step2", "step4"], "Pythia-like log-spaced start"
+    assert toy.revisions("toy") == toy.revisions(toy.DEFAULT)
+    record = json.loads((toy.model_dir(name) / "training.json").read_text())
+    assert [f"step{s}" for s in record["schedule"]] == saved
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_checkpoint_path_main_and_none_mean_the_final_step(name):
+    require_checkpoints(name)
+    final = toy.revisions(name)[-1]
+    assert toy.checkpoint_path(name) == toy.checkpoint_path(name, "main") == toy.model_dir(name) / final
+    assert toy.checkpoint_path(name, "step0").name == "step0"
+    assert (toy.checkpoint_path(name, "step0") / "model.safetensors").is_file()
+
+
+def test_unknown_revision_names_the_nearest_saved_steps():
+    require_checkpoints("toy-2l")
+    saved = toy.revisions("toy-2l")
+    after, before = saved[-2], saved[-3]
+    between = f"step{(int(before[4:]) + int(after[4:])) // 2}"
+    with pytest.raises(ValueError, match=rf"nearest: {before}, {after}\b"):
+        toy.checkpoint_path("toy-2l", between)
+    with pytest.raises(ValueError, match="'main'"):
+        toy.checkpoint_path("toy-2l", "latest")
+    with pytest.raises(ValueError, match="not a toy model.*toy-4l"):
+        toy.checkpoint_path("toy-9l")
+
+
+def test_all_shipped_weights_fit_the_budget():
+    files = [f for name in toy.NAMES for f in toy.model_dir(name).glob("step*/*.safetensors")]
+    if not files:
+        pytest.skip("no toy checkpoints on disk")
+    total = sum(f.stat().st_size for f in files)
+    assert total <= MAX_WEIGHT_BYTES, f"toy weights take {total / 1e6:.1f} MB > 25 MB"
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_config_has_pythias_architecture(name):
+    require_checkpoints(name)
+    from transformers import AutoConfig
+    from safetensors import safe_open
+
+    path = toy.checkpoint_path(name)
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == "gpt_neox" and config.use_parallel_residual
+    assert config.rope_parameters["partial_rotary_factor"] == 0.25
+    assert config.rope_parameters["rope_theta"] == 10000
+    assert config.hidden_size // config.num_attention_heads == 32, "heads must have 32 dims (8 rotary)"
+    assert config.intermediate_size == 4 * config.hidden_size and config.hidden_act == "gelu"
+    assert not config.tie_word_embeddings and config.attention_bias and config.layer_norm_eps == 1e-5
+    assert config.bos_token_id == config.eos_token_id == tokenizer(name).eos_token_id
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_tokenizer_is_neox_style_byte_level_bpe(name):
+    require_checkpoints(name)
+    tok = tokenizer(name)
+    text = "def f(x):\n    return x  # café ünïcode"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text, "byte-level BPE must round-trip any text"
+    assert ids[0] != tok.bos_token_id, "no BOS is prepended (Pythia convention)"
+    assert tok.convert_ids_to_tokens(tok("a b")["input_ids"]) == ["a", "Ġb"], "no prefix space"
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
+    assert len(tok) <= VOCAB_SIZE, "every token id must have an embedding row"
+
+
+def test_model_dir_holds_the_tokenizer_next_to_the_steps():
+    require_checkpoints("toy-2l")
+    root = toy.model_dir("toy")
+    assert (root / "tokenizer.json").is_file() and (root / "step0").is_dir()
+    assert torch.equal(torch.tensor(tokenizer("toy-2l")("Hello")["input_ids"]),
+                       torch.tensor(tokenizer("toy-4l")("Hello")["input_ids"])), "one tokenizer for the suite"
