@@ -25,7 +25,7 @@ from interp.text import figure_label
 MAX_POS = 256  # positions per axis in a one-head figure
 GRID_MAX_POS = 128  # per axis in a small multiple (about 200 pixels wide: more would not show)
 MAX_CELLS = 2_000_000  # cells across all heads of a small-multiples figure (all travel in the file)
-TICKS, TICKS_SMALL = 48, 12  # most labelled ticks per axis: one big heatmap, one small multiple
+TICKS, TICKS_SMALL = 48, 16  # most labelled ticks per axis: one big heatmap, one small multiple
 LABEL_WIDTH = 14  # characters of a token shown in a label
 COLORS = "Blues"
 HOVER_HEAD = "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.3f}<extra>%{meta}</extra>"
@@ -154,7 +154,7 @@ def heads_grid(
         cols=cols,
         subplot_titles=titles,
         horizontal_spacing=0.06 / cols**0.5,
-        vertical_spacing=0.1 / rows**0.5,
+        vertical_spacing=0.16 / rows**0.5,
     )
     custom = _pair_hover(win.hover) if one_layer else None
     for i in range(1 if one_layer else n_layers):
@@ -313,7 +313,7 @@ def token_view(
     step = max(1, math.ceil(len(win.positions) / TICKS))
     fig.update_xaxes(title="key", tickvals=win.positions[::step], ticktext=win.labels[::step], tickangle=-60)
     fig.update_yaxes(autorange="reversed", type="category")
-    head = f"{title} · query {query} {figure_label(tokens[query], LABEL_WIDTH)}: attention to each earlier token"
+    head = f"{title} · attention from query {query} ({figure_label(tokens[query], LABEL_WIDTH)}) to each earlier token"
     fig.update_layout(
         title=_title(head, win.note),
         plot_bgcolor="white",

@@ -23,6 +23,8 @@ and two more that are always weighted means over the kept attention (error_measu
     mean_distance    sum_qk A'[q, k] (q - k) / sum_qk A'[q, k]   (in tokens)
 
 For a batch, each row is scored on its own real (unpadded) tokens and the rows are averaged.
+On repeated random tokens [r; r] only the second copy has earlier occurrences, so a perfect
+induction head scores about 1/2 with "mul" (as in TransformerLens), not 1.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from analyses.attention_maps import (
     patterns,
     repeated_tokens,
 )
+from analyses.export import find_browser
 from interp.errors import InputError
-from tests.analyses.helpers_attention import REMOTE_REF, hand_made, tiny_model
+from tests.analyses.helpers_attention import REMOTE_REF, hand_made, pixel_std, tiny_model
 from tests.conftest import assert_untouched, hook_state
 
 N = 6
@@ -326,7 +327,7 @@ def test_token_view_is_one_query_row_of_every_head():
     z = np.asarray(fig.data[0].z)
     assert z.shape == (model.n_layers * model.n_heads, 4), "a row per head, a column per key up to the query"
     np.testing.assert_allclose(z[3], pats.pattern[1, 0, 1, 3, :4].numpy(), atol=1e-6)
-    assert list(fig.data[0].y)[3] == "L1H1" and "query 3 t5" in fig.layout.title.text
+    assert list(fig.data[0].y)[3] == "L1H1" and "query 3 (t5)" in fig.layout.title.text
 
 
 # ---- long prompts ------------------------------------------------------------------------------
@@ -434,3 +435,72 @@ def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys):
         == 2
     )
     assert "no directory there" in capsys.readouterr().err
+
+
+# ---- the toy suite: the heads its model card (interp/toy/README.md) names ----------------------
+
+CARD = {
+    "toy-2l": {"prev_token": [(0, 1)], "induction": [(1, 0), (1, 1), (1, 2)]},
+    "toy-4l": {"prev_token": [(0, 0)], "induction": [(1, 0), (1, 1)]},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CARD))
+def toy(request):
+    import interp
+
+    return request.param, interp.load(request.param)
+
+
+def test_detectors_find_the_heads_the_toy_model_card_names(toy):
+    name, model = toy
+    scores = detect_heads(model)  # 4 x (50 random tokens, twice)
+    frame = scores.to_frame().round(3).to_string()
+    for detector, named in CARD[name].items():
+        values = scores.scores[detector]
+        found = scores.top(detector, len(named))
+        assert sorted(found) == named, f"{name}: best {detector} heads {found}, the card names {named}\n{frame}"
+        weakest_named = min(values[L, h] for L, h in named)
+        strongest_other = max(
+            values[L, h] for L in range(model.n_layers) for h in range(model.n_heads) if (L, h) not in named
+        )
+        assert weakest_named > 2 * strongest_other, f"{name}: {detector} heads do not stand out\n{frame}"
+    # a perfect induction head scores 1/2 here: only the second copy has an earlier occurrence
+    assert scores.scores["induction"][1, 0] > 0.35 and scores.scores["prev_token"][CARD[name]["prev_token"][0]] > 0.8
+
+
+def test_toy_heads_show_on_a_repeated_text_prompt(toy):
+    name, model = toy
+    prompt = "If the object has a __len__ method, len() returns its length. " * 2
+    scores = detect_heads(model, prompt.strip())
+    assert scores.top("induction", 1)[0] in CARD[name]["induction"]
+    assert scores.top("prev_token", 1) == CARD[name]["prev_token"]
+
+
+def test_no_toy_head_is_detected_at_initialisation(toy):
+    import interp
+
+    name, _ = toy
+    scores = detect_heads(interp.load(name, revision="step0"))
+    assert scores.scores["induction"].max() < 0.05 and scores.scores["prev_token"].max() < 0.1
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(find_browser() is None, reason="no Chrome/Chromium installed")
+def test_cli_on_the_default_toy_model_writes_every_file(tmp_path):
+    from analyses.cli import main
+
+    out = tmp_path / "out"
+    prompt = "The value of x is returned. The value of x is returned."
+    assert main(["attention", "--prompt", prompt, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention.html",
+        "attention.json",
+        "attention.png",
+        "head_scores.csv",
+    ]
+    record = json.loads((out / "attention.json").read_text())
+    assert record["model"] == "toy-2l" and record["revision"] == "main" and len(record["tokens"]) > 5
+    frame = pd.read_csv(out / "head_scores.csv").set_index("name")
+    assert frame["induction"].idxmax() in {f"L{L}H{h}" for L, h in CARD["toy-2l"]["induction"]}
+    assert pixel_std(out / "attention.png") > 10, "the PNG is blank"
