@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars would drown the output
     try:
         return args.func(args) or 0
     except Exception as err:  # a clear one-line message for bad input, not a traceback

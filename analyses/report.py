@@ -79,9 +79,10 @@ def build_report(model: interp.Model, prompt: str = DEFAULT_PROMPT, sweep_revisi
     layer, head = heads.top("induction", k=1)[0]
     lens = logit_lens(model, prompt)
     sections = [
-        Section("Head detectors", "Scores per head on repeated random tokens (induction, previous-token) and "
-                "on the same tokens for the rest; hover a cell for its head.", heads.figure("induction"),
-                _top_heads(scores)),
+        Section("Head detectors", "Scores per head on repeated random tokens, with TransformerLens's "
+                "definitions: the mean over every query position of the attention a detector expects, so a "
+                "perfect induction head scores about 1/2 on one repeat (no earlier copy in the first half). "
+                "Hover a cell for its head.", heads.figure("induction"), _top_heads(scores)),
         Section(f"Attention of L{layer}H{head}, the strongest induction head",
                 "Query tokens down, key tokens across; a repeated phrase lights up the diagonal just after "
                 "each earlier occurrence.", patterns(model, prompt, layers=[layer]).figure(layer=layer, head=head)),
@@ -107,7 +108,7 @@ def _top_heads(scores: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     rows = []
     for detector in ("induction", "prev_token", "duplicate_token", "first_token"):
         best = scores.nlargest(k, detector)
-        rows.append({"detector": detector, **{f"#{i + 1}": f"L{r.layer}H{r.head} ({r[detector]:.2f})"
+        rows.append({"detector": detector, **{f"#{i + 1}": f"L{r['layer']}H{r['head']} ({r[detector]:.2f})"
                                                for i, (_, r) in enumerate(best.iterrows())}})
     return pd.DataFrame(rows)
 
