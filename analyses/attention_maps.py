@@ -110,6 +110,8 @@ class AttentionPatterns:
     def to_frame(self, batch: int | None = 0):
         """Long table: layer, head, batch, q_pos, k_pos, q_token, k_token, weight (k_pos <= q_pos).
 
+        Tokens are pandas categoricals; a 2048-token prompt gives about 2M rows per head.
+
         >>> pats.to_frame().query("layer == 1 and head == 0")
         """
         import pandas as pd
@@ -121,20 +123,24 @@ class AttentionPatterns:
         import pandas as pd
 
         pat, _ = self.row(batch)
-        tokens = np.array(self.str_tokens[batch], dtype=object)
         n_layers, n_heads, n = pat.shape[:3]
         q, k = np.tril_indices(n)  # causal cells, k <= q
         weights = pat[:, :, q, k].float().numpy()  # (layer, head, cell)
-        cells = len(q)
+        vocab, codes = np.unique(np.array(self.str_tokens[batch], dtype=object), return_inverse=True)
+        heads, cells = n_layers * n_heads, len(q)
+
+        def tokens_at(pos: np.ndarray):  # categorical: one copy of each token string
+            return pd.Categorical.from_codes(np.tile(codes[pos], heads), categories=vocab)
+
         return pd.DataFrame(
             {
-                "layer": np.repeat(self.layers, n_heads * cells),
-                "head": np.tile(np.repeat(np.arange(n_heads), cells), n_layers),
-                "batch": batch,
-                "q_pos": np.tile(q, n_layers * n_heads),
-                "k_pos": np.tile(k, n_layers * n_heads),
-                "q_token": np.tile(tokens[q], n_layers * n_heads),
-                "k_token": np.tile(tokens[k], n_layers * n_heads),
+                "layer": np.repeat(np.array(self.layers, dtype=np.int16), n_heads * cells),
+                "head": np.tile(np.repeat(np.arange(n_heads, dtype=np.int16), cells), n_layers),
+                "batch": np.full(heads * cells, batch, dtype=np.int16),
+                "q_pos": np.tile(q.astype(np.int32), heads),
+                "k_pos": np.tile(k.astype(np.int32), heads),
+                "q_token": tokens_at(q),
+                "k_token": tokens_at(k),
                 "weight": weights.reshape(-1),
             }
         )
