@@ -10,7 +10,9 @@ For one head with pattern A (q_pos x k_pos, rows sum to 1) over n real tokens:
     mul score  S = sum_qk A'[q, k] D[q, k] / sum_qk A'[q, k]       (share of kept attention on D)
     abs score  S = 1 - sum_qk |A[q, k] - D[q, k]| keep[q, k] / n
 
-with the detection patterns D (1 where the head "should" attend, else 0), as in TransformerLens:
+with the detection patterns D (1 where the head "should" attend, else 0), as in TransformerLens
+(`transformer_lens.head_detector.detect_head` gives the same scores on the same patterns, except
+that it rounds "abs" scores to 3 decimals):
 
     prev_token       D[q, k] = [k == q - 1]
     duplicate_token  D[q, k] = [k < q and tok[k] == tok[q]]
