@@ -55,7 +55,7 @@ def text_window(stream: Tensor, seq_len: int, g: torch.Generator) -> Tensor:
     return stream[start : start + seq_len].clone()
 
 
-def with_repeated_span(seq: Tensor, vocab: int, mix: Mix, g: torch.Generator) -> Tensor:
+def write_repeated_span_(seq: Tensor, vocab: int, mix: Mix, g: torch.Generator) -> Tensor:
     """Write one random span into seq twice, at a random distance (in place; returns seq)."""
     seq_len = len(seq)
     length = _randint(g, *mix.span_len)
@@ -92,7 +92,7 @@ def batch(stream: Tensor, step: int, seed: int, size: int, seq_len: int, vocab: 
         if kind < mix.text:
             rows.append(text_window(stream, seq_len, g))
         elif kind < mix.text + mix.span:
-            rows.append(with_repeated_span(text_window(stream, seq_len, g), vocab, mix, g))
+            rows.append(write_repeated_span_(text_window(stream, seq_len, g), vocab, mix, g))
         elif kind < mix.text + mix.span + mix.lead:
             lead = periodic_random(_randint(g, *mix.lead_len), vocab, mix, g)
             rows.append(torch.cat([lead, text_window(stream, seq_len - len(lead), g)]))

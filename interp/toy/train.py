@@ -137,8 +137,8 @@ def save_checkpoint(model, path: Path):
 def evaluate(model, sets: dict[str, torch.Tensor]) -> dict:
     """Losses and head scores of one checkpoint, as shipped (fp16 weights, fp32 compute)."""
     first, second = metrics.repeat_losses(model, sets["repeat"])
-    record = {name: round(metrics.text_loss(model, sets[name]), 5) for name in ("train", "heldout", "pile") if name in sets}
-    record = {f"{name}_loss": value for name, value in record.items()}
+    texts = [name for name in ("train", "heldout", "pile") if name in sets]
+    record = {f"{name}_loss": round(metrics.text_loss(model, sets[name]), 5) for name in texts}
     record.update(repeat_first_loss=round(first, 5), repeat_second_loss=round(second, 5))
     record.update(metrics.head_scores(model, sets["repeat"]))
     return record
@@ -207,8 +207,8 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
         "schedule": [c["step"] for c in checkpoints],
         "steps_run": steps,
         "checkpoints": checkpoints,
-        "batch_loss": losses,
-        "batch_sha256": batch_digests(spec, corpus),  # batch_loss[i]: loss of the batch of step i + 1, before its update
+        "batch_loss": losses,  # batch_loss[i]: loss of the batch of step i + 1, before its update
+        "batch_sha256": batch_digests(spec, corpus),
         "train_seconds": round(seconds["wall"], 1),  # wall clock, evaluation included
         "cpu_seconds": round(seconds["cpu"], 1),  # summed over threads
         "torch_threads": torch.get_num_threads(),

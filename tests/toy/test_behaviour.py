@@ -95,7 +95,7 @@ def test_named_heads_at_the_final_checkpoint(name, half):
         for layer, head in named[kind]:
             score = float(s[kind][layer, head])
             assert score >= 0.5, f"{name} L{layer}H{head} {kind} score {score:.2f} < 0.5 (half={half})\n{s}"
-    assert max(l for l, _ in named["previous_token"]) < min(l for l, _ in named["induction"]), \
+    assert max(layer for layer, _ in named["previous_token"]) < min(layer for layer, _ in named["induction"]), \
         "a previous-token head must sit in an earlier layer than the induction heads it feeds"
 
 

@@ -65,8 +65,8 @@ def test_all_shipped_weights_fit_the_budget():
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_config_has_pythias_architecture(name):
     require_checkpoints(name)
-    from transformers import AutoConfig
     from safetensors import safe_open
+    from transformers import AutoConfig
 
     path = toy.checkpoint_path(name)
     config = AutoConfig.from_pretrained(path)

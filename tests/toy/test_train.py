@@ -56,7 +56,7 @@ def test_schedule_is_pythia_like():
     steps = schedule(spec)
     assert steps[:8] == [0, 1, 2, 4, 8, 16, 32, 64] and steps[-1] == spec.steps
     evenly = steps[8:]
-    assert len({b - a for a, b in zip(evenly, evenly[1:])}) == 1, f"evenly spaced after step64: {evenly}"
+    assert len({b - a for a, b in zip(evenly, evenly[1:], strict=False)}) == 1, f"evenly spaced after step64: {evenly}"
     assert lr_at(1, spec) < lr_at(spec.warmup, spec) == spec.lr > lr_at(spec.steps, spec) >= 0.1 * spec.lr - 1e-12
 
 
@@ -83,7 +83,17 @@ def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path):
     mine, theirs = metrics_at(a, SHORT), metrics_at(ship, SHORT)
     for key in ("train_loss", "heldout_loss", "repeat_second_loss"):
         assert mine[key] == pytest.approx(theirs[key], abs=LOSS_TOL), key
-    assert (tmp_path / "a" / name / "tokenizer.json").read_text() == (toy.model_dir(name) / "tokenizer.json").read_text()
+    tokenizer_file = "tokenizer.json"
+    assert (runs[0] / name / tokenizer_file).read_text() == (toy.model_dir(name) / tokenizer_file).read_text()
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_both_phases_draw_the_shipped_batches(name):
+    require_same_corpus(name)
+    from interp.toy.train import batch_digests, build_corpus
+
+    assert batch_digests(SPECS[name], build_corpus()) == shipped(name)["batch_sha256"], \
+        "the data pipeline (corpus split, tokenizer, mix or phase) no longer draws the shipped batches"
 
 
 @pytest.mark.slow
