@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from analyses.commands import add_model_arguments
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `attention` subcommand."""
@@ -21,8 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="attention maps and head detector scores for a prompt",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--model", default="toy", help="name or path interp.load takes (default: toy)")
-    parser.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: final)")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="text whose attention is drawn")
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
     parser.add_argument(

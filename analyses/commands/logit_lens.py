@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from analyses.commands import add_model_arguments
+
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 
 
@@ -24,12 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="decode every layer of a prompt (logit or tuned lens)",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--model", default="toy", help="name or path interp.load takes (default: toy)"
-    )
-    parser.add_argument(
-        "--revision", default=None, help="checkpoint, e.g. step1000 (default: final)"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="text to decode")
     parser.add_argument(
         "--target",

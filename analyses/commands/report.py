@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 
 import interp
+from analyses.commands import add_model_arguments
 from interp import suite, toy
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `report` subcommand."""
     p = subparsers.add_parser("report", help="HTML report: head detectors, attention, logit lens, checkpoints")
-    p.add_argument("--model", default="toy", help="anything interp.load takes (default: toy)")
-    p.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: the final one)")
+    add_model_arguments(p)
     p.add_argument("--prompt", default=None, help="prompt for the attention and logit-lens sections")
     p.add_argument("--sweep", type=int, default=None, metavar="N",
                    help="checkpoints in the across-training section (default: all for toy models, 0 otherwise)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analyses.commands import add_model_arguments
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `tuned-lens` and its `train` subcommand."""
@@ -27,12 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="train a tuned lens and save it to a folder",
         description=__doc__.split("\n\n")[0],
     )
-    train.add_argument(
-        "--model", default="toy", help="name or path interp.load takes (default: toy)"
-    )
-    train.add_argument(
-        "--revision", default=None, help="checkpoint, e.g. step1000 (default: final)"
-    )
+    add_model_arguments(train)
     train.add_argument("--out", required=True, type=Path, help="folder to write the lens into")
     train.add_argument(
         "--text",
