@@ -210,9 +210,7 @@ class Model(WeightViews):
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: Site) -> None:
-            t = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
-            # q, k and v are views of the fused projection: keep only the slice, not all three
-            store[hook.name] = t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
+            store[hook.name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         with torch.no_grad(), self._hooked([(s, save) for s in sites]), ExitStack() as stack:
             if stop_at_layer is not None:
@@ -222,7 +220,7 @@ class Model(WeightViews):
             except _Stop as stop:
                 out = stop.resid
         dtype_name = str(dtype or self.dtype).removeprefix("torch.")
-        return out, ActivationCache(store, self._provenance(tokens, dtype_name))
+        return out, ActivationCache(_compact(store), self._provenance(tokens, dtype_name))
 
     @contextmanager
     def hooks(self, fwd: dict[SiteKey, HookFn | list[HookFn]]):
@@ -271,3 +269,16 @@ class Model(WeightViews):
             parallel_residual=self.hf.config.use_parallel_residual,
             tokens=tokens.ids.tolist(), attention_mask=tokens.attention_mask.tolist(),
         )
+
+
+def _compact(store: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copy views that would keep a larger tensor alive (q alone holds all of the fused qkv)."""
+    users: dict[int, list[str]] = {}
+    for name, t in store.items():
+        users.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    for names in users.values():
+        storage = store[names[0]].untyped_storage().nbytes()
+        if sum(store[n].nbytes for n in names) < storage:
+            for n in names:
+                store[n] = store[n].clone()
+    return store

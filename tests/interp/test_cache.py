@@ -53,3 +53,10 @@ def test_cache_holds_only_what_was_asked(model, ids):
     assert cache.nbytes() == 2 * (2 * 12 * 64 * 4), "q and k alone, not the whole fused qkv output"
     _, cache = model.run_with_cache(ids, names=["hook_embed", "blocks.0.hook_resid_pre"])
     assert cache.nbytes() == 2 * 12 * 64 * 4, "the embedding and resid_pre 0 are one tensor, counted once"
+
+
+def test_q_k_and_v_together_share_the_fused_output(model, ids):
+    _, cache = model.run_with_cache(ids, names=["blocks.0.attn.hook_q", "blocks.0.attn.hook_k",
+                                                "blocks.0.attn.hook_v"])
+    assert cache["q", 0].untyped_storage().data_ptr() == cache["v", 0].untyped_storage().data_ptr()
+    assert cache.nbytes() == 3 * (2 * 12 * 64 * 4)
