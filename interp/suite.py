@@ -101,16 +101,21 @@ def all_names() -> list[str]:
 def config(name: str) -> GPTNeoXConfig:
     """The exact `GPTNeoXConfig` of a suite model, so it can be built offline (e.g. on `meta`)."""
     size = SIZES[resolve(name).size]
+    return neox_config(size.d_model, size.n_layers, size.n_heads, size.d_vocab)
+
+
+def neox_config(d_model: int, n_layers: int, n_heads: int, d_vocab: int, n_ctx: int = 2048) -> GPTNeoXConfig:
+    """Pythia's architecture at any size: parallel residual, rotary on 25% of dims, untied, GELU."""
     return GPTNeoXConfig(
-        vocab_size=size.d_vocab,
-        hidden_size=size.d_model,
-        num_hidden_layers=size.n_layers,
-        num_attention_heads=size.n_heads,
-        intermediate_size=4 * size.d_model,
+        vocab_size=d_vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=4 * d_model,
         hidden_act="gelu",
         rotary_pct=0.25,
         rotary_emb_base=10000,
-        max_position_embeddings=2048,
+        max_position_embeddings=n_ctx,
         initializer_range=0.02,
         layer_norm_eps=1e-5,
         use_parallel_residual=True,

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments
+from analyses.commands import add_model_arguments, provenance_record
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -82,13 +82,7 @@ def _write_provenance(path: Path, args: argparse.Namespace, pats, scores) -> Pat
     """Model, revision, tokens and scoring settings: enough to reproduce every file."""
     prov = pats.provenance
     record = {
-        "model": prov.model,
-        "revision": prov.revision,
-        "dtype": prov.dtype,
-        "prompt": args.prompt,
-        "tokens": prov.tokens[0],
-        "str_tokens": pats.str_tokens[0],
-        "n_layers": prov.n_layers,
+        **provenance_record(prov, args.prompt, pats.str_tokens[0]),
         "n_heads": prov.n_heads,
         "head_scores": {
             "on": "prompt" if args.scores_on == "prompt" else "repeated random tokens",

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments
+from analyses.commands import add_model_arguments, provenance_record
 
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 
@@ -94,13 +94,7 @@ def _write_provenance(path: Path, args: argparse.Namespace, result, tuned) -> Pa
 
     prov = result.provenance
     record = {
-        "model": prov.model,
-        "revision": prov.revision,
-        "dtype": prov.dtype,
-        "prompt": args.prompt,
-        "tokens": prov.tokens[0],
-        "str_tokens": [result.token_str(t) for t in prov.tokens[0]],
-        "n_layers": prov.n_layers,
+        **provenance_record(prov, args.prompt, [result.token_str(t) for t in prov.tokens[0]]),
         "layers": "0 = embedding, L+1 = after block L",
         "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
         "tuned_lens": {"path": str(args.tuned), **asdict(tuned.info)}

@@ -61,23 +61,6 @@ def schedule(spec: ToySpec) -> list[int]:
 
 def neox_config(spec: ToySpec):
     """A GPTNeoXConfig with Pythia's architecture at the toy's size."""
-    from transformers import GPTNeoXConfig
+    from interp.suite import neox_config as pythia_architecture
 
-    return GPTNeoXConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=spec.d_model,
-        num_hidden_layers=spec.n_layers,
-        num_attention_heads=spec.n_heads,
-        intermediate_size=4 * spec.d_model,
-        hidden_act="gelu",
-        max_position_embeddings=2 * SEQ_LEN,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        layer_norm_eps=1e-5,
-        initializer_range=0.02,
-        use_parallel_residual=True,
-        attention_bias=True,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-        use_cache=True,
-    )
+    return pythia_architecture(spec.d_model, spec.n_layers, spec.n_heads, VOCAB_SIZE, n_ctx=2 * SEQ_LEN)
