@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -148,5 +147,3 @@ def _unshare(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         seen.add(ptr)
     return out
 
-
-Residual = Float[Tensor, "batch pos d_model"]

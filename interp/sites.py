@@ -11,7 +11,6 @@ Nothing else in the library spells an HF module path.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -188,8 +187,3 @@ class Sites:
 def _fill(template: str, layer: int | None) -> str:
     return template if layer is None else template.replace("{L}", str(layer))
 
-
-def layer_of(name: str) -> int | None:
-    """Layer number in a site or module name, if any."""
-    match = re.search(r"(?:blocks|layers)\.(\d+)\.", name + ".")
-    return int(match.group(1)) if match else None
