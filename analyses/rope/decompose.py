@@ -1,0 +1,282 @@
+"""Every attention score split exactly into a pass-through part and one part per rotary band, bias terms apart.
+
+    >>> dec = decompose(model, "for i in range(10):\\n    print(i)\\n")
+    >>> dec.rotary_share.shape                     # (layer, head)
+    torch.Size([2, 3])
+    >>> frame = dec.to_frame()                     # a row per head and part (pass, band0, ...)
+
+For a head, query token t and key token s at positions p_t, p_s, with q = q_c + b_Q and
+k = k_c + b_K before rotation (content and bias), the score the softmax sees is
+
+    score(t, s) = R(p_t) q_t . R(p_s) k_s / sqrt(d_head)
+                = sum over parts P (pass-through dims; band i = dims i and i + r/2) of
+                  sum over terms (q_c.k_c, q_c.b_K, b_Q.k_c, b_Q.b_K) of that dot product on P's dims.
+
+The parts are exact (they sum to the model's scores to float rounding). Softmax ignores anything
+that is constant along a query's row, so shares are of the *within-query* variance over causal
+pairs of real (unpadded) tokens: with T~ the score minus its row mean over the row's keys,
+
+    share(part, term) = sum_{t,s} part_term(t, s) T~(t, s) / sum_{t,s} T~(t, s)^2
+
+These add up to 1 over all parts and terms (a term can be negative when it works against the
+rest). rotary_share sums the bands, pass_share is the pass-through part. Query-only terms (the
+pass-through q_c.b_K, and b_Q.b_K) have share 0 exactly. The positional index is the share of
+the same variance explained by the offset alone (the correlation ratio of T~ on Delta =
+key_pos - query_pos). Work is chunked over heads and query positions, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from analyses.rope.common import TERMS, Geometry, check_layers, geometry, head_label, part_names
+from interp import rope
+from interp.cache import Provenance
+from interp.model import Model, Tokens
+
+CHUNK_ELEMENTS = 2**22  # elements of one (batch, head, query, key) block: 16 MiB in fp32
+
+
+@dataclass(frozen=True)
+class ScoreDecomposition:
+    """Per head: variance shares by part and bias term, band energies, mean q/k, data kernel, attention stats."""
+
+    variance_share: Float[Tensor, "layer head part term"]
+    q_energy: Float[Tensor, "layer head part"]  # mean squared norm of q on the part's dims (bias included)
+    k_energy: Float[Tensor, "layer head part"]
+    q_mean: Float[Tensor, "layer head d_head"]  # mean q and k over real tokens, before rotation, bias included
+    k_mean: Float[Tensor, "layer head d_head"]
+    b_Q: Float[Tensor, "layer head d_head"]
+    b_K: Float[Tensor, "layer head d_head"]
+    data_kernel: Float[Tensor, "layer head offset"]  # mean centred score at Delta = -(n-1)..0 (NaN: no pair)
+    offset_count: Int[Tensor, " offset"]  # causal pairs at each Delta
+    positional_index: Float[Tensor, "layer head"]
+    prev_attention: Float[Tensor, "layer head"]  # mean attention from each token to the one before
+    sink_attention: Float[Tensor, "layer head"]  # mean attention to each prompt's first token (queries after it)
+    layers: tuple[int, ...]
+    geometry: Geometry
+    provenance: Provenance
+
+    @property
+    def part_names(self) -> list[str]:
+        return part_names(self.geometry.n_bands)
+
+    @property
+    def part_share(self) -> Float[Tensor, "layer head part"]:
+        return self.variance_share.sum(-1)
+
+    @property
+    def rotary_share(self) -> Float[Tensor, "layer head"]:
+        """Share of within-query score variance from the rotary bands (all four bias terms)."""
+        return self.part_share[..., 1:].sum(-1)
+
+    @property
+    def pass_share(self) -> Float[Tensor, "layer head"]:
+        return self.part_share[..., 0]
+
+    @property
+    def energy(self) -> Float[Tensor, "layer head part"]:
+        """sqrt(q_energy * k_energy): the typical size of a part's q . k before scaling."""
+        return (self.q_energy * self.k_energy).sqrt()
+
+    @property
+    def offsets(self) -> Int[Tensor, " offset"]:
+        n = self.offset_count.shape[0]
+        return torch.arange(-(n - 1), 1)
+
+    def to_frame(self):
+        """One row per head and part: shares (total and per bias term), energies, frequency, wavelength."""
+        import numpy as np
+        import pandas as pd
+
+        n_layers, n_heads, n_parts = self.q_energy.shape
+        names = self.part_names
+        freq = [0.0, *self.geometry.frequencies().tolist()]
+        wave = [float("inf"), *self.geometry.wavelengths().tolist()]
+        energy = self.energy
+        energy_share = energy / energy.sum(-1, keepdim=True).clamp(min=1e-30)
+        rows = []
+        for i, L in enumerate(self.layers):
+            for h in range(n_heads):
+                for p in range(n_parts):
+                    terms = {f"share {t}": self.variance_share[i, h, p, j].item() for j, t in enumerate(TERMS)}
+                    rows.append({
+                        "layer": L, "head": h, "name": head_label(L, h), "part": names[p],
+                        "band": p - 1 if p else pd.NA, "frequency": freq[p], "wavelength": wave[p],
+                        "variance_share": self.part_share[i, h, p].item(), **terms,
+                        "q_energy": self.q_energy[i, h, p].item(), "k_energy": self.k_energy[i, h, p].item(),
+                        "energy": energy[i, h, p].item(), "energy_share": energy_share[i, h, p].item(),
+                    })
+        frame = pd.DataFrame(rows)
+        frame["band"] = frame["band"].astype("Int64")
+        frame["wavelength"] = frame["wavelength"].replace(np.inf, np.nan)
+        return frame
+
+    def figure(self, value: str = "energy_share"):
+        """A head x band heatmap of `energy_share` or `variance_share` (rows: heads; columns: pass, bands)."""
+        from analyses.rope import figures
+
+        return figures.band_heatmap(self, value)
+
+
+def decompose(
+    model: Model, x, *, layers: Sequence[int] | None = None, chunk_elements: int = CHUNK_ELEMENTS
+) -> ScoreDecomposition:
+    """Run the model once (caching q and k) and decompose every head's scores on `x`.
+
+    >>> decompose(model, "x = 1").pass_share.shape
+    torch.Size([2, 3])
+    """
+    geo = geometry(model)
+    layers = check_layers(layers, model.n_layers)
+    tokens = model.tokens(x)
+    names = [f"blocks.{L}.attn.hook_{s}" for L in layers for s in "qk"]
+    _, cache = model.run_with_cache(tokens, names=names)
+    b_Q, b_K = model.b_Q, model.b_K
+    stats = [
+        layer_stats(cache["q", L], cache["k", L], b_Q[L], b_K[L], tokens, geo, chunk_elements) for L in layers
+    ]
+    fields = {k: torch.stack([s[k] for s in stats]) for k in stats[0] if k != "offset_count"}
+    return ScoreDecomposition(**fields, offset_count=stats[0]["offset_count"], layers=tuple(layers), geometry=geo,
+                              provenance=cache.provenance)
+
+
+def rotated_parts(
+    q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"],
+    b_q: Float[Tensor, "head d_head"], b_k: Float[Tensor, "head d_head"],
+    positions: Int[Tensor, "batch pos"], geo: Geometry,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Content and bias of q and k, rotated to their positions, as (batch, head, pos, d_head) fp32; q scaled."""
+    q, k = q.float(), k.float()
+    b_q, b_k = b_q.float().expand_as(q), b_k.float().expand_as(k)
+    parts = [q - b_q, b_q, k - b_k, b_k]
+    if geo.rotary_dim:
+        parts = [rope.rotate(p, positions, geo.rotary_dim, geo.base) for p in parts]
+    qc, qb, kc, kb = (p.transpose(1, 2) for p in parts)  # (batch, head, pos, d_head)
+    return qc * geo.scale, qb * geo.scale, kc, kb
+
+
+def causal_mask(attention_mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch q_pos k_pos"]:
+    """True where a real query may attend to a real key (key at or before the query)."""
+    real = attention_mask.bool()
+    n = real.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=real.device).tril()
+    return causal & real[:, :, None] & real[:, None, :]
+
+
+def layer_stats(q, k, b_q, b_k, tokens: Tokens, geo: Geometry, chunk_elements: int = CHUNK_ELEMENTS) -> dict:
+    """Accumulate one layer's statistics chunk by chunk (heads x query positions)."""
+    batch, n, n_heads, d_head = q.shape
+    qc, qb, kc, kb = rotated_parts(q, k, b_q, b_k, tokens.position_ids, geo)
+    mask = causal_mask(tokens.attention_mask)
+    acc = _Accumulator(n_heads, d_head, n, q.device)
+    head_step = max(1, min(n_heads, chunk_elements // (batch * n * 32)))
+    for h0 in range(0, n_heads, head_step):
+        heads = slice(h0, h0 + head_step)
+        width = min(head_step, n_heads - h0)
+        row_step = max(1, min(n, chunk_elements // (batch * width * n)))
+        for t0 in range(0, n, row_step):
+            t1 = min(n, t0 + row_step)
+            acc.add_(heads, t0, qc[:, heads, t0:t1], qb[:, heads, t0:t1], kc[:, heads, :t1], kb[:, heads, :t1],
+                     mask[:, t0:t1, :t1], tokens.attention_mask)
+    return {**acc.finish(geo), **_token_stats(q, k, b_q, b_k, tokens.attention_mask, geo)}
+
+
+def _token_stats(q, k, b_q, b_k, attention_mask, geo: Geometry) -> dict:
+    """Energies per part and mean q/k over real tokens (before rotation; rotation keeps each band's norm)."""
+    real = attention_mask.bool()
+    q, k = q[real].double(), k[real].double()  # (token, head, d_head)
+    part = geo.part_of_dim().to(q.device)
+    n_parts = 1 + geo.n_bands
+
+    def energy(x):
+        return torch.zeros(x.shape[1], n_parts, dtype=x.dtype, device=x.device).index_add_(
+            1, part, (x * x).mean(0))
+
+    return {"q_energy": energy(q).cpu(), "k_energy": energy(k).cpu(), "q_mean": q.mean(0).cpu(),
+            "k_mean": k.mean(0).cpu(), "b_Q": b_q.detach().double().cpu(), "b_K": b_k.detach().double().cpu()}
+
+
+class _Accumulator:
+    """Running sums over chunks of one layer, in float64."""
+
+    def __init__(self, n_heads: int, d_head: int, n: int, device):
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.cov = zeros(n_heads, 2, 2, d_head)  # (head, q term, k term, dim): sum T~ * q_term[d] k_term[d]
+        self.var = zeros(n_heads)
+        self.diag = zeros(n_heads, n)  # sum of T~ at each Delta = -(n-1)..0
+        self.diag_count = zeros(n)
+        self.prev, self.prev_n = zeros(n_heads), zeros(())
+        self.sink, self.sink_n = zeros(n_heads), zeros(())
+
+    def add_(self, heads: slice, t0: int, qc, qb, kc, kb, mask, attention_mask) -> None:
+        """Add the rows t0.. of some heads: q parts (batch, head, row, d), k parts (batch, head, key, d)."""
+        m = mask[:, None]  # (batch, 1, row, key)
+        scores = (qc + qb) @ (kc + kb).transpose(-1, -2)  # (batch, head, row, key)
+        count = m.sum(-1, keepdim=True).clamp(min=1)
+        centred = (scores - (scores * m).sum(-1, keepdim=True) / count) * m
+        self.var[heads] += centred.double().square().sum((0, 2, 3))
+        mk = centred @ torch.cat([kc, kb], dim=-1)  # (batch, head, row, 2 d_head)
+        mk = mk.unflatten(-1, (2, -1))  # (batch, head, row, k term, d_head)
+        for i, q_part in enumerate((qc, qb)):
+            self.cov[heads, i] += torch.einsum("bhrd,bhrjd->hjd", q_part, mk).double()
+        n = self.diag.shape[1]
+        self.diag[heads] += _diagonal_sums(centred, t0, n).sum(0).double()
+        self.diag_count += _diagonal_sums(m[:, 0].float(), t0, n).sum(0).double()
+        self._attention_(heads, t0, scores, m[:, 0], attention_mask)
+
+    def _attention_(self, heads: slice, t0: int, scores, mask, attention_mask) -> None:
+        """Attention to the previous token and to each prompt's first token, from the exact softmax."""
+        pattern = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+        rows = torch.arange(t0, t0 + scores.shape[2], device=scores.device)
+        prev_ok = mask[:, torch.arange(len(rows)), (rows - 1).clamp(min=0)] & (rows >= 1)  # (batch, row)
+        prev = pattern[:, :, torch.arange(len(rows)), (rows - 1).clamp(min=0)]  # (batch, head, row)
+        self.prev[heads] += (prev * prev_ok[:, None]).sum((0, 2)).double()
+        first = (attention_mask.shape[1] - attention_mask.sum(-1)).to(rows.device)  # (batch,) left padding
+        sink_ok = (rows[None] > first[:, None]) & attention_mask[:, t0:t0 + len(rows)].bool()
+        index = first.clamp(max=scores.shape[-1] - 1)[:, None, None, None].expand(*pattern.shape[:3], 1)
+        sink = pattern.gather(-1, index)[..., 0]  # (batch, head, row)
+        self.sink[heads] += (sink * sink_ok[:, None]).sum((0, 2)).double()
+        if heads.start == 0:
+            self.prev_n += prev_ok.sum()
+            self.sink_n += sink_ok.sum()
+
+    def finish(self, geo: Geometry) -> dict:
+        """Shares per (part, term), the data kernel, the positional index and mean attention stats."""
+        n_parts = 1 + geo.n_bands
+        part = geo.part_of_dim().to(self.cov.device)
+        cov = torch.zeros(*self.cov.shape[:3], n_parts, dtype=torch.float64, device=self.cov.device)
+        cov.index_add_(-1, part, self.cov)  # (head, q term, k term, part)
+        var = self.var.clamp(min=1e-300)
+        share = (cov / var[:, None, None, None]).flatten(1, 2).transpose(1, 2)  # (head, part, term)
+        count = self.diag_count.round().long()
+        kernel = self.diag / self.diag_count.clamp(min=1)
+        kernel[:, count == 0] = float("nan")
+        between = (self.diag.square() / self.diag_count.clamp(min=1)).sum(-1)
+        return {
+            "variance_share": share.cpu(), "data_kernel": kernel.cpu(), "offset_count": count.cpu(),
+            "positional_index": (between / var).cpu(),
+            "prev_attention": (self.prev / self.prev_n.clamp(min=1)).cpu(),
+            "sink_attention": (self.sink / self.sink_n.clamp(min=1)).cpu(),
+        }
+
+
+def _diagonal_sums(x: Float[Tensor, "... row key"], t0: int, n: int) -> Float[Tensor, "... offset"]:
+    """Sum of x[i, s] over rows i at each offset Delta = s - (t0 + i), for Delta = -(n-1)..0.
+
+    Rows are queries t0.. and keys 0..t0+rows-1. Left-padding each row by n-1-t0 zeros and reading
+    with a row stride one longer than the row skews every diagonal into a column (no copy beyond the pad).
+    """
+    rows, keys = x.shape[-2:]
+    pad = n - 1 - t0
+    y = F.pad(x, (pad, 0)).contiguous()  # (..., row, pad + key)
+    width = pad + keys
+    lead = y.stride()[:-2]
+    skewed = y.as_strided((*y.shape[:-2], rows, n), (*lead, width + 1, 1))  # column c <-> Delta = c - (n-1)
+    return skewed.sum(-2)
