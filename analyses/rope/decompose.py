@@ -21,8 +21,9 @@ pairs of real (unpadded) tokens: with T~ the score minus its row mean over the r
 These add up to 1 over all parts and terms (a term can be negative when it works against the
 rest). rotary_share sums the bands, pass_share is the pass-through part. Query-only terms (the
 pass-through q_c.b_K, and b_Q.b_K) have share 0 exactly. The positional index is the share of
-the same variance explained by the offset alone (the correlation ratio of T~ on Delta =
-key_pos - query_pos). Work is chunked over heads and query positions, so memory stays bounded.
+the same variance explained by the offset alone: the least-squares fit score ~ f(Delta) + g(query)
+with Delta = key_pos - query_pos (`analyses.rope.offsets`); f is the data kernel. Work is chunked
+over heads and query positions, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from analyses.rope.common import TERMS, Geometry, check_layers, geometry, head_label, part_names
+from analyses.rope.offsets import OffsetFit
 from interp import rope
 from interp.cache import Provenance
 from interp.model import Model, Tokens
@@ -54,7 +56,7 @@ class ScoreDecomposition:
     k_mean: Float[Tensor, "layer head d_head"]
     b_Q: Float[Tensor, "layer head d_head"]
     b_K: Float[Tensor, "layer head d_head"]
-    data_kernel: Float[Tensor, "layer head offset"]  # mean centred score at Delta = -(n-1)..0 (NaN: no pair)
+    data_kernel: Float[Tensor, "layer head offset"]  # offset effect f(Delta), Delta = -(n-1)..0 (NaN: no pair)
     offset_count: Int[Tensor, " offset"]  # causal pairs at each Delta
     positional_index: Float[Tensor, "layer head"]
     prev_attention: Float[Tensor, "layer head"]  # mean attention from each token to the one before
@@ -142,8 +144,10 @@ def decompose(
     stats = [
         layer_stats(cache["q", L], cache["k", L], b_Q[L], b_K[L], tokens, geo, chunk_elements) for L in layers
     ]
-    fields = {k: torch.stack([s[k] for s in stats]) for k in stats[0] if k != "offset_count"}
-    return ScoreDecomposition(**fields, offset_count=stats[0]["offset_count"], layers=tuple(layers), geometry=geo,
+    fields = {k: torch.stack([s[k] for s in stats]) for k in stats[0]}
+    fit = OffsetFit.from_lengths(tokens.lengths, tokens.ids.shape[1])
+    fields["data_kernel"], fields["positional_index"] = fit.solve(fields.pop("offset_sums"), fields.pop("variance"))
+    return ScoreDecomposition(**fields, offset_count=fit.count, layers=tuple(layers), geometry=geo,
                               provenance=cache.provenance)
 
 
@@ -211,7 +215,6 @@ class _Accumulator:
         self.cov = zeros(n_heads, 2, 2, d_head)  # (head, q term, k term, dim): sum T~ * q_term[d] k_term[d]
         self.var = zeros(n_heads)
         self.diag = zeros(n_heads, n)  # sum of T~ at each Delta = -(n-1)..0
-        self.diag_count = zeros(n)
         self.prev, self.prev_n = zeros(n_heads), zeros(())
         self.sink, self.sink_n = zeros(n_heads), zeros(())
 
@@ -228,7 +231,6 @@ class _Accumulator:
             self.cov[heads, i] += torch.einsum("bhrd,bhrjd->hjd", q_part, mk).double()
         n = self.diag.shape[1]
         self.diag[heads] += _diagonal_sums(centred, t0, n).sum(0).double()
-        self.diag_count += _diagonal_sums(m[:, 0].float(), t0, n).sum(0).double()
         self._attention_(heads, t0, scores, m[:, 0], attention_mask)
 
     def _attention_(self, heads: slice, t0: int, scores, mask, attention_mask) -> None:
@@ -243,25 +245,20 @@ class _Accumulator:
         index = first.clamp(max=scores.shape[-1] - 1)[:, None, None, None].expand(*pattern.shape[:3], 1)
         sink = pattern.gather(-1, index)[..., 0]  # (batch, head, row)
         self.sink[heads] += (sink * sink_ok[:, None]).sum((0, 2)).double()
-        if heads.start == 0:
+        if heads.start == 0:  # the same for every head: count once per row chunk
             self.prev_n += prev_ok.sum()
             self.sink_n += sink_ok.sum()
 
     def finish(self, geo: Geometry) -> dict:
-        """Shares per (part, term), the data kernel, the positional index and mean attention stats."""
+        """Shares per (part, term), sums of T~ per offset, the variance and mean attention stats."""
         n_parts = 1 + geo.n_bands
         part = geo.part_of_dim().to(self.cov.device)
         cov = torch.zeros(*self.cov.shape[:3], n_parts, dtype=torch.float64, device=self.cov.device)
         cov.index_add_(-1, part, self.cov)  # (head, q term, k term, part)
         var = self.var.clamp(min=1e-300)
         share = (cov / var[:, None, None, None]).flatten(1, 2).transpose(1, 2)  # (head, part, term)
-        count = self.diag_count.round().long()
-        kernel = self.diag / self.diag_count.clamp(min=1)
-        kernel[:, count == 0] = float("nan")
-        between = (self.diag.square() / self.diag_count.clamp(min=1)).sum(-1)
         return {
-            "variance_share": share.cpu(), "data_kernel": kernel.cpu(), "offset_count": count.cpu(),
-            "positional_index": (between / var).cpu(),
+            "variance_share": share.cpu(), "offset_sums": self.diag.cpu(), "variance": self.var.cpu(),
             "prev_attention": (self.prev / self.prev_n.clamp(min=1)).cpu(),
             "sink_attention": (self.sink / self.sink_n.clamp(min=1)).cpu(),
         }
