@@ -1,12 +1,12 @@
 """RoPE-aware head probing: what each head does with position, measured exactly.
 
     >>> import interp
-    >>> from analyses.rope import probe
+    >>> from analyses.rope import probe, sample_tokens
     >>> model = interp.load("toy")
     >>> result = probe(model, sample_tokens(model, 128))
-    >>> result.to_frame().loc[lambda f: f.name == "L0H1", ["label", "previous_token", "kernel_argmax_offset"]]
-      label  previous_token  kernel_argmax_offset
-    1  positional  True  -1
+    >>> row = result.to_frame().set_index("name").loc["L0H1"]
+    >>> row.label, bool(row.previous_token), int(row.kernel_argmax_offset)
+    ('positional', True, -1)
 
 Pythia rotates the first 25% of each head's q/k dims (NeoX pairing: dim i with i + r/2, band i at
 theta_i = base^(-2i/r)); the rest carry no position. So every score splits exactly into a

@@ -1,8 +1,10 @@
 """Band ablation: remove one rotary band, every rotary dim, or every pass-through dim from a head's q and k.
 
-    >>> abl = band_ablation(model, text, heads=[(0, 1)])
-    >>> abl.to_frame()[["name", "ablation", "pattern_kl", "loss_change"]]
-    >>> abl.figure()                           # bars per head: pattern KL and loss change
+    >>> from analyses.rope import sample_tokens
+    >>> abl = band_ablation(model, sample_tokens(model, 64), heads=[(0, 1)])
+    >>> abl.to_frame().sort_values("pattern_kl").ablation.iloc[-1]        # what the head cannot lose
+    'rotary'
+    >>> fig = abl.figure()                     # bars per head: pattern KL and loss change
 
 Each ablation is one forward of the real model with hooks on `blocks.L.attn.hook_q` and `hook_k`
 that zero the head's dims of that part before rotation. Rotation turns each band's pair of dims

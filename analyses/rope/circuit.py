@@ -1,7 +1,8 @@
 """The RoPE-aware QK circuit W_Q R(Delta) W_K^T, biases and bands apart, beside the plain W_Q W_K^T.
 
     >>> circ = qk_circuit(model)
-    >>> circ.to_frame().query("name == 'L0H1' and part == 'band0'")    # norms against the offset
+    >>> circ.to_frame().query("name == 'L0H1' and part == 'band0'").shape    # a row per offset
+    (17, 12)
     >>> qk_matrix(model, 0, 1, offset=-1).shape                        # (d_model + 1, d_model + 1)
     torch.Size([97, 97])
 

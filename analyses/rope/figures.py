@@ -1,6 +1,7 @@
 """Plotly figures of RoPE probing: head x band heatmaps, head maps, kernels, ablations, circuits, training.
 
-    >>> band_heatmap(decompose(model, text), "energy_share")   # or ScoreDecomposition.figure()
+    >>> from analyses.rope import decompose
+    >>> fig = band_heatmap(decompose(model, "x = 1\\ny = 2\\n"), "energy_share")   # or ScoreDecomposition.figure()
 
 Every function takes a result from `analyses.rope` and returns a `plotly.graph_objects.Figure`.
 """

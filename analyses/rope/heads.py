@@ -1,8 +1,11 @@
 """The head table: each head labelled positional, content or mixed, previous-token, sink, with its dominant band.
 
-    >>> table = head_table(model, "for i in range(10):\\n    print(i)\\n")
-    >>> table.to_frame().query("label == 'positional'")[["name", "positional_index", "kernel_argmax_offset"]]
-    >>> table.figure()                         # layer x head map of rotary share, labels on hover
+    >>> from analyses.rope import sample_tokens
+    >>> table = head_table(model, sample_tokens(model, 128))
+    >>> row = table.to_frame().set_index("name").loc["L0H1"]
+    >>> row.label, bool(row.previous_token), int(row.kernel_argmax_offset)
+    ('positional', True, -1)
+    >>> fig = table.figure()                   # layer x head map of rotary share, labels on hover
 
 Each label comes from numbers in the same row:
 

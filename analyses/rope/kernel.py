@@ -1,9 +1,10 @@
 """Positional kernels: the score each head gives to an offset alone, from its mean q/k and from data.
 
-    >>> kern = positional_kernel(model, "for i in range(10):\\n    print(i)\\n")
+    >>> from analyses.rope import sample_tokens
+    >>> kern = positional_kernel(model, sample_tokens(model, 128))
     >>> kern.argmax[0, 1].item()             # the toy previous-token head
     -1
-    >>> kern.figure(heads=[(0, 1)])
+    >>> fig = kern.figure(heads=[(0, 1)])
 
 Offsets are Delta = key_pos - query_pos, for Delta = -(n_ctx - 1)..0 (a previous-token head
 peaks at -1). For rotary positions the content-free kernel replaces every q and k by its mean

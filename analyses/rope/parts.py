@@ -1,10 +1,10 @@
 """The score decomposition itself, every (query, key) pair kept: for one layer of a short prompt.
 
     >>> parts = score_parts(model, "x = 1\\ny = x\\n", layer=0)
-    >>> parts.values.shape                     # (batch, head, part, term, q_pos, k_pos)
-    torch.Size([1, 3, 5, 4, 8, 8])
-    >>> parts.values.sum((2, 3))               # == the model's attention scores on causal pairs
-    >>> parts.figure(head=1)                   # one heatmap per part, summed over bias terms
+    >>> parts.values.shape[:4]                 # (batch, head, part, term, q_pos, k_pos): pass + 4 bands, 4 terms
+    torch.Size([1, 3, 5, 4])
+    >>> scores = parts.scores                  # their sum: the model's attention scores on causal pairs
+    >>> fig = parts.figure(head=1)             # one heatmap per part, summed over bias terms
 
 `decompose` computes statistics of the same parts without ever holding them; this keeps them
 all, so it is for reading one head closely (memory grows with parts x terms x pos^2).

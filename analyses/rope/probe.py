@@ -1,8 +1,12 @@
 """The whole probe in one call: decomposition, positional kernels and the head table, from one forward.
 
-    >>> result = probe(model, text)
-    >>> result.to_frame()                              # the head table
-    >>> save(result, "rope.html")                      # rotary share map, band heatmap, kernels
+    >>> from analyses.rope import sample_tokens
+    >>> result = probe(model, sample_tokens(model, 128))
+    >>> result.to_frame().shape                        # the head table: a row per head
+    (6, 16)
+    >>> figures = result.figures()                     # rotary share map, band heatmaps, kernels
+
+`analyses.export.save(result.figures(), "rope.html")` writes them all to one offline page.
 
 This is what `pythia-interp rope` and `bench/rope_probe.py` run; ablations, the position
 experiments and the QK circuit are separate calls (they cost more forwards, or none).

@@ -1,8 +1,10 @@
 """Across training: the head table at every checkpoint, so you can see when each head's rotary use forms.
 
-    >>> run = rope_across_training("toy", text)
-    >>> run.to_frame().query("name == 'L0H1'")[["step", "rotary_share", "positional_index", "label"]]
-    >>> run.figure()                                   # rotary share per head against training step
+    >>> from analyses.rope import sample_text
+    >>> run = rope_across_training("toy", sample_text()[:400], revisions=["step0", "step1350", "main"])
+    >>> run.to_frame().query("name == 'L0H1'").label.tolist()    # the previous-token head forming
+    ['content', 'positional', 'positional']
+    >>> fig = run.figure()                             # rotary share per head against training step
 
 Each checkpoint is loaded, probed on the same text and dropped before the next (`analyses.sweep`).
 """

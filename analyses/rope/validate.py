@@ -1,7 +1,10 @@
 """Validate the positional index: move positions through the real model and watch each head's pattern.
 
-    >>> tests = position_tests(model, tokens, split=64, gap=32)
-    >>> tests.to_frame()[["name", "shift_kl", "gap_kl", "gap_kl_kernel", "reverse_position_tv", "reverse_token_tv"]]
+    >>> from analyses.rope import sample_tokens
+    >>> tests = position_tests(model, sample_tokens(model, 128), split=64, gap=32)
+    >>> bool(tests.values["shift_kl"].abs().max() < 1e-6)    # rotary scores see offsets only
+    True
+    >>> frame = tests.to_frame()                 # a row per head: gap_kl, gap_kl_kernel, reverse_*_tv, ...
 
 The prompt is split into a context (positions < split) and a probe; every number is a mean over
 the probe's query rows. Three experiments, each one forward of the real model with new inputs:
