@@ -78,7 +78,8 @@ def _cell_text(row) -> str:
 
 def _hover(row) -> str:
     band = "" if row.dominant_band is None or str(row.dominant_band) == "<NA>" else (
-        f"<br>dominant band {row.dominant_band} (λ {row.dominant_wavelength:,.1f}, share {row.dominant_band_share:.2f})")
+        f"<br>dominant band {row.dominant_band} (λ {row.dominant_wavelength:,.1f}, "
+        f"share {row.dominant_band_share:.2f})")
     return (f"{row.name}: {row.label}<br>positional index {row.positional_index:.3f}<br>rotary share "
             f"{row.rotary_share:.3f}, pass share {row.pass_share:.3f}<br>kernel argmax Δ={row.kernel_argmax_offset}"
             f" (data {row.data_argmax_offset})<br>prev {row.prev_attention:.2f}, sink {row.sink_attention:.2f}{band}")
