@@ -58,7 +58,7 @@ def hook_state(hf: torch.nn.Module) -> dict:
     return {
         "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in hf.named_modules()},
         "attn": hf.config._attn_implementation,
-        "taps": interp.attention.active_taps(hf),
+        "dispatched": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in hf.modules()),
     }
 
 
