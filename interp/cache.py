@@ -115,7 +115,7 @@ class ActivationCache(Mapping[str, Tensor]):
         """The embedding(s) plus each layer's attn_out and mlp_out; they sum to the final residual."""
         parts, labels = [self["embed"]], ["embed"]
         if self.provenance.arch == "gpt2":
-            parts, labels = parts + [self["pos_embed"]], labels + ["pos_embed"]
+            parts, labels = parts + [self["pos_embed"].expand_as(self["embed"])], labels + ["pos_embed"]
         for L in range(self.n_layers):
             parts += [self["attn_out", L], self["mlp_out", L]]
             labels += [f"{L}_attn_out", f"{L}_mlp_out"]
