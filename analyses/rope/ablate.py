@@ -84,7 +84,8 @@ def band_ablation(
     ablations = list(ablations) if ablations is not None else [*part_names(geo.n_bands)[1:], "rotary", "pass"]
     dims = {a: ablation_dims(geo, a) for a in ablations}
     tokens = model.tokens(x)
-    clean_logits, cache = model.run_with_cache(tokens, names=[f"blocks.{L}.attn.hook_pattern" for L, _ in heads])
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(tokens, names=[f"blocks.{L}.attn.hook_pattern" for L, _ in heads])
     clean = next_token_loss(clean_logits, tokens)
     kl = torch.zeros(len(heads), len(ablations))
     loss = torch.zeros(len(heads), len(ablations))
@@ -112,7 +113,7 @@ def _run(model: Model, tokens: Tokens, zero: dict[int, tuple[int, list[int]]], l
     fwd = {f"blocks.{layer}.attn.hook_pattern": save}
     for L in zero:
         fwd |= {f"blocks.{L}.attn.hook_q": zero_dims, f"blocks.{L}.attn.hook_k": zero_dims}
-    with model.hooks(fwd=fwd):
+    with torch.no_grad(), model.hooks(fwd=fwd):
         logits = model(tokens)
     return patterns, logits
 

@@ -40,11 +40,6 @@ class Geometry:
     def n_bands(self) -> int:
         return self.rotary_dim // 2
 
-    @property
-    def scale(self) -> float:
-        """The factor on q . k before the softmax (1/sqrt(d_head))."""
-        return 1 / math.sqrt(self.d_head)
-
     def frequencies(self) -> Float[Tensor, " band"]:
         """theta_i, radians per token, of each band."""
         return rope.inverse_frequencies(self.rotary_dim, self.base)
@@ -63,18 +58,22 @@ class Geometry:
 
 
 def geometry(model: Model) -> Geometry:
-    """The positional geometry of a model, from `model.arch` when the model has one."""
-    arch = getattr(model, "arch", None)
-    positional = getattr(arch, "positional", None) or ("rotary" if getattr(model, "rotary_dim", 0) else "learned")
-    rotary_dim = int(getattr(model, "rotary_dim", 0) or 0) if positional == "rotary" else 0
-    base = float(getattr(model, "rotary_base", 10000.0) or 10000.0)
-    return Geometry(positional, rotary_dim, base, model.d_head, n_ctx(model))
+    """The positional geometry of a model (`model.arch.positional`: rotary on NeoX, learned on GPT-2)."""
+    positional = model.arch.positional
+    rotary_dim = model.rotary_dim if positional == "rotary" else 0
+    base = model.rotary_base if positional == "rotary" else 0.0
+    return Geometry(positional, rotary_dim, base, model.d_head, model.n_ctx)
 
 
 def n_ctx(model: Model) -> int:
     """The model's context length."""
-    value = getattr(model, "n_ctx", None)
-    return int(value) if value else int(model.hf.config.max_position_embeddings)
+    return model.n_ctx
+
+
+def score_scale(model: Model, layer: int) -> float:
+    """The factor the model's attention puts on q . k in `layer` (1/sqrt(d_head) unless configured otherwise)."""
+    attention = model.module(f"blocks.{layer}.attn.hook_pattern")
+    return float(getattr(attention, "scaling", 1 / math.sqrt(model.d_head)))
 
 
 def part_names(n_bands: int) -> list[str]:
@@ -111,8 +110,8 @@ def require_rotary(geo: Geometry, what: str) -> None:
     """Refuse an analysis that only exists for rotary positions, saying what to use instead."""
     if geo.positional != "rotary" or geo.rotary_dim == 0:
         raise InputError(
-            f"{what} splits attention by rotary frequency band, and this model has {geo.positional} positions "
-            "(no rotary dims). For learned positions use positional_kernel(...) and head_table(...)."
+            f"{what} works on rotary frequency bands, and this model has {geo.positional} positions (no rotary "
+            "dims). For learned positions use decompose, positional_kernel, head_table and position_tests."
         )
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analyses.rope.common import TERMS, Geometry, check_layers, geometry, head_label, part_names
+from analyses.rope.common import TERMS, Geometry, check_layers, geometry, head_label, part_names, score_scale
 from analyses.rope.offsets import OffsetFit
 from interp import rope
 from interp.cache import Provenance
@@ -61,6 +61,7 @@ class ScoreDecomposition:
     positional_index: Float[Tensor, "layer head"]
     prev_attention: Float[Tensor, "layer head"]  # mean attention from each token to the one before
     sink_attention: Float[Tensor, "layer head"]  # mean attention to each prompt's first token (queries after it)
+    scale: Float[Tensor, " layer"]  # the factor on q . k in each layer (1/sqrt(d_head))
     layers: tuple[int, ...]
     geometry: Geometry
     provenance: Provenance
@@ -139,12 +140,14 @@ def decompose(
     layers = check_layers(layers, model.n_layers)
     tokens = model.tokens(x)
     names = [f"blocks.{L}.attn.hook_{s}" for L in layers for s in "qk"]
-    _, cache = model.run_with_cache(tokens, names=names)
-    b_Q, b_K = model.b_Q, model.b_K
-    stats = [
-        layer_stats(cache["q", L], cache["k", L], b_Q[L], b_K[L], tokens, geo, chunk_elements) for L in layers
-    ]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=names)
+        b_Q, b_K = model.b_Q, model.b_K
+        scales = [score_scale(model, L) for L in layers]
+        stats = [layer_stats(cache["q", L], cache["k", L], b_Q[L], b_K[L], tokens, geo, scale, chunk_elements)
+                 for L, scale in zip(layers, scales, strict=True)]
     fields = {k: torch.stack([s[k] for s in stats]) for k in stats[0]}
+    fields["scale"] = torch.tensor(scales, dtype=torch.float64)
     fit = OffsetFit.from_lengths(tokens.lengths, tokens.ids.shape[1])
     fields["data_kernel"], fields["positional_index"] = fit.solve(fields.pop("offset_sums"), fields.pop("variance"))
     return ScoreDecomposition(**fields, offset_count=fit.count, layers=tuple(layers), geometry=geo,
@@ -154,16 +157,16 @@ def decompose(
 def rotated_parts(
     q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"],
     b_q: Float[Tensor, "head d_head"], b_k: Float[Tensor, "head d_head"],
-    positions: Int[Tensor, "batch pos"], geo: Geometry,
+    positions: Int[Tensor, "batch pos"], geo: Geometry, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Content and bias of q and k, rotated to their positions, as (batch, head, pos, d_head) fp32; q scaled."""
+    """Content and bias of q and k, rotated to their positions, as (batch, head, pos, d_head) fp32; q times `scale`."""
     q, k = q.float(), k.float()
     b_q, b_k = b_q.float().expand_as(q), b_k.float().expand_as(k)
     parts = [q - b_q, b_q, k - b_k, b_k]
     if geo.rotary_dim:
         parts = [rope.rotate(p, positions, geo.rotary_dim, geo.base) for p in parts]
     qc, qb, kc, kb = (p.transpose(1, 2) for p in parts)  # (batch, head, pos, d_head)
-    return qc * geo.scale, qb * geo.scale, kc, kb
+    return qc * scale, qb * scale, kc, kb
 
 
 def causal_mask(attention_mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch q_pos k_pos"]:
@@ -174,10 +177,11 @@ def causal_mask(attention_mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch
     return causal & real[:, :, None] & real[:, None, :]
 
 
-def layer_stats(q, k, b_q, b_k, tokens: Tokens, geo: Geometry, chunk_elements: int = CHUNK_ELEMENTS) -> dict:
+def layer_stats(q, k, b_q, b_k, tokens: Tokens, geo: Geometry, scale: float,
+                chunk_elements: int = CHUNK_ELEMENTS) -> dict:
     """Accumulate one layer's statistics chunk by chunk (heads x query positions)."""
     batch, n, n_heads, d_head = q.shape
-    qc, qb, kc, kb = rotated_parts(q, k, b_q, b_k, tokens.position_ids, geo)
+    qc, qb, kc, kb = rotated_parts(q, k, b_q, b_k, tokens.position_ids, geo, scale)
     mask = causal_mask(tokens.attention_mask)
     acc = _Accumulator(n_heads, d_head, n, q.device)
     head_step = max(1, min(n_heads, chunk_elements // (batch * n * 32)))

@@ -104,15 +104,16 @@ def positional_kernel(model: Model, x=None, *, decomposition: ScoreDecomposition
     geo = dec.geometry
     offsets = torch.arange(-(geo.n_ctx - 1), 1)
     if geo.positional == "rotary":
-        band = rope.band_kernel(dec.q_mean, dec.k_mean, offsets, geo.rotary_dim, geo.base) * geo.scale
-        constant = _pass_dot(dec.q_mean, dec.k_mean, geo) * geo.scale
+        scale = dec.scale[:, None, None]  # (layer, 1, 1)
+        band = rope.band_kernel(dec.q_mean, dec.k_mean, offsets, geo.rotary_dim, geo.base) * scale[..., None]
+        constant = _pass_dot(dec.q_mean, dec.k_mean, geo)[..., None] * scale
         bias = rope.band_kernel(dec.b_Q, dec.b_K, offsets, geo.rotary_dim, geo.base).sum(-2)
-        bias = (bias + _pass_dot(dec.b_Q, dec.b_K, geo)[..., None]) * geo.scale
-        kernel = band.sum(-2) + constant[..., None]
+        bias = (bias + _pass_dot(dec.b_Q, dec.b_K, geo)[..., None]) * scale
+        kernel = band.sum(-2) + constant
     else:
         from analyses.rope.learned import learned_kernels
 
-        kernel, bias = learned_kernels(model, dec.layers, offsets)
+        kernel, bias = learned_kernels(model, dec.layers, dec.scale)
         band = kernel.new_zeros(*kernel.shape[:2], 0, len(offsets))
     return PositionalKernel(offsets, kernel.float(), bias.float(), band.float(), dec.offsets, dec.data_kernel.float(),
                             dec.layers, geo, dec.provenance)

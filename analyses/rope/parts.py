@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.rope.common import TERMS, Geometry, check_layers, geometry, part_names
+from analyses.rope.common import TERMS, Geometry, check_layers, geometry, part_names, score_scale
 from analyses.rope.decompose import causal_mask, rotated_parts
 from interp.cache import Provenance
 from interp.errors import InputError
@@ -83,9 +83,10 @@ def score_parts(model: Model, x, layer: int) -> ScoreParts:
     if tokens.ids.shape[1] > MAX_POS:
         raise InputError(f"score_parts keeps every pair: {tokens.ids.shape[1]} positions is more than {MAX_POS}. "
                          "Use decompose(...) for long prompts.")
-    _, cache = model.run_with_cache(tokens, names=[f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=[f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"])
     qc, qb, kc, kb = rotated_parts(cache["q", layer], cache["k", layer], model.b_Q[layer], model.b_K[layer],
-                                   tokens.position_ids, geo)
+                                   tokens.position_ids, geo, score_scale(model, layer))
     mask = causal_mask(tokens.attention_mask).float().cpu()
     part = geo.part_of_dim()
     terms = []

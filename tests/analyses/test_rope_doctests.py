@@ -10,7 +10,7 @@ import pytest
 import interp
 
 MODULES = ["interp.rope", *(f"analyses.rope.{m}" for m in (
-    "ablate", "circuit", "common", "decompose", "figures", "heads", "kernel", "offsets", "parts", "probe",
+    "ablate", "circuit", "common", "decompose", "figures", "heads", "kernel", "learned", "offsets", "parts", "probe",
     "training", "validate"))]
 
 
