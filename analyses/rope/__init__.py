@@ -20,11 +20,11 @@ Offsets are always Delta = key_pos - query_pos (a previous-token head peaks at -
 from analyses.rope.ablate import BandAblation, band_ablation
 from analyses.rope.circuit import QKCircuit, qk_circuit, qk_matrix
 from analyses.rope.common import TERMS, Geometry, geometry, sample_text, sample_tokens
-from analyses.rope.decompose import ScoreDecomposition, decompose
+from analyses.rope.decomposition import ScoreDecomposition, decompose
 from analyses.rope.heads import HeadTable, Thresholds, head_table
 from analyses.rope.kernel import PositionalKernel, positional_kernel
 from analyses.rope.parts import ScoreParts, score_parts
-from analyses.rope.probe import RopeProbe, probe
+from analyses.rope.probing import RopeProbe, probe
 from analyses.rope.training import RopeTraining, rope_across_training
 from analyses.rope.validate import PositionTests, position_tests
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from analyses.rope.decompose import ScoreDecomposition, decompose
+from analyses.rope.decomposition import ScoreDecomposition, decompose
 from analyses.rope.kernel import PositionalKernel, positional_kernel
 from interp.model import Model
 

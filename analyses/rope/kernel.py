@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.rope.common import Geometry, check_heads, head_label
-from analyses.rope.decompose import ScoreDecomposition, decompose
+from analyses.rope.decomposition import ScoreDecomposition, decompose
 from interp import rope
 from interp.cache import Provenance
 from interp.model import Model

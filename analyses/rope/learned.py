@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.rope.decompose import _diagonal_sums
+from analyses.rope.decomposition import _diagonal_sums
 from interp.model import Model
 
 

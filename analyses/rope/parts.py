@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.rope.common import TERMS, Geometry, check_layers, geometry, part_names, score_scale
-from analyses.rope.decompose import causal_mask, rotated_parts
+from analyses.rope.decomposition import causal_mask, rotated_parts
 from interp.cache import Provenance
 from interp.errors import InputError
 from interp.model import Model

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.rope.common import head_label, n_ctx
-from analyses.rope.decompose import ScoreDecomposition, decompose
+from analyses.rope.decomposition import ScoreDecomposition, decompose
 from analyses.rope.kernel import PositionalKernel, positional_kernel
 from interp.cache import Provenance
 from interp.errors import InputError

@@ -10,8 +10,8 @@ import pytest
 import interp
 
 MODULES = ["interp.rope", *(f"analyses.rope.{m}" for m in (
-    "ablate", "circuit", "common", "decompose", "figures", "heads", "kernel", "learned", "offsets", "parts", "probe",
-    "training", "validate"))]
+    "ablate", "circuit", "common", "decomposition", "figures", "heads", "kernel", "learned", "offsets", "parts",
+    "probing", "training", "validate"))]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 
 import interp
 from analyses.rope import TERMS, decompose, head_table, positional_kernel, probe, sample_tokens, score_parts
-from analyses.rope.decompose import ScoreDecomposition
+from analyses.rope.decomposition import ScoreDecomposition
 from interp import toy
 from interp.errors import InputError
 from tests.analyses.helpers_rope import CONTENT, POSITIONAL, hand_built_model, random_ids

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analyses.rope.decompose import CHUNK_ELEMENTS, ScoreDecomposition, decompose
+from analyses.rope.decomposition import CHUNK_ELEMENTS, ScoreDecomposition, decompose
 from analyses.rope.heads import HeadTable, Thresholds, head_table
 from analyses.rope.kernel import PositionalKernel, positional_kernel
 from interp.model import Model

@@ -42,7 +42,7 @@ from interp import rope
 from interp.cache import Provenance
 from interp.model import Model, Tokens
 
-CHUNK_ELEMENTS = 2**22  # elements of one (batch, head, query, key) block: 16 MiB in fp32
+CHUNK_ELEMENTS = 2**21  # elements of one (batch, head, query, key) block: 8 MiB in fp32
 
 
 @dataclass(frozen=True)
@@ -182,17 +182,16 @@ def layer_stats(q, k, b_q, b_k, tokens: Tokens, geo: Geometry, scale: float,
     """Accumulate one layer's statistics chunk by chunk (heads x query positions)."""
     batch, n, n_heads, d_head = q.shape
     qc, qb, kc, kb = rotated_parts(q, k, b_q, b_k, tokens.position_ids, geo, scale)
+    layer = _LayerTensors(qc, qb, kc, kb, tokens.attention_mask)
     mask = causal_mask(tokens.attention_mask)
-    acc = _Accumulator(n_heads, d_head, n, q.device)
+    acc = _Accumulator(n_heads, d_head, n, q.device, tokens.attention_mask)
     head_step = max(1, min(n_heads, chunk_elements // (batch * n * 32)))
     for h0 in range(0, n_heads, head_step):
         heads = slice(h0, h0 + head_step)
         width = min(head_step, n_heads - h0)
         row_step = max(1, min(n, chunk_elements // (batch * width * n)))
         for t0 in range(0, n, row_step):
-            t1 = min(n, t0 + row_step)
-            acc.add_(heads, t0, qc[:, heads, t0:t1], qb[:, heads, t0:t1], kc[:, heads, :t1], kb[:, heads, :t1],
-                     mask[:, t0:t1, :t1], tokens.attention_mask)
+            acc.add_(layer, heads, t0, min(n, t0 + row_step), mask)
     return {**acc.finish(geo), **_token_stats(q, k, b_q, b_k, tokens.attention_mask, geo)}
 
 
@@ -211,44 +210,66 @@ def _token_stats(q, k, b_q, b_k, attention_mask, geo: Geometry) -> dict:
             "k_mean": k.mean(0).cpu(), "b_Q": b_q.detach().double().cpu(), "b_K": b_k.detach().double().cpu()}
 
 
+class _LayerTensors:
+    """One layer's rotated parts, their sums, and each query's mean score over its keys (without n^2 work)."""
+
+    def __init__(self, qc, qb, kc, kb, attention_mask):
+        self.qc, self.qb = qc, qb
+        self.q, self.k = qc + qb, kc + kb  # (batch, head, pos, d_head)
+        self.k_parts = torch.cat([kc, kb], dim=-1)  # (batch, head, pos, 2 d_head)
+        real = attention_mask[:, None, :, None].to(torch.float64)  # (batch, 1, pos, 1)
+        k_sum = (self.k.double() * real).cumsum(2)  # sum of k over real keys up to each query
+        count = real.cumsum(2).clamp(min=1)
+        self.row_mean = ((self.q.double() * k_sum).sum(-1, keepdim=True) / count).float()  # (batch, head, pos, 1)
+
+
 class _Accumulator:
     """Running sums over chunks of one layer, in float64."""
 
-    def __init__(self, n_heads: int, d_head: int, n: int, device):
+    def __init__(self, n_heads: int, d_head: int, n: int, device, attention_mask):
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         self.cov = zeros(n_heads, 2, 2, d_head)  # (head, q term, k term, dim): sum T~ * q_term[d] k_term[d]
         self.var = zeros(n_heads)
         self.diag = zeros(n_heads, n)  # sum of T~ at each Delta = -(n-1)..0
         self.prev, self.prev_n = zeros(n_heads), zeros(())
         self.sink, self.sink_n = zeros(n_heads), zeros(())
+        self.attention_mask = attention_mask
+        self.first = attention_mask.shape[1] - attention_mask.sum(-1)  # (batch,) each prompt's first real token
+        self.padded = not bool(attention_mask.all())
 
-    def add_(self, heads: slice, t0: int, qc, qb, kc, kb, mask, attention_mask) -> None:
-        """Add the rows t0.. of some heads: q parts (batch, head, row, d), k parts (batch, head, key, d)."""
-        m = mask[:, None]  # (batch, 1, row, key)
-        scores = (qc + qb) @ (kc + kb).transpose(-1, -2)  # (batch, head, row, key)
-        count = m.sum(-1, keepdim=True).clamp(min=1)
-        centred = (scores - (scores * m).sum(-1, keepdim=True) / count) * m
-        self.var[heads] += centred.double().square().sum((0, 2, 3))
-        mk = centred @ torch.cat([kc, kb], dim=-1)  # (batch, head, row, 2 d_head)
-        mk = mk.unflatten(-1, (2, -1))  # (batch, head, row, k term, d_head)
-        for i, q_part in enumerate((qc, qb)):
-            self.cov[heads, i] += torch.einsum("bhrd,bhrjd->hjd", q_part, mk).double()
+    def add_(self, layer: _LayerTensors, heads: slice, t0: int, t1: int, mask) -> None:
+        """Add query rows t0..t1-1 of some heads; their keys are 0..t1-1."""
         n = self.diag.shape[1]
-        self.diag[heads] += _diagonal_sums(centred, t0, n).sum(0).double()
-        self._attention_(heads, t0, scores, m[:, 0], attention_mask)
+        # without padding only keys t0.. can be masked: touch just that block
+        lo = 0 if self.padded else t0
+        hidden = ~mask[:, None, t0:t1, lo:t1]  # (batch, 1, row, key)
+        scores = layer.q[:, heads, t0:t1] @ layer.k[:, heads, :t1].transpose(-1, -2)  # (batch, head, row, key)
+        pad = n - 1 - t0
+        padded = scores.new_empty(*scores.shape[:-1], pad + t1)  # T~ behind n-1-t0 zeros, for the offset sums
+        padded[..., :pad] = 0
+        centred = padded[..., pad:]
+        torch.sub(scores, layer.row_mean[:, heads, t0:t1], out=centred)
+        centred[..., lo:].masked_fill_(hidden, 0.0)
+        self.var[heads] += torch.linalg.vector_norm(centred, dim=-1).double().square().sum((0, 2))
+        mk = (centred @ layer.k_parts[:, heads, :t1]).unflatten(-1, (2, -1))  # (batch, head, row, k term, d)
+        for i, q_part in enumerate((layer.qc, layer.qb)):
+            self.cov[heads, i] += (q_part[:, heads, t0:t1, None, :] * mk).sum((0, 2)).double()
+        self.diag[heads] += _skewed(padded, n).sum((0, 2)).double()
+        scores[..., lo:].masked_fill_(hidden, float("-inf"))
+        self._attention_(heads, t0, scores.softmax(-1), mask[:, t0:t1, :t1])
 
-    def _attention_(self, heads: slice, t0: int, scores, mask, attention_mask) -> None:
-        """Attention to the previous token and to each prompt's first token, from the exact softmax."""
-        pattern = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
-        rows = torch.arange(t0, t0 + scores.shape[2], device=scores.device)
-        prev_ok = mask[:, torch.arange(len(rows)), (rows - 1).clamp(min=0)] & (rows >= 1)  # (batch, row)
-        prev = pattern[:, :, torch.arange(len(rows)), (rows - 1).clamp(min=0)]  # (batch, head, row)
-        self.prev[heads] += (prev * prev_ok[:, None]).sum((0, 2)).double()
-        first = (attention_mask.shape[1] - attention_mask.sum(-1)).to(rows.device)  # (batch,) left padding
-        sink_ok = (rows[None] > first[:, None]) & attention_mask[:, t0:t0 + len(rows)].bool()
-        index = first.clamp(max=scores.shape[-1] - 1)[:, None, None, None].expand(*pattern.shape[:3], 1)
-        sink = pattern.gather(-1, index)[..., 0]  # (batch, head, row)
-        self.sink[heads] += (sink * sink_ok[:, None]).sum((0, 2)).double()
+    def _attention_(self, heads: slice, t0: int, pattern, mask) -> None:
+        """Attention to the previous token and to each prompt's first token (NaN rows of padding are skipped)."""
+        rows = torch.arange(t0, t0 + pattern.shape[2], device=pattern.device)
+        i, before = torch.arange(len(rows), device=rows.device), (rows - 1).clamp(min=0)
+        prev_ok = mask[:, i, before] & (rows >= 1)  # (batch, row)
+        prev = torch.where(prev_ok[:, None], pattern[:, :, i, before], 0.0)
+        self.prev[heads] += prev.sum((0, 2)).double()
+        first = self.first.to(rows.device)
+        sink_ok = (rows[None] > first[:, None]) & self.attention_mask[:, t0:t0 + len(rows)].bool()
+        index = first.clamp(max=pattern.shape[-1] - 1)[:, None, None, None].expand(*pattern.shape[:3], 1)
+        sink = torch.where(sink_ok[:, None], pattern.gather(-1, index)[..., 0], 0.0)
+        self.sink[heads] += sink.sum((0, 2)).double()
         if heads.start == 0:  # the same for every head: count once per row chunk
             self.prev_n += prev_ok.sum()
             self.sink_n += sink_ok.sum()
@@ -268,16 +289,16 @@ class _Accumulator:
         }
 
 
-def _diagonal_sums(x: Float[Tensor, "... row key"], t0: int, n: int) -> Float[Tensor, "... offset"]:
-    """Sum of x[i, s] over rows i at each offset Delta = s - (t0 + i), for Delta = -(n-1)..0.
+def _skewed(padded: Float[Tensor, "... row width"], n: int) -> Float[Tensor, "... row offset"]:
+    """A view whose column c holds each row's entry at offset Delta = c - (n-1) (zero where there is none).
 
-    Rows are queries t0.. and keys 0..t0+rows-1. Left-padding each row by n-1-t0 zeros and reading
-    with a row stride one longer than the row skews every diagonal into a column (no copy beyond the pad).
+    Row i is query t0 + i, left-padded by n-1-t0 zeros before keys 0..t0+rows-1; reading with a row
+    stride one longer than the row skews every diagonal into a column.
     """
-    rows, keys = x.shape[-2:]
-    pad = n - 1 - t0
-    y = F.pad(x, (pad, 0)).contiguous()  # (..., row, pad + key)
-    width = pad + keys
-    lead = y.stride()[:-2]
-    skewed = y.as_strided((*y.shape[:-2], rows, n), (*lead, width + 1, 1))  # column c <-> Delta = c - (n-1)
-    return skewed.sum(-2)
+    rows, width = padded.shape[-2:]
+    return padded.as_strided((*padded.shape[:-2], rows, n), (*padded.stride()[:-2], width + 1, 1))
+
+
+def _diagonal_sums(x: Float[Tensor, "... row key"], t0: int, n: int) -> Float[Tensor, "... offset"]:
+    """Sum of x[i, s] over rows i at each offset Delta = s - (t0 + i), for Delta = -(n-1)..0 (keys 0..t0+rows-1)."""
+    return _skewed(F.pad(x, (n - 1 - t0, 0)).contiguous(), n).sum(-2)
