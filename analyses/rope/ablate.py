@@ -84,6 +84,8 @@ def band_ablation(
     ablations = list(ablations) if ablations is not None else [*part_names(geo.n_bands)[1:], "rotary", "pass"]
     dims = {a: ablation_dims(geo, a) for a in ablations}
     tokens = model.tokens(x)
+    if min(tokens.lengths) < 2:
+        raise InputError(f"Prompts of {min(tokens.lengths)} token(s): the loss needs at least 2 tokens per prompt.")
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(tokens, names=[f"blocks.{L}.attn.hook_pattern" for L, _ in heads])
     clean = next_token_loss(clean_logits, tokens)

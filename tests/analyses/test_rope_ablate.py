@@ -95,3 +95,5 @@ def test_bad_ablations_are_refused(tiny):
         band_ablation(tiny, random_ids(8), heads=[(0, 0)], ablations=["band9"])
     with pytest.raises(InputError, match="layer"):
         band_ablation(tiny, random_ids(8), heads=[(5, 0)])
+    with pytest.raises(InputError, match="at least 2 tokens"):
+        band_ablation(tiny, random_ids(1), heads=[(0, 0)])
