@@ -96,9 +96,8 @@ def load(
     if torch_device is not None:
         hf.to(torch_device)
     tokenizer, tokenizer_source = _tokenizer(source, config)
-    model = Model(hf, tokenizer, name=source.name, revision=source.loaded)
+    model = Model(hf, tokenizer, name=source.name, revision=source.loaded, tokenizer_source=tokenizer_source)
     model.origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source), tokenizer_source)
-    model.tokenizer_source = tokenizer_source
     return model
 
 

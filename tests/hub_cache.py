@@ -126,9 +126,14 @@ def _shapes(kind: str) -> dict[str, torch.Size]:
 
 
 def disk_state(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A loaded model's tensors under the names its checkpoint files use (Pythia's head is `embed_out`)."""
+    """A loaded model's tensors under the names its checkpoint files use (Pythia's head is `embed_out`;
+    GPT-2's tied head is not saved)."""
     renames = NEOX_DISK_NAMES if hf.config.model_type == "gpt_neox" else {}
-    return {renames.get(k, k): v for k, v in hf.state_dict().items()}
+    state = {renames.get(k, k): v for k, v in hf.state_dict().items()}
+    if hf.config.tie_word_embeddings:
+        head = state.pop("lm_head.weight")
+        assert head.data_ptr() == hf.get_input_embeddings().weight.data_ptr(), "the head is not tied"
+    return state
 
 
 def _safetensors(weights: dict[str, torch.Tensor]) -> bytes:
