@@ -54,7 +54,7 @@ _EOT = "<|endoftext|>"
 class Origin:
     """Where a loaded model came from: enough to load it again with `interp.load(name, revision)`."""
 
-    name: str  # hub repo id, toy name, or the directory's absolute path
+    name: str  # hub repo id, toy name, or the directory's absolute path (model.name is only its last part)
     kind: str  # "hub", "toy" or "directory"
     requested_revision: str | None  # as asked
     revision: str | None  # the checkpoint loaded: `main` resolved to the final step where known; None for a directory
@@ -96,7 +96,8 @@ def load(
     if torch_device is not None:
         hf.to(torch_device)
     tokenizer, tokenizer_source = _tokenizer(source, config)
-    model = Model(hf, tokenizer, name=source.name, revision=source.loaded, tokenizer_source=tokenizer_source)
+    label = Path(source.name).name if source.kind == "directory" else source.name
+    model = Model(hf, tokenizer, name=label, revision=source.loaded, tokenizer_source=tokenizer_source)
     model.origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source), tokenizer_source)
     return model
 

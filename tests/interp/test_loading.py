@@ -34,7 +34,7 @@ def test_load_a_saved_directory_gives_the_same_model(saved):
     assert model.tokenizer is not None and model.to_tokens("t4 t5").ids.tolist() == [[4, 5]]
     assert model.dtype == torch.float32
     assert model.revision is None, "a directory holds one checkpoint and has no revision to claim"
-    assert model.origin.kind == "directory" and model.origin.name == str(path.resolve())
+    assert model.origin.kind == "directory" and model.origin.name == str(path.resolve()) and model.name == "m"
     assert model.tokenizer_source == str(path.resolve())
 
 
