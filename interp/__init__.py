@@ -4,7 +4,7 @@
 >>> model = interp.load("toy")
 >>> logits, cache = model.run_with_cache("Hello, I am")
 >>> logits.shape[:2], cache["pattern", 0].shape[:2]
-(torch.Size([1, 4]), torch.Size([1, 3]))
+(torch.Size([1, 7]), torch.Size([1, 3]))
 """
 
 from interp.arch import Architecture

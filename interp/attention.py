@@ -4,7 +4,7 @@
     >>> model = interp.load("toy")
     >>> _, cache = model.run_with_cache("Hello, I am", names=["blocks.0.attn.hook_pattern"])
     >>> cache["pattern", 0].shape                      # (batch, head, q_pos, k_pos)
-    torch.Size([1, 4, 4, 4])
+    torch.Size([1, 3, 7, 7])
 
 A tapped layer's `query_key_value` output, its rotary cos/sin and its mask are captured as the
 real module runs; just before the output projection, `eager_z` recomputes attention from them

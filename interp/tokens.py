@@ -2,9 +2,9 @@
 
     >>> import interp
     >>> model = interp.load("toy")
-    >>> batch = model.to_tokens(["Hello, I am", "Hi"])
+    >>> batch = model.to_tokens(["The cat sat", "The"])
     >>> batch.attention_mask.tolist(), batch.position_ids.tolist()
-    ([[1, 1, 1, 1], [0, 0, 0, 1]], [[0, 1, 2, 3], [0, 0, 0, 0]])
+    ([[1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], [[0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
 
 No BOS is prepended unless asked, as Pythia was trained; a padded prompt's activations equal
 those of the prompt alone because its positions start at 0.
