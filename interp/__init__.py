@@ -24,8 +24,8 @@ from interp.errors import (
 )
 from interp.loading import load
 from interp.model import Model
-from interp.tokens import Tokens
 from interp.sites import Site
+from interp.tokens import Tokens
 
 __all__ = [
     "ActivationCache",

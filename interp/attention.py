@@ -92,10 +92,8 @@ def additive_mask(mask: Tensor | None, scores: Tensor) -> Tensor | None:
 
 def _rotate(arch: Architecture, q: Tensor, k: Tensor, position_embeddings) -> tuple[Tensor, Tensor]:
     """Apply the model's own rotary function (the very code its attention ran)."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
     cos, sin = position_embeddings
-    return apply_rotary_pos_emb(q, k, cos, sin)
+    return arch.apply_rotary(q, k, cos, sin)
 
 
 def _dropout(arch: Architecture, module: nn.Module) -> float:

@@ -103,7 +103,7 @@ class Tokenizing:
         return self._require_tokenizer().decode(torch.as_tensor(tokens).tolist())
 
     def tokens(self, x: Prompt | Tokens | Tensor) -> Tokens:
-        """Coerce text, ids (tensor, numpy array or lists of ints) or Tokens to validated Tokens on the model's device."""
+        """Text, ids (tensor, numpy array, lists of ints) or Tokens -> validated Tokens on the model's device."""
         if isinstance(x, Tokens):
             tokens = x
         elif isinstance(x, str) or (isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x)):
