@@ -1,5 +1,7 @@
 """Band ablation: remove one rotary band, every rotary dim, or every pass-through dim from a head's q and k.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import sample_tokens
     >>> abl = band_ablation(model, sample_tokens(model, 64), heads=[(0, 1)])
     >>> abl.to_frame().sort_values("pattern_kl").ablation.iloc[-1]        # what the head cannot lose
@@ -75,6 +77,8 @@ def band_ablation(
 ) -> BandAblation:
     """Ablate each part of each head in turn (every head and every part by default).
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> band_ablation(model, "x = 1\\ny = x + 1\\n", heads=[(0, 1)], ablations=["band0"]).loss_change.shape
     torch.Size([1, 1])
     """

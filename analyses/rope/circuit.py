@@ -1,5 +1,7 @@
 """The RoPE-aware QK circuit W_Q R(Delta) W_K^T, biases and bands apart, beside the plain W_Q W_K^T.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> circ = qk_circuit(model)
     >>> circ.to_frame().query("name == 'L0H1' and part == 'band0'").shape    # a row per offset
     (17, 12)
@@ -85,6 +87,8 @@ def default_offsets(n_ctx: int) -> Int[Tensor, " offset"]:
 def qk_circuit(model: Model, *, offsets: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> QKCircuit:
     """Norms of every head's rotary QK circuit at each offset (default: `default_offsets`).
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> qk_circuit(model, offsets=[0, -1]).total.shape
     torch.Size([2, 3, 2])
     """
@@ -110,6 +114,8 @@ def qk_matrix(model: Model, layer: int, head: int, offset: int, part: str | None
 
     Acting on [x_t, 1] and [x_s, 1] it gives the score times sqrt(d_head) at that offset.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> qk_matrix(model, 0, 1, offset=0, part="pass").shape
     torch.Size([97, 97])
     """

@@ -1,5 +1,7 @@
 """What every RoPE analysis shares: the model's positional geometry, part and term names, checked inputs.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> geo = geometry(model)
     >>> geo.positional, geo.rotary_dim, geo.n_bands, part_names(geo.n_bands)[:3]
     ('rotary', 8, 4, ['pass', 'band0', 'band1'])
@@ -137,6 +139,8 @@ def sample_text() -> str:
 def sample_tokens(model: Model, n_tokens: int = 256) -> Tokens:
     """The first `n_tokens` tokens of `sample_text()` as one unpadded row.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> sample_tokens(model, 100).ids.shape
     torch.Size([1, 100])
     """

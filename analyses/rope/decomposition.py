@@ -1,5 +1,7 @@
 """Every attention score split exactly into a pass-through part and one part per rotary band, bias terms apart.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> dec = decompose(model, "for i in range(10):\\n    print(i)\\n")
     >>> dec.rotary_share.shape                     # (layer, head)
     torch.Size([2, 3])
@@ -133,6 +135,8 @@ def decompose(
 ) -> ScoreDecomposition:
     """Run the model once (caching q and k) and decompose every head's scores on `x`.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> decompose(model, "x = 1").pass_share.shape
     torch.Size([2, 3])
     """

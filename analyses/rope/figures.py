@@ -1,5 +1,7 @@
 """Plotly figures of RoPE probing: head x band heatmaps, head maps, kernels, ablations, circuits, training.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import decompose
     >>> fig = band_heatmap(decompose(model, "x = 1\\ny = 2\\n"), "energy_share")   # or ScoreDecomposition.figure()
 

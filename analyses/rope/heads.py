@@ -1,5 +1,7 @@
 """The head table: each head labelled positional, content or mixed, previous-token, sink, with its dominant band.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import sample_tokens
     >>> table = head_table(model, sample_tokens(model, 128))
     >>> row = table.to_frame().set_index("name").loc["L0H1"]
@@ -103,6 +105,8 @@ def head_table(
 ) -> HeadTable:
     """Label every head on `x` (or on a decomposition and kernel already computed).
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> head_table(model, "x = 1\\ny = 2\\n").to_frame().columns[:4].tolist()
     ['layer', 'head', 'name', 'label']
     """

@@ -1,5 +1,7 @@
 """Positional kernels: the score each head gives to an offset alone, from its mean q/k and from data.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import sample_tokens
     >>> kern = positional_kernel(model, sample_tokens(model, 128))
     >>> kern.argmax[0, 1].item()             # the toy previous-token head
@@ -97,6 +99,8 @@ class PositionalKernel:
 def positional_kernel(model: Model, x=None, *, decomposition: ScoreDecomposition | None = None) -> PositionalKernel:
     """Every head's kernels, from a decomposition of `x` (computed here when not given).
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> positional_kernel(model, "x = [1, 2, 3]").argmax.shape
     torch.Size([2, 3])
     """

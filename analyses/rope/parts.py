@@ -1,5 +1,7 @@
 """The score decomposition itself, every (query, key) pair kept: for one layer of a short prompt.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> parts = score_parts(model, "x = 1\\ny = x\\n", layer=0)
     >>> parts.values.shape[:4]                 # (batch, head, part, term, q_pos, k_pos): pass + 4 bands, 4 terms
     torch.Size([1, 3, 5, 4])
@@ -74,6 +76,8 @@ class ScoreParts:
 def score_parts(model: Model, x, layer: int) -> ScoreParts:
     """Every part and bias term of every score of one layer, for prompts up to MAX_POS tokens.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> score_parts(model, "x = 1", layer=1).scores.shape
     torch.Size([1, 3, 3, 3])
     """

@@ -1,5 +1,7 @@
 """The whole probe in one call: decomposition, positional kernels and the head table, from one forward.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import sample_tokens
     >>> result = probe(model, sample_tokens(model, 128))
     >>> result.to_frame().shape                        # the head table: a row per head
@@ -56,6 +58,8 @@ def probe(
 ) -> RopeProbe:
     """Decompose every head's scores on `x`, compute its kernels and label it.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> probe(model, "x = 1\\ny = 2\\n").to_frame().shape[0]
     6
     """

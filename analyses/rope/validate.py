@@ -1,5 +1,7 @@
 """Validate the positional index: move positions through the real model and watch each head's pattern.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> from analyses.rope import sample_tokens
     >>> tests = position_tests(model, sample_tokens(model, 128), split=64, gap=32)
     >>> bool(tests.values["shift_kl"].abs().max() < 1e-6)    # rotary scores see offsets only
@@ -77,6 +79,8 @@ def position_tests(
 ) -> PositionTests:
     """Shift, gap and reversal experiments on an unpadded prompt (or batch of equal-length prompts).
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> position_tests(model, "a = 1\\nb = 2\\nc = a + b\\nprint(c)\\n", gap=8).values["gap_kl"].shape
     torch.Size([2, 3])
     """
