@@ -76,10 +76,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_out(out: Path) -> None:
     """Refuse an output folder that cannot be written, before any work."""
+    import os
+
     from interp.errors import InputError
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a file: give a folder to write into.")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder; choose another --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {str(out)!r}: no permission to write in {str(existing)!r}; choose another --out.")
 
 
 def _tokens(model, args: argparse.Namespace):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -29,8 +30,7 @@ def run_cli(argv: list[str]) -> int:
 
 def test_rope_writes_tables_figures_and_provenance(tmp_path):
     png = find_browser() is not None
-    code = run_cli(["rope", "--model", "toy", "--tokens", "96", "--ablate", "2", "--out", str(tmp_path)]
-                   + ([] if png else ["--no-png"]))
+    code = run_cli(["rope", "--model", "toy", "--out", str(tmp_path)] + ([] if png else ["--no-png"]))
     assert code == 0
     heads = pd.read_csv(tmp_path / "rope_heads.csv")
     for column in ("layer", "head", "rotary_share", "pass_share", "kernel_argmax_offset", "dominant_band", "label"):
@@ -44,7 +44,7 @@ def test_rope_writes_tables_figures_and_provenance(tmp_path):
         assert column in bands, column
     assert len(bands) == 6 * 5
     record = json.loads((tmp_path / "rope.json").read_text())
-    assert record["model"] == "toy-2l" and len(record["tokens"]) == 96
+    assert record["model"] == "toy-2l" and len(record["tokens"]) == 128 and len(record["ablated_heads"]) == 4
     assert record["geometry"]["rotary_dim"] == 8 and "key_pos - query_pos" in record["offset_convention"]
     html = (tmp_path / "rope.html").read_text()
     assert html.count('class="plotly-graph-div"') >= 8 and not REMOTE_REF.search(html), "offline, every figure"
@@ -65,9 +65,12 @@ def test_prompt_and_text_file(tmp_path):
     assert json.loads((tmp_path / "b" / "rope.json").read_text())["text_source"] == "prompt"
 
 
-def test_an_output_path_that_is_a_file_is_refused_before_loading(tmp_path, monkeypatch):
-    blocker = tmp_path / "taken"
-    blocker.write_text("")
+@pytest.mark.parametrize("where", ["file", "file/below", "read-only"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_loading(tmp_path, monkeypatch, where):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "read-only").mkdir(mode=0o500)
+    if where == "read-only" and os.access(tmp_path / "read-only", os.W_OK):
+        pytest.skip("running as a user who can write anywhere")
     import interp
 
     def no_load(*a, **k):
@@ -77,8 +80,8 @@ def test_an_output_path_that_is_a_file_is_refused_before_loading(tmp_path, monke
     from interp.errors import InputError
 
     try:
-        code = run_cli(["rope", "--out", str(blocker), "--no-png"])
+        code = run_cli(["rope", "--out", str(tmp_path / where / "out"), "--no-png"])
     except InputError as err:
-        assert "taken" in str(err)
+        assert "choose another --out" in str(err)
     else:
         assert code == 2
