@@ -87,8 +87,8 @@ def rotate(
     >>> rotate(torch.ones(1, 3, 2, 8), torch.arange(3)[None], rotary_dim=4).shape
     torch.Size([1, 3, 2, 8])
     """
-    cos, sin = rotary_cos_sin(positions, rotary_dim, base)
-    return apply_rotary(x, cos, sin)
+    cos, sin = rotary_cos_sin(positions.cpu(), rotary_dim, base)  # angles in float64 on the CPU
+    return apply_rotary(x, cos.to(x.device), sin.to(x.device))
 
 
 def band_kernel(
@@ -102,10 +102,11 @@ def band_kernel(
     >>> band_kernel(torch.ones(8), torch.ones(8), torch.tensor([0, -1]), rotary_dim=8)[0].tolist()
     [2.0, 1.0806046117362795]
     """
-    pairs = band_dims(rotary_dim)
+    pairs = band_dims(rotary_dim).to(q.device)
     q1, q2 = q[..., pairs[:, 0]].double(), q[..., pairs[:, 1]].double()  # (..., band)
     k1, k2 = k[..., pairs[:, 0]].double(), k[..., pairs[:, 1]].double()
-    angles = offsets.double()[None, :] * inverse_frequencies(rotary_dim, base)[:, None]  # (band, offset)
+    angles = offsets.cpu().double()[None, :] * inverse_frequencies(rotary_dim, base)[:, None]  # (band, offset)
+    angles = angles.to(q.device)
     cos_part = (q1 * k1 + q2 * k2)[..., None] * angles.cos()
     sin_part = (q2 * k1 - q1 * k2)[..., None] * angles.sin()
     return cos_part + sin_part

@@ -96,8 +96,8 @@ def qk_circuit(model: Model, *, offsets: Sequence[int] | None = None, layers: Se
     require_rotary(geo, "qk_circuit")
     layers = check_layers(layers, model.n_layers)
     offsets = default_offsets(geo.n_ctx) if offsets is None else torch.as_tensor(list(offsets), dtype=torch.long)
-    W_Q, W_K = model.W_Q[layers].double(), model.W_K[layers].double()  # (layer, head, d_model, d_head)
-    b_Q, b_K = model.b_Q[layers].double(), model.b_K[layers].double()
+    W_Q, W_K = model.W_Q[layers].double().cpu(), model.W_K[layers].double().cpu()  # (layer, head, d_model, d_head)
+    b_Q, b_K = model.b_Q[layers].double().cpu(), model.b_K[layers].double().cpu()
     G_Q, G_K = W_Q.mT @ W_Q, W_K.mT @ W_K  # (layer, head, d_head, d_head)
     M = rotation(geo, offsets)  # (offset, d_head, d_head)
     total = _frobenius(G_Q, M, G_K)
@@ -127,8 +127,8 @@ def qk_matrix(model: Model, layer: int, head: int, offset: int, part: str | None
         if part not in names:
             raise InputError(f"Unknown part {part!r}; choose from {names}, or None for all.")
         M = M * _part_masks(geo)[names.index(part)]
-    w_q = torch.cat([model.W_Q[layer, head], model.b_Q[layer, head][None]]).double()  # (d_model + 1, d_head)
-    w_k = torch.cat([model.W_K[layer, head], model.b_K[layer, head][None]]).double()
+    w_q = torch.cat([model.W_Q[layer, head], model.b_Q[layer, head][None]]).double().cpu()  # (d_model + 1, d_head)
+    w_k = torch.cat([model.W_K[layer, head], model.b_K[layer, head][None]]).double().cpu()
     return w_q @ M @ w_k.T
 
 

@@ -35,7 +35,7 @@ def learned_kernels(
     """(kernel, bias kernel) of every head of `layers`, at offsets -(n_ctx - 1)..0."""
     P = model.W_pos  # (n_ctx, d_model)
     n = P.shape[0]
-    count = torch.arange(1, n + 1, dtype=torch.float64)  # pairs at Delta = -(n-1)..0: n - |Delta|
+    count = torch.arange(1, n + 1, dtype=torch.float64, device=P.device)  # pairs at Delta = -(n-1)..0: n - |Delta|
     kernels, biases = [], []
     with torch.no_grad():
         for L, scale in zip(layers, scales.tolist(), strict=True):
@@ -46,4 +46,4 @@ def learned_kernels(
             kernels.append(_diagonal_sums(scores, 0, n) / count)
             by_key = torch.einsum("hd,shd->hs", model.b_Q[L].double(), k) * scale  # b_Q . k_s: no t
             biases.append(by_key.cumsum(-1) / count)  # index j <-> Delta = j - (n-1): mean over s <= j
-    return torch.stack(kernels), torch.stack(biases)
+    return torch.stack(kernels).cpu(), torch.stack(biases).cpu()

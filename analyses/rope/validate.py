@@ -98,7 +98,7 @@ def position_tests(
         "gap_kl_kernel": _kernel_prediction(scores, kernel, split, gap),
     }
     order = torch.cat([torch.arange(split).flip(0), torch.arange(split, n)])  # new position -> old
-    reversed_tokens = Tokens(tokens.ids[:, order], tokens.attention_mask)
+    reversed_tokens = Tokens(tokens.ids[:, order.to(tokens.ids.device)], tokens.attention_mask)
     rev = _patterns(model, reversed_tokens, base)
     values["reverse_position_tv"] = _tv(clean, rev, probe)
     values["reverse_token_tv"] = _tv(clean, rev[..., order.argsort()], probe)
