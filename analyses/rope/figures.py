@@ -19,6 +19,7 @@ from interp.errors import InputError
 TEMPLATE = "plotly_white"
 SHORT = {"positional": "P", "content": "C", "mixed": "M"}
 DIVERGING = {"variance_share", "rotary_share", "pass_share"}
+UNIT = {"rotary_share", "pass_share", "positional_index", "prev_attention", "sink_attention"}  # colours span 0..1
 
 
 def _title(provenance, what: str) -> str:
@@ -63,8 +64,8 @@ def head_map(table, value: str = "rotary_share") -> go.Figure:
                                                                         values="t").loc[layers].to_numpy()
     heat = go.Heatmap(z=z, x=list(range(n_heads)), y=layers, text=text, texttemplate="%{text}",
                       customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-                      colorscale="RdBu" if value in DIVERGING else "Blues", zmid=0.5 if value in DIVERGING else None,
-                      colorbar={"title": value})
+                      colorscale="RdBu" if value in DIVERGING else "Blues", colorbar={"title": value},
+                      **({"zmin": 0, "zmax": 1} if value in UNIT else {}))
     fig = go.Figure(heat)
     fig.update_yaxes(autorange="reversed", title="layer", dtick=1)
     fig.update_xaxes(title="head", dtick=1)
