@@ -12,6 +12,7 @@ Chromium, found through `BROWSER_PATH`, then `PATH`, then the usual install loca
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from interp.errors import InterpError
@@ -22,6 +23,20 @@ INSTALL_BROWSER = (
     "install one (`apt-get install chromium` on Debian/Ubuntu, or `kaleido_get_chrome` after "
     "`pip install kaleido`) or point BROWSER_PATH at a Chrome/Chromium executable"
 )
+
+
+@dataclass
+class Section:
+    """A part of a page: a heading, a paragraph, and optionally a figure and/or a table.
+
+    >>> Section("Heads", "Scores per head.").title
+    'Heads'
+    """
+
+    title: str
+    text: str
+    figure: object | None = None
+    table: object | None = None  # a pandas DataFrame
 
 
 class ExportError(InterpError, ValueError):
@@ -54,6 +69,9 @@ def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
             f"{len(figs)} figures cannot go into one {suffix} file: save them one by one, "
             "or together as a single .html page."
         )
+    if path.is_dir():
+        raise ExportError(f"Cannot save to {str(path)!r}: it is a folder. Pass a file path, e.g. "
+                          f"{str(path / ('figure' + suffix))!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
         path.write_text(html_page(figs, title=path.stem), encoding="utf-8")
@@ -94,7 +112,7 @@ def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
         "scale": scale if fmt == "png" else 1,
     }
     # mathjax=False keeps kaleido from loading MathJax off a CDN; plotly.js comes from plotly.py
-    kopts = {"mathjax": False, "path": _require_browser()}
+    kopts = {"mathjax": False, "path": require_renderer()}
     return kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
 
 
@@ -116,8 +134,13 @@ def find_browser() -> str | None:
     return Chromium.find_browser(skip_local=False)
 
 
-def _require_browser() -> str:
-    """The browser path, or an error that says how to get one."""
+def require_renderer() -> str:
+    """The browser kaleido will drive, or a RendererNotFoundError naming what to install.
+
+    >>> require_renderer()  # doctest: +SKIP
+    '/usr/bin/chromium'
+    """
+    _kaleido()
     path = find_browser()
     if path is not None:
         return path

@@ -58,7 +58,7 @@ def revisions(name: str) -> list[str]:
     )
     if not steps:
         raise FileNotFoundError(
-            f"No checkpoints under {root}; train them with `python -m interp.toy.train --model {root.name}`."
+            f"No checkpoints under {root}; train them with `python -m toy_training.train --model {root.name}` (from a source checkout)."
         )
     return [f"step{s}" for s in steps]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import interp
-from analyses.attention_maps import detect_heads
+from analyses.attention import detect_heads
 from analyses.cli import main
 from analyses.report import build_report
 from analyses.sweep import step_of, sweep

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from interp.toy.corpus import EOT
-from interp.toy.spec import SPECIAL_TOKENS, VOCAB_SIZE
+from toy_training.corpus import EOT
+from toy_training.spec import SPECIAL_TOKENS, VOCAB_SIZE
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):

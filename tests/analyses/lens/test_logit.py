@@ -11,7 +11,7 @@ import torch
 from torch.nn.functional import kl_div
 
 import interp
-from analyses.logit_lens import (
+from analyses.lens import (
     boundary,
     decode,
     lens_from_cache,
@@ -195,7 +195,7 @@ def test_matches_transformer_lens_logit_lens_tool(bridge_pair, ids):
 
 MEMORY_CHILD = """
 import json, resource, torch, transformers, interp
-from analyses.logit_lens import logit_lens
+from analyses.lens import logit_lens
 
 torch.manual_seed(0)
 model = interp.Model(transformers.GPTNeoXForCausalLM(interp.suite.config("160m")), name="random")

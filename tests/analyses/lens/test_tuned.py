@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import interp
-from analyses.logit_lens import logit_lens
-from analyses.tuned_lens import TunedLens, compare_lenses, token_stream, train_tuned_lens
+from analyses.lens import TunedLens, compare_lenses, logit_lens, token_stream, train_tuned_lens
 from tests.conftest import assert_untouched, hook_state, tiny_hf, word_tokenizer
 
 
@@ -129,7 +128,7 @@ def heldout_text() -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("name", ["toy-2l", "toy-4l"])
 def test_tuned_lens_beats_the_logit_lens_on_held_out_text(name):
-    from analyses.tuned_lens import default_text
+    from analyses.lens import default_text
 
     model = toy_or_skip(name)
     docs, _ = default_text()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import interp
-from analyses.attention_maps import AttentionPatterns
+from analyses.attention import AttentionPatterns
 from analyses.export import find_browser
 from interp.cache import Provenance
 from tests.conftest import tiny_hf, word_tokenizer
