@@ -251,7 +251,8 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m toy_training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="all", choices=[*SPECS, "all"], help="which toy model to train (its spec names the architecture)")
+    parser.add_argument("--model", default="all", choices=[*SPECS, "all"],
+                        help="which toy model to train (its spec names the architecture)")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="parent of the <name>/ model dirs")
     parser.add_argument("--steps", type=int, default=None, help="stop the standard schedule early, after N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")

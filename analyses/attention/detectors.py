@@ -104,14 +104,21 @@ class HeadScores:
         n_heads = values.shape[1]
         return [(self.layers[i // n_heads], i % n_heads) for i in order]
 
-    def figure(self, detector: str | None = None):
-        """A layer x head heatmap of one detector, or of all with a dropdown if `detector` is None.
+    def figure(self, detector: str | Sequence[str] | None = None):
+        """A layer x head heatmap of one detector, or of several (all if None) with a dropdown, the first shown.
 
-        >>> fig = detect_heads(interp.load("toy")).figure("induction")
+        >>> fig = detect_heads(interp.load("toy")).figure(["induction", "prev_token"])
+        >>> [b.label for b in fig.layout.updatemenus[0].buttons]
+        ['induction', 'prev_token']
         """
         from analyses.attention import figures
 
-        names = DETECTORS if detector is None else (_check_detector(detector),)
+        if detector is None:
+            names = DETECTORS
+        else:
+            names = tuple(_check_detector(d) for d in ([detector] if isinstance(detector, str) else detector))
+            if not names:
+                raise InputError(f"detector={detector!r} names no detector: pass one of {', '.join(DETECTORS)}.")
         values = {n: self.scores[n] for n in names}
         return figures.score_heatmap(values, self.layers, self._subtitle(), self.error_measure)
 

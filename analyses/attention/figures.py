@@ -199,7 +199,7 @@ def _layer_slider(z: np.ndarray, layers: Sequence[int], names: list[list[str]], 
     steps = []
     for i, L in enumerate(layers):
         data = {"z": [_rounded(z[i, h]) for h in range(n_heads)], "meta": names[i]}
-        layout = {"title.text": _title(f"{title} · layer {L}", note)}
+        layout = {"title": _title(f"{title} · layer {L}", note)}
         steps.append({"method": "update", "label": str(L), "args": [data, layout, list(range(n_heads))]})
     return {"steps": steps, "currentvalue": {"prefix": "layer "}, "pad": {"t": 50}}
 
@@ -272,7 +272,7 @@ def _score_button(name: str, values: Tensor, subtitle: str, error_measure: str) 
     return {
         "label": name,
         "method": "update",
-        "args": [data, {"title.text": _title(f"{name} score per head", subtitle)}],
+        "args": [data, {"title": _title(f"{name} score per head", subtitle)}],
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 import interp
-from analyses.attention.detectors import detect_heads
+from analyses.attention.detectors import DETECTORS, detect_heads
 from analyses.attention.patterns import patterns
 from analyses.export import Section
 
@@ -23,7 +23,8 @@ def sections(model: interp.Model, prompts: list[str]) -> tuple[list[Section], di
     out = [Section("Head detectors", "Scores per head on repeated random tokens, with TransformerLens's "
                    "definitions: the mean over every query position of the attention a detector expects, so a "
                    "perfect induction head scores about 1/2 on one repeat (no earlier copy in the first half). "
-                   "Hover a cell for its head.", heads.figure("induction"), top_heads(scores))]
+                   "Hover a cell for its head; the menu switches detector.",
+                   heads.figure(["induction", *(d for d in DETECTORS if d != "induction")]), top_heads(scores))]
     pats = patterns(model, prompts, layers=[layer])
     for b, prompt in enumerate(prompts):
         where = "" if len(prompts) == 1 else f" on prompt {b + 1}"

@@ -16,7 +16,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from interp.errors import UnknownModelError, UnknownRevisionError, WeightsNotFoundError
+
 NAMES: tuple[str, ...] = ("toy-2l", "toy-4l")
+ARCH: dict[str, str] = {"toy-2l": "neox", "toy-4l": "neox", "toy-gpt2": "gpt2"}  # GPTNeoXForCausalLM or GPT2LMHeadModel
 DEFAULT: str = "toy-2l"
 ALIASES: dict[str, str] = {"toy": DEFAULT}
 # What the model card's named heads do at the final checkpoint, as (layer, head).
@@ -37,11 +40,11 @@ def resolve(name: str) -> str | None:
 
 
 def _known(name: str) -> str:
-    """Resolve `name` or raise a ValueError listing the toy names."""
+    """Resolve `name` or raise an UnknownModelError (a ValueError) listing the toy names."""
     resolved = resolve(name)
     if resolved is None:
         choices = ", ".join(repr(n) for n in (*ALIASES, *NAMES))
-        raise ValueError(f"{name!r} is not a toy model; choose one of {choices}.")
+        raise UnknownModelError(f"{name!r} is not a toy model; choose one of {choices}.")
     return resolved
 
 
@@ -57,8 +60,9 @@ def revisions(name: str) -> list[str]:
         int(m.group(1)) for p in root.glob("step*") if p.is_dir() and (m := _STEP.fullmatch(p.name))
     )
     if not steps:
-        raise FileNotFoundError(
-            f"No checkpoints under {root}; train them with `python -m toy_training.train --model {root.name}` (from a source checkout)."
+        raise WeightsNotFoundError(
+            f"No checkpoints under {root}; train them from a source checkout with "
+            f"`python -m toy_training.train --model {root.name}`."
         )
     return [f"step{s}" for s in steps]
 
@@ -70,7 +74,7 @@ def checkpoint_path(name: str, revision: str | None = None) -> Path:
         return model_dir(name) / saved[-1]
     if revision in saved:
         return model_dir(name) / revision
-    raise ValueError(
+    raise UnknownRevisionError(
         f"{_known(name)} has no checkpoint {revision!r}; {_hint(revision, saved)} "
         f"Saved: {', '.join(saved)} (or 'main' for {saved[-1]})."
     )

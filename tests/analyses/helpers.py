@@ -1,12 +1,10 @@
-"""Helpers for the attention and export tests: hand-made patterns, headless browser, PNG reader."""
+"""Helpers for the analyses tests: hand-made patterns, tiny models, a headless browser (Playwright), PNG pixels."""
 
 from __future__ import annotations
 
 import re
-import struct
-import subprocess
-import tempfile
-import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +17,7 @@ from analyses.export import find_browser
 from interp.cache import Provenance
 from tests.conftest import tiny_hf, word_tokenizer
 
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--enable-logging=stderr",
-    "--v=0",
-    "--virtual-time-budget=10000",
-)
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 REMOTE_REF = re.compile(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", re.I)
 
 
@@ -62,6 +47,28 @@ def chromium() -> str | None:
     return find_browser()
 
 
+@contextmanager
+def browser_page(size: tuple[int, int] = (1100, 900)) -> Iterator[tuple[object, list[str]]]:
+    """A headless Chromium page (Playwright on the system browser, nothing downloaded) and the list its
+    console errors and uncaught exceptions are collected into. Skips when Playwright or Chromium is missing."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the python playwright package is not installed")
+    executable = chromium()
+    if executable is None:
+        pytest.skip("no Chrome/Chromium installed (make browser)")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.on("console", lambda msg: errors.append(f"{msg.type}: {msg.text}") if msg.type == "error" else None)
+            page.on("pageerror", lambda err: errors.append(f"uncaught: {err}"))
+            yield page, errors
+        finally:
+            browser.close()
+
+
 @dataclass(frozen=True)
 class Page:
     """What a headless browser made of an HTML file."""
@@ -72,73 +79,21 @@ class Page:
 
 
 def open_in_browser(html: Path, size: tuple[int, int] = (1100, 900)) -> Page:
-    """Load a local HTML file headless: DOM after its scripts ran, console messages, screenshot."""
-    browser, url = chromium(), html.resolve().as_uri()
-    assert browser is not None, "no Chrome/Chromium found"
-    with tempfile.TemporaryDirectory() as profile:
-        base = [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    with tempfile.TemporaryDirectory() as profile:
-        shot = html.with_suffix(".screenshot.png")
-        window = f"--window-size={size[0]},{size[1]}"
-        base = [
-            browser,
-            *BROWSER_FLAGS,
-            f"--user-data-dir={profile}",
-            window,
-            f"--screenshot={shot}",
-        ]
-        subprocess.run([*base, url], capture_output=True, text=True, timeout=120)
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
-    return Page(dom.stdout, console, shot)
+    """Load a local HTML file headless: DOM after its scripts ran, console errors, a full-page screenshot."""
+    shot = html.with_suffix(".screenshot.png")
+    with browser_page(size) as (page, errors):
+        page.goto(html.resolve().as_uri(), wait_until="load")
+        page.wait_for_selector(".main-svg", timeout=60_000)
+        page.screenshot(path=str(shot), full_page=True)
+        return Page(page.content(), list(errors), shot)
 
 
 def png_pixels(path: Path) -> np.ndarray:
-    """Decode an 8-bit, non-interlaced RGB/RGBA/grey PNG into an (h, w, channels) uint8 array."""
-    data, chunks, pos = path.read_bytes(), [], 8
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
-        chunks.append((kind, data[pos + 8 : pos + 8 + length]))
-        pos += 12 + length
-    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert depth == 8 and interlace == 0, f"unsupported PNG: depth {depth}, interlace {interlace}"
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * channels)
-    return _unfilter(rows, channels).reshape(height, width, channels)
+    """An image file as an (h, w, channels) uint8 array (read by Pillow)."""
+    from PIL import Image
 
-
-def _unfilter(rows: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo PNG's per-row filters (none, sub, up, average, paeth)."""
-    out = np.zeros((rows.shape[0], rows.shape[1] - 1), np.uint8)
-    prev = np.zeros(rows.shape[1] - 1, np.int64)
-    for y, (kind, line) in enumerate(zip(rows[:, 0], rows[:, 1:].astype(np.int64), strict=True)):
-        if kind == 0:
-            cur = line
-        elif kind == 1:  # sub: cumulative sums within each channel
-            cur = np.cumsum(line.reshape(-1, bpp), axis=0).reshape(-1) % 256
-        elif kind == 2:
-            cur = (line + prev) % 256
-        else:
-            cur = _sequential(line.tolist(), prev.tolist(), bpp, kind)
-        out[y], prev = cur, np.asarray(cur, np.int64)
-    return out
-
-
-def _sequential(line: list[int], prev: list[int], bpp: int, kind: int) -> list[int]:
-    """Average (3) and Paeth (4) filters, which depend on the decoded byte to the left."""
-    cur = [0] * len(line)
-    for i, x in enumerate(line):
-        a = cur[i - bpp] if i >= bpp else 0
-        b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-        if kind == 3:
-            cur[i] = (x + (a + b) // 2) % 256
-            continue
-        p = a + b - c
-        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-        cur[i] = (x + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) % 256
-    return cur
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGBA") if image.mode in ("P", "LA") else image)
 
 
 def pixel_std(path: Path) -> float:

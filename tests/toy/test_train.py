@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from interp import toy
-from interp.toy import corpus
-from interp.toy.spec import SPECS, schedule
-from interp.toy.train import lr_at, parse_args
 from tests.toy.conftest import require_checkpoints
+from toy_training import corpus
+from toy_training.spec import SPECS, schedule
+from toy_training.train import lr_at, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = 8  # steps of the shortened schedule: checkpoints step0, 1, 2, 4, 8
@@ -40,8 +40,8 @@ def require_same_corpus(name: str) -> None:
 
 
 def train(out: Path, *args: str) -> None:
-    """Run `python -m interp.toy.train --out out ...` in a subprocess (its own torch settings)."""
-    cmd = [sys.executable, "-m", "interp.toy.train", "--out", str(out), *args]
+    """Run `python -m toy_training.train --out out ...` in a subprocess (its own torch settings)."""
+    cmd = [sys.executable, "-m", "toy_training.train", "--out", str(out), *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -90,7 +90,7 @@ def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path):
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_both_phases_draw_the_shipped_batches(name):
     require_same_corpus(name)
-    from interp.toy.train import batch_digests, build_corpus
+    from toy_training.train import batch_digests, build_corpus
 
     assert batch_digests(SPECS[name], build_corpus()) == shipped(name)["batch_sha256"], \
         "the data pipeline (corpus split, tokenizer, mix or phase) no longer draws the shipped batches"

@@ -120,10 +120,13 @@ def toy_or_skip(name: str) -> interp.Model:
 
 def heldout_text() -> tuple[list[str], str]:
     """The Pile sample beside the project when present, else Python's held-out doc topics."""
-    from interp.toy import corpus
+    from interp.toy.text import split_topics
+    from tests.conftest import SHARED
 
-    pile = corpus.pile_sample()
-    return (pile, "pile") if pile else (corpus.split_topics()[1], "pydoc held out")
+    pile = SHARED / "pile-sample.jsonl"
+    if pile.is_file():
+        return [json.loads(line)["text"] for line in pile.read_text(encoding="utf-8").splitlines() if line], "pile"
+    return split_topics()[1], "pydoc held out"
 
 
 @pytest.mark.parametrize("name", ["toy-2l", "toy-4l"])
