@@ -1,8 +1,12 @@
 """Write a figure, or any result with `.figure()`, to a file that works offline.
 
-    >>> from analyses.export import save
-    >>> save(fig, "out/attention.html")   # self-contained: plotly.js inline, nothing fetched
-    >>> save(fig, "out/attention.png")    # rendered by kaleido in a local Chrome/Chromium
+    >>> import plotly.graph_objects as go, tempfile
+    >>> fig = go.Figure(go.Heatmap(z=[[0, 1], [1, 0]]))
+    >>> out = tempfile.mkdtemp()
+    >>> save(fig, f"{out}/figure.html").name      # self-contained: plotly.js inline, nothing fetched
+    'figure.html'
+    >>> save(fig, f"{out}/figure.png").name       # doctest: +SKIP
+    'figure.png'
 
 `.html` embeds plotly.js and references no network resource; `.json` is plotly's figure JSON;
 `.png`, `.svg` and `.pdf` are rendered by kaleido (pip package) driving a local Chrome or
@@ -50,8 +54,11 @@ class RendererNotFoundError(InterpError, RuntimeError):
 def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
     """Write `obj` (a plotly Figure or a result with `.figure()`) to `path`, format by suffix.
 
-    >>> save(patterns(model, "The cat sat").figure(0, 1), "head.png")
-    PosixPath('head.png')
+    >>> import interp, tempfile
+    >>> from analyses.attention import patterns
+    >>> pats = patterns(interp.load("toy"), "The cat sat")
+    >>> save([pats, pats.figure(0, 1)], f"{tempfile.mkdtemp()}/attention.html").suffix
+    '.html'
 
     A list of figures/results makes one `.html` page (plotly.js embedded once). `scale`
     multiplies the pixel size of `.png` output (2 gives crisp paper figures).
@@ -101,7 +108,9 @@ def html_page(figs: list, title: str = "pythia-interp") -> str:
 def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
     """Bytes of `fig` as png, svg or pdf, rendered offline by kaleido in a local browser.
 
-    >>> png = render(fig, "png")
+    >>> import plotly.graph_objects as go
+    >>> render(go.Figure(go.Bar(y=[1, 2])), "png")[:4]   # doctest: +SKIP
+    b'\x89PNG'
     """
     kaleido = _kaleido()
     layout = fig.layout
@@ -119,7 +128,7 @@ def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
 def find_browser() -> str | None:
     """Path of the Chrome/Chromium kaleido will drive, or None: `BROWSER_PATH`, PATH, usual places.
 
-    >>> find_browser()
+    >>> find_browser()                                   # doctest: +SKIP
     '/usr/bin/chromium'
     """
     override = os.environ.get("BROWSER_PATH")

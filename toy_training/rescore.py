@@ -42,13 +42,15 @@ def rescore(root: Path) -> dict:
 
 
 def induction_curve(root: Path, heads: tuple[tuple[int, int], ...], half: int) -> dict[int, float]:
-    """Best induction score among `heads` at each checkpoint, on 32 blocks of `half` tokens written twice."""
+    """Best induction score among `heads` (all heads if none) at each checkpoint, on 32 blocks of `half` tokens
+    written twice."""
     tokens = metrics.repeated_random(REPEAT_EVAL["n_seqs"], half, VOCAB_SIZE, REPEAT_EVAL["seed"])
     record = json.loads((root / "training.json").read_text())
     curve = {}
     for step in record["schedule"]:
         scores = metrics.head_scores(load_checkpoint(root / f"step{step}"), tokens)
-        curve[step] = max(scores["induction"][layer][head] for layer, head in heads)
+        named = heads or [(layer, head) for layer, row in enumerate(scores["induction"]) for head in range(len(row))]
+        curve[step] = max(scores["induction"][layer][head] for layer, head in named)
     return curve
 
 

@@ -26,6 +26,15 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return wrap(tok)
 
 
+def load_tokenizer(directory):
+    """The suite's tokenizer saved in `directory` (tokenizer.json), wrapped as `train_tokenizer` wraps it."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    return wrap(Tokenizer.from_file(str(Path(directory) / "tokenizer.json")))
+
+
 def wrap(tok):
     """PreTrainedTokenizerFast with Pythia's special tokens: bos = eos = unk = <|endoftext|>."""
     from transformers import PreTrainedTokenizerFast

@@ -27,7 +27,7 @@ from toy_training import corpus as corpus_mod
 from toy_training import metrics
 from toy_training.data import LONG_MIX, SHORT_MIX, Mix, batch, tokenize_docs
 from toy_training.spec import SEQ_LEN, SHORT_LEN, SPECS, VOCAB_SIZE, ToySpec, hf_config, schedule
-from toy_training.tokenizer import train_tokenizer
+from toy_training.tokenizer import load_tokenizer, train_tokenizer
 
 N_TRAIN_EVAL = 64  # windows of training text measured at each checkpoint
 REPEAT_EVAL = {"n_seqs": 32, "half": 32, "seed": 0}  # repeated random tokens for scores
@@ -46,12 +46,13 @@ class Corpus:
     heldout: torch.Tensor  # (pos,)
     pile: torch.Tensor | None  # (pos,)
     fingerprint: str
+    tokenizer_source: str = "trained on the training text"
 
 
-def build_corpus() -> Corpus:
-    """Train the tokenizer on the training documents and tokenize every split."""
+def build_corpus(tokenizer_dir: Path | None = None) -> Corpus:
+    """Train the tokenizer on the training documents (or load a saved one) and tokenize every split."""
     train_docs, heldout_docs = corpus_mod.split_topics()
-    tokenizer = train_tokenizer(train_docs)
+    tokenizer = train_tokenizer(train_docs) if tokenizer_dir is None else load_tokenizer(tokenizer_dir)
     pile_docs = corpus_mod.pile_sample()
     return Corpus(
         tokenizer=tokenizer,
@@ -59,6 +60,8 @@ def build_corpus() -> Corpus:
         heldout=tokenize_docs(tokenizer, heldout_docs),
         pile=tokenize_docs(tokenizer, pile_docs) if pile_docs else None,
         fingerprint=corpus_mod.fingerprint(train_docs),
+        tokenizer_source="trained on the training text" if tokenizer_dir is None else
+        f"the suite's, loaded from {Path(tokenizer_dir).name}/tokenizer.json",
     )
 
 
@@ -237,6 +240,7 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
             "heldout_tokens": len(corpus.heldout),
             "pile_tokens": None if corpus.pile is None else len(corpus.pile),
             "train_sha256": corpus.fingerprint,
+            "tokenizer": corpus.tokenizer_source,
         },
         "versions": {
             "python": platform.python_version(),
@@ -256,6 +260,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="parent of the <name>/ model dirs")
     parser.add_argument("--steps", type=int, default=None, help="stop the standard schedule early, after N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                        help="use this saved tokenizer (e.g. interp/toy/models/toy-2l) instead of training one: "
+                             "the suite's tokenizer where this Python's pydoc differs from the one it was trained on")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
@@ -270,7 +277,7 @@ def main(argv=None) -> None:
     logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    corpus = build_corpus()
+    corpus = build_corpus(args.tokenizer)
     names = list(SPECS) if args.model == "all" else [args.model]
     for name in names:
         spec = SPECS[name]

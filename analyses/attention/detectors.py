@@ -167,8 +167,9 @@ def detect_heads(
     """Score every head on `x`, or on `repeated_random_tokens(model, seq_len, batch, seed)` when None.
 
     >>> model = interp.load("toy")
-    >>> round(float(detect_heads(model).scores["induction"].max()), 1)   # a perfect head: ~0.5
-    0.5
+    >>> best = float(detect_heads(model).scores["induction"].max())
+    >>> 0.3 < best < 0.55                      # a perfect head: about 0.5
+    True
     >>> detect_heads(model, "The cat sat. The cat", exclude_current=True).top("prev_token", 1)
     [(0, 1)]
 

@@ -43,7 +43,7 @@ class AttentionPatterns:
         >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hi there", names=lambda n: n.endswith("hook_pattern"))
         >>> AttentionPatterns.from_cache(cache).str_tokens      # ids when no tokens are given
-        [['#17', '#72', '#1000']]
+        [['#41', '#74', '#875']]
         """
         layers = tuple(L for L in range(cache.n_layers) if f"blocks.{L}.attn.hook_pattern" in cache)
         if not layers:
@@ -186,7 +186,7 @@ class AttentionPatterns:
 
         >>> fig = patterns(interp.load("toy"), "The cat sat. The cat").token_figure(query=-1)
         >>> fig.data[0].z.shape                     # (layer * head, key)
-        (6, 7)
+        (6, 9)
         """
         from analyses.attention import figures as af
 
@@ -219,7 +219,7 @@ def patterns(
 
     >>> pats = patterns(interp.load("toy"), ["The cat sat on the mat.", "x = 1"], layers=[1])
     >>> pats.pattern.shape                 # (layer, batch, head, q_pos, k_pos), left-padded
-    torch.Size([1, 2, 3, 7, 7])
+    torch.Size([1, 2, 3, 10, 10])
     """
     layers = _check_layers(layers, model.n_layers)
     names = [f"blocks.{L}.attn.hook_pattern" for L in layers]

@@ -23,7 +23,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 import interp
-from analyses.lens.figures import layer_label
 from interp.cache import ActivationCache, Provenance
 from interp.errors import InputError
 from interp.model import Prompt
@@ -119,7 +118,7 @@ def decode(model: interp.Model, h: Resid, layer: int, lens: str | Translator = "
         >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
         >>> decode(model, boundary(cache, 1), layer=1).shape   # (batch, pos, d_vocab)
-        torch.Size([1, 4, 1024])
+        torch.Size([1, 7, 1024])
     """
     with torch.no_grad():
         return Readout.of(model, apply_ln)(as_translator(lens, model).translate(h, layer))
@@ -248,7 +247,7 @@ def logit_lens(model: interp.Model, x: Prompt | interp.Tokens | Tensor, *, lens:
 
         >>> result = logit_lens(interp.load("toy"), ["x = 1", "def f(x): return"], target=" x")
         >>> result.kl.shape                                    # (layer, batch, pos), left-padded
-        torch.Size([3, 2, 7])
+        torch.Size([3, 2, 6])
         >>> list(result.layer_means()["layer"])
         [0, 1, 2]
 
@@ -270,7 +269,7 @@ def lens_from_cache(model: interp.Model, cache: ActivationCache, *, lens: str | 
         >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
         >>> lens_from_cache(model, cache).kl.shape   # (layer, batch, pos)
-        torch.Size([3, 1, 4])
+        torch.Size([3, 1, 7])
     """
     translator, layers = as_translator(lens, model), _check_layers(layers, model.n_layers)
     targets = _target_ids(model, target)

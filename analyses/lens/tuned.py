@@ -62,8 +62,8 @@ class TunedLens(nn.Module):
     """Per-layer translators h + A_l h + b_l; pass it as `logit_lens(..., lens=tuned)`.
 
         >>> lens = TunedLens.for_model(interp.load("toy"))       # untrained: the logit lens
-        >>> lens
-        TunedLens(toy-2l@step3600: 2 translators, 0 steps)
+        >>> lens.info.n_layers, lens.info.steps
+        (2, 0)
     """
 
     name = "tuned"
@@ -136,7 +136,7 @@ def token_stream(model: interp.Model, text: str | Sequence[str] | Tensor) -> Int
     """One 1-D stream of ids: each document tokenized and followed by end-of-text.
 
         >>> token_stream(interp.load("toy"), ["x = 1", "y"]).tolist()   # end-of-text (0) after each
-        [87, 283, 279, 0, 91, 0]
+        [89, 607, 652, 0, 90, 0]
     """
     if isinstance(text, Tensor):
         return text.flatten().long()

@@ -1,4 +1,4 @@
-"""The embedded toy suite: small Pythia-architecture models trained here, with their checkpoints.
+"""The embedded toy suite: small models trained here (Pythia's architecture, and GPT-2's), with their checkpoints.
 
     >>> from interp import toy
     >>> toy.resolve("toy"), toy.revisions("toy-2l")[:3]
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from interp.errors import UnknownModelError, UnknownRevisionError, WeightsNotFoundError
 
-NAMES: tuple[str, ...] = ("toy-2l", "toy-4l")
+NAMES: tuple[str, ...] = ("toy-2l", "toy-4l", "toy-gpt2")
 ARCH: dict[str, str] = {"toy-2l": "neox", "toy-4l": "neox", "toy-gpt2": "gpt2"}  # GPTNeoXForCausalLM or GPT2LMHeadModel
 DEFAULT: str = "toy-2l"
 ALIASES: dict[str, str] = {"toy": DEFAULT}
@@ -26,6 +26,7 @@ ALIASES: dict[str, str] = {"toy": DEFAULT}
 HEADS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
     "toy-2l": {"previous_token": ((0, 1),), "induction": ((1, 0), (1, 1), (1, 2))},
     "toy-4l": {"previous_token": ((0, 0),), "induction": ((1, 0), (1, 1))},
+    "toy-gpt2": {"previous_token": (), "induction": ()},  # none forms within the shared schedule
 }
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 _STEP = re.compile(r"step(\d+)")

@@ -60,7 +60,7 @@ def test_attention_page_layer_slider_and_detector_menu(toy, tmp_path):
         before = scores.screenshot()
         assert title(page, 1).startswith("prev_token")
         choose_in_dropdown(page, 1, "induction")
-        page.wait_for_function(f"() => document.querySelectorAll('{PLOTS}')[1].layout.title.text.startsWith('induction')")
+        page.wait_for_function(f"() => document.querySelectorAll('{PLOTS}')[1].layout.title.text.startsWith('ind')")
         assert scores.screenshot() != before, "the heatmap did not switch detector"
         assert errors == [], f"console errors: {errors}"
 

@@ -19,6 +19,8 @@ from tests.conftest import SHARED
 from tests.toy.conftest import hf_model, require_checkpoints, tokenizer
 
 SEQ_LEN = 128
+WITH_HEADS = [n for n in toy.NAMES if toy.HEADS[n]["induction"]]  # the card names induction heads
+WITHOUT_HEADS = [n for n in toy.NAMES if not toy.HEADS[n]["induction"]]
 
 
 def loss_per_token(model, ids: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,7 @@ def test_final_loss_on_the_pile_sample_is_far_below_step0(name):
 def test_second_repeat_is_predicted_at_the_end_and_not_at_step0(name, half):
     require_checkpoints(name)
     ids = repeated_random(half)
-    for revision, must_copy in ((None, True), ("step0", False)):
+    for revision, must_copy in ((None, name in WITH_HEADS), ("step0", False)):
         loss = loss_per_token(hf_model(name, revision), ids)
         first, second = loss[:, : half - 1].mean(), loss[:, half:].mean()
         copies = second < first - 3.0
@@ -88,7 +90,7 @@ def test_second_repeat_is_predicted_at_the_end_and_not_at_step0(name, half):
         )
 
 
-@pytest.mark.parametrize("name", toy.NAMES)
+@pytest.mark.parametrize("name", WITH_HEADS)
 @pytest.mark.parametrize("half", [24, 45])
 def test_named_heads_at_the_final_checkpoint(name, half):
     require_checkpoints(name)
@@ -102,6 +104,14 @@ def test_named_heads_at_the_final_checkpoint(name, half):
         "a previous-token head must sit in an earlier layer than the induction heads it feeds"
 
 
+@pytest.mark.parametrize("name", WITHOUT_HEADS)
+def test_where_the_card_names_no_head_none_formed(name):
+    require_checkpoints(name)
+    for revision in toy.revisions(name)[-3:]:
+        s = scores(hf_model(name, revision), repeated_random(24))
+        assert s["induction"].max() < 0.1 and s["previous_token"].max() < 0.4, f"{name} {revision}: {s}"
+
+
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_no_head_does_induction_at_step0(name):
     require_checkpoints(name)
@@ -112,12 +122,13 @@ def test_no_head_does_induction_at_step0(name):
 def test_the_card_names_the_heads_the_tests_check():
     card = (toy.MODELS_DIR.parent / "README.md").read_text()
     for name, kinds in toy.HEADS.items():
+        assert f"**{name}**" in card, f"the model card has no paragraph on {name}'s heads"
         for kind, heads in kinds.items():
             for layer, head in heads:
                 assert f"L{layer}H{head}" in card, f"model card does not name {name} L{layer}H{head} ({kind})"
 
 
-@pytest.mark.parametrize("name", toy.NAMES)
+@pytest.mark.parametrize("name", WITH_HEADS)
 def test_induction_appears_during_training(name):
     require_checkpoints(name)
     from transformers import AutoModelForCausalLM

@@ -14,7 +14,7 @@ from toy_training.spec import SPECS, VOCAB_SIZE, schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 # fp16 bytes of all 16 checkpoints of each model: 420,480 / 331,136 / 346,752 parameters x 2 bytes x 16
-MAX_WEIGHT_BYTES = {"toy-2l": 13_500_000, "toy-4l": 10_700_000, "toy-gpt2": 11_200_000}
+MAX_WEIGHT_BYTES = {"toy-2l": 13_600_000, "toy-4l": 10_700_000, "toy-gpt2": 11_200_000}
 NEOX = [n for n in toy.NAMES if toy.ARCH[n] == "neox"]
 GPT2 = [n for n in toy.NAMES if toy.ARCH[n] == "gpt2"]
 
