@@ -177,7 +177,7 @@ def detect_heads(
     """
     _check_error_measure(error_measure)
     if x is None:
-        x = repeated_random_tokens(model, min(seq_len, _n_ctx(model) // 2), batch, seed)
+        x = repeated_random_tokens(model, min(seq_len, model.n_ctx // 2), batch, seed)
     return head_scores(patterns(model, x), exclude_first=exclude_first, exclude_current=exclude_current,
                        error_measure=error_measure)
 
@@ -261,7 +261,7 @@ def repeated_random_tokens(
         pool = source.flatten().long()
         n_ctx = None
     else:
-        pool, n_ctx = ordinary_ids(source.tokenizer, source.d_vocab), _n_ctx(source)
+        pool, n_ctx = ordinary_ids(source.tokenizer, source.d_vocab), source.n_ctx
     limit = n_ctx // 2 if n_ctx else None
     if seq_len < 2 or (limit is not None and seq_len > limit):
         fits = f"the context of {n_ctx} positions" if n_ctx else "a row"
@@ -285,11 +285,6 @@ def ordinary_ids(tokenizer, d_vocab: int) -> Int[Tensor, " ids"]:
     special = set(tokenizer.all_special_ids)
     special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
     return torch.tensor([i for i in range(min(d_vocab, len(tokenizer))) if i not in special])
-
-
-def _n_ctx(model: interp.Model) -> int:
-    """Positions the model can attend over."""
-    return getattr(model, "n_ctx", None) or model.hf.config.max_position_embeddings
 
 
 def _weighted_sum(

@@ -224,7 +224,8 @@ def patterns(
     layers = _check_layers(layers, model.n_layers)
     names = [f"blocks.{L}.attn.hook_pattern" for L in layers]
     tokens = model.tokens(x)
-    _, cache = model.run_with_cache(tokens, names=names, device="cpu")
+    with torch.no_grad():  # the model follows the caller's grad mode; patterns need no graph
+        _, cache = model.run_with_cache(tokens, names=names, device="cpu")
     return AttentionPatterns.from_cache(cache, _str_tokens(model, tokens))
 
 

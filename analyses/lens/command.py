@@ -79,6 +79,7 @@ def _add_tuned_lens(subparsers) -> argparse.ArgumentParser:
 def run_logit_lens(args: argparse.Namespace) -> int:
     """Check the outputs, load the model (and lens), decode the prompts, write the files."""
     import pandas as pd
+    import torch
 
     from analyses.export import save
     from analyses.lens import LensComparison, TunedLens, lens_from_cache, resid_names
@@ -88,7 +89,8 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     tuned = TunedLens.load(args.tuned) if args.tuned is not None else None
     model = load_model(args)
-    _, cache = model.run_with_cache(prompts, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompts, names=resid_names(model), stop_at_layer=model.n_layers)
     options = {"target": args.target or None, "apply_ln": not args.no_ln, "top_k": args.top_k}
     results = {"logit": lens_from_cache(model, cache, **options)}
     if tuned is not None:

@@ -87,8 +87,8 @@ class Readout:
     @classmethod
     def of(cls, model: interp.Model, apply_ln: bool = True) -> Readout:
         """Readout of `model`; `apply_ln=False` skips the final LayerNorm."""
-        norm = _module(model, "ln_final.hook_out") if apply_ln else None
-        return cls(norm, _module(model, "hook_logits"))
+        norm = model.module("ln_final.hook_out") if apply_ln else None
+        return cls(norm, model.module("hook_logits"))
 
     def __call__(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Log-probabilities (fp32) of the residual `h`."""
@@ -255,7 +255,8 @@ def logit_lens(model: interp.Model, x: Prompt | interp.Tokens | Tensor, *, lens:
     picks boundaries (default all, 0..n_layers); `chunk` is the number of positions decoded at
     once, which bounds memory to a few (chunk, d_vocab) tensors.
     """
-    _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():  # the model follows the caller's grad mode; a lens needs no graph
+        _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
     return lens_from_cache(model, cache, lens=lens, target=target, apply_ln=apply_ln, layers=layers,
                            top_k=top_k, chunk=chunk)
 
@@ -387,10 +388,3 @@ def _vocab(model: interp.Model, id_tensors: list[Tensor]) -> dict[int, str]:
     pieces = model.tokenizer.convert_ids_to_tokens(ids)
     return {i: f"#{i}" if p is None else render_token(p) for i, p in zip(ids, pieces, strict=True)}
 
-
-def _module(model: interp.Model, site: str) -> nn.Module:
-    """The module behind a site (the final LayerNorm's output, the unembedding)."""
-    if hasattr(model, "module"):
-        return model.module(site)
-    legacy = {"ln_final.hook_out": "ln_final.hook_normalized"}  # the LayerNorm output's site before hook_out
-    return model.hf.get_submodule(model.sites.resolve(legacy.get(site, site)).module)

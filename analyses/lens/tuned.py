@@ -172,13 +172,13 @@ def _windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
 
 
 @contextmanager
-def _frozen(module: nn.Module):
-    """Parameters of `module` need no gradient inside the block; restored on any exit."""
-    before = {p: p.requires_grad for p in module.parameters()}
+def _frozen(*modules: nn.Module | None):
+    """Parameters of the modules need no gradient inside the block; restored on any exit."""
+    before = {p: p.requires_grad for m in modules if m is not None for p in m.parameters()}
     try:
         for p in before:
             p.requires_grad_(False)
-        yield module
+        yield
     finally:
         for p, flag in before.items():
             p.requires_grad_(flag)
@@ -200,7 +200,7 @@ def train_tuned_lens(model: interp.Model, text: str | Sequence[str] | Tensor, *,
     from tqdm.auto import tqdm
 
     stream = token_stream(model, text)
-    seq_len = min(seq_len, _n_ctx(model), len(stream))
+    seq_len = min(seq_len, model.n_ctx, len(stream))
     if seq_len < 2 or steps < 1:
         raise InputError(f"Need steps >= 1 and a stream of at least 2 tokens; got steps={steps}, "
                          f"{len(stream)} tokens: give more text.")
@@ -211,7 +211,7 @@ def train_tuned_lens(model: interp.Model, text: str | Sequence[str] | Tensor, *,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (1 - s / steps))
     history, readout = [], Readout.of(model)
-    with _frozen(model.hf):
+    with _frozen(readout.norm, readout.unembed):  # gradients reach the lens only, never the model
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
             ids = _windows(stream, batch_size, seq_len, g).to(model.device)
             history.append(_step(model, lens, ids, readout, optimizer))
@@ -226,8 +226,8 @@ def train_tuned_lens(model: interp.Model, text: str | Sequence[str] | Tensor, *,
 def _step(model: interp.Model, lens: TunedLens, ids: Int[Tensor, "batch pos"], readout: Readout,
           optimizer: torch.optim.Optimizer) -> list[float]:
     """One optimiser step; layers are backpropagated one at a time to bound memory."""
-    _, cache = model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
     with torch.no_grad():
+        _, cache = model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
         ref = readout(boundary(cache, model.n_layers))  # (batch, pos, d_vocab)
     optimizer.zero_grad(set_to_none=True)
     losses = []
@@ -269,11 +269,9 @@ def compare_lenses(model: interp.Model, x: Prompt | interp.Tokens | Tensor, tune
         >>> sorted(set(frame["lens"]))
         ['logit', 'tuned']
     """
-    _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
     return LensComparison({"logit": lens_from_cache(model, cache, **kwargs),
                            "tuned": lens_from_cache(model, cache, lens=tuned, **kwargs)})
 
 
-def _n_ctx(model: interp.Model) -> int:
-    """Positions the model can attend over."""
-    return getattr(model, "n_ctx", None) or model.hf.config.max_position_embeddings

@@ -82,3 +82,11 @@ def test_bad_arguments_name_the_valid_choices():
         pats.figure(0, 0, long="squash")
 
 
+
+
+def test_patterns_keep_no_graph_whatever_the_grad_mode():
+    model = tiny_model(seed=1)
+    with torch.enable_grad():
+        pats = patterns(model, "t5 t17 t3 t5")
+    assert not pats.pattern.requires_grad and pats.pattern.grad_fn is None
+    assert all(p.grad is None for p in model.hf.parameters())

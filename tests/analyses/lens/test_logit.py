@@ -154,6 +154,13 @@ def test_long_prompts_show_their_last_positions_in_a_page_wide_grid(model):
         result.figure(max_pos=0)
 
 
+def test_the_lens_keeps_no_graph_and_leaves_no_grad(model, ids):
+    with torch.enable_grad():
+        result = logit_lens(model, ids)
+    assert not result.kl.requires_grad
+    assert all(p.grad is None for p in model.hf.parameters()), "the lens touched the model's gradients"
+
+
 def test_figure_labels_are_inert_text():
     assert label(" <br>\x19") == "·&lt;br&gt;\\x19", "plotly markup and control characters"
     assert label("abcdefghijklmnop", width=6) == "abcde…"
