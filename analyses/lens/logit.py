@@ -53,23 +53,24 @@ class LogitLens:
 
 
 def resid_names(model: interp.Model) -> list[str]:
-    """The sites a lens reads: the embedding and every block's resid_post.
+    """The sites a lens reads: the residual entering block 0 (the embedding) and every block's resid_post.
 
         >>> resid_names(interp.load("toy"))
-        ['hook_embed', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+        ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
     """
-    return ["hook_embed", *[f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]]
+    return ["blocks.0.hook_resid_pre", *[f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]]
 
 
 def boundary(cache: ActivationCache, layer: int) -> Float[Tensor, "batch pos d_model"]:
-    """Residual at layer boundary `layer`: 0 is the embedding, L+1 the output of block L.
+    """Residual at layer boundary `layer`: 0 is what enters block 0 (the token embedding, plus the position
+    embedding on GPT-2), L+1 the output of block L.
 
         >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hello", names=resid_names(model))
-        >>> boundary(cache, 0) is cache["hook_embed"], boundary(cache, 2) is cache["blocks.1.hook_resid_post"]
+        >>> boundary(cache, 0) is cache["blocks.0.hook_resid_pre"], boundary(cache, 2) is cache["resid_post", 1]
         (True, True)
     """
-    return cache["embed"] if layer == 0 else cache["resid_post", layer - 1]
+    return cache["resid_pre", 0] if layer == 0 else cache["resid_post", layer - 1]
 
 
 @dataclass(frozen=True)
