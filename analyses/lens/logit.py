@@ -273,6 +273,9 @@ def lens_from_cache(model: interp.Model, cache: ActivationCache, *, lens: str | 
         >>> lens_from_cache(model, cache).kl.shape   # (layer, batch, pos)
         torch.Size([3, 1, 7])
     """
+    if not 1 <= top_k <= model.d_vocab or chunk < 1:
+        raise InputError(f"top_k={top_k} must be in 1..{model.d_vocab} and chunk={chunk} at least 1 position: "
+                         "pass e.g. top_k=5, chunk=128.")
     translator, layers = as_translator(lens, model), _check_layers(layers, model.n_layers)
     targets = _target_ids(model, target)
     tokens = torch.tensor(cache.provenance.tokens)

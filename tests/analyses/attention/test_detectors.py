@@ -278,6 +278,9 @@ def test_detectors_find_the_heads_the_toy_model_card_names(toy_model):
     name, model = toy_model
     scores = detect_heads(model)  # 4 x (50 random tokens, twice)
     frame = scores.to_frame().round(3).to_string()
+    if not any(toy.HEADS[name].values()):  # the card says no head formed: none may stand out
+        assert scores.scores["induction"].max() < 0.1 and scores.scores["prev_token"].max() < 0.4, frame
+        return
     for kind, named in toy.HEADS[name].items():
         detector = DETECTOR_OF[kind]
         values = scores.scores[detector]
@@ -295,6 +298,8 @@ def test_toy_heads_show_on_a_repeated_text_prompt(toy_model):
     name, model = toy_model
     prompt = "If the object has a __len__ method, len() returns its length. " * 2
     scores = detect_heads(model, prompt.strip())
+    if not toy.HEADS[name]["induction"]:
+        pytest.skip(f"the model card names no heads of {name}")
     assert scores.top("induction", 1)[0] in toy.HEADS[name]["induction"]
     assert scores.top("prev_token", 1)[0] in toy.HEADS[name]["previous_token"]
 
@@ -310,6 +315,8 @@ def test_training_json_holds_the_one_induction_score(name):
     """The scores training.json records at a checkpoint are this module's, recomputed on plain HF attention."""
     from transformers import AutoModelForCausalLM
 
+    if not toy.HEADS[name]["induction"]:
+        pytest.skip(f"the model card names no induction heads of {name}")
     record = json.loads((toy.model_dir(name) / "training.json").read_text())
     final = record["checkpoints"][-1]
     repeat = record["repeat_eval"]

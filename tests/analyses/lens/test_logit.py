@@ -120,6 +120,10 @@ def test_bad_arguments_name_the_fix(model, ids):
         logit_lens(model, ids, layers=[7])
     with pytest.raises(interp.InputError, match="'logit' or a TunedLens"):
         logit_lens(model, ids, lens="tuned")
+    with pytest.raises(interp.InputError, match="top_k=0 must be in 1..128"):
+        logit_lens(model, ids, top_k=0)
+    with pytest.raises(interp.InputError, match="chunk=0"):
+        logit_lens(model, ids, chunk=0)
     result = logit_lens(model, ids)
     with pytest.raises(interp.InputError, match="kl"):
         result.figure("perplexity")
