@@ -182,5 +182,5 @@ def _as_figure(obj):
         return fig
     raise ExportError(
         f"Cannot save a {type(obj).__name__}: pass a plotly Figure or a result with a .figure() "
-        "method (e.g. the AttentionPatterns from analyses.attention_maps.patterns)."
+        "method (e.g. the AttentionPatterns from analyses.attention.patterns)."
     )
