@@ -130,14 +130,16 @@ class Catalog:
         import interp
 
         if entry.kind == "toy":
-            return interp.load(entry.target, revision=revision)
-        if entry.kind == "dir":
-            return interp.load(self.location(entry, revision))
-        snapshot = self._local_file(entry.target, revision, WEIGHT_FILES)
-        if snapshot is None:
-            raise WeightsNotFoundError(self.missing(entry, revision))
-        model = interp.load(snapshot.parent)
-        model.name, model.revision = entry.target, revision  # provenance names the repo, not the snapshot
+            model = interp.load(entry.target, revision=revision)
+        elif entry.kind == "dir":
+            model = interp.load(self.location(entry, revision))
+        else:
+            snapshot = self._local_file(entry.target, revision, WEIGHT_FILES)
+            if snapshot is None:
+                raise WeightsNotFoundError(self.missing(entry, revision))
+            model = interp.load(snapshot.parent)
+        name = entry.target if entry.kind != "dir" else Path(entry.target).name
+        model.name, model.revision = name, revision  # provenance names the model and checkpoint chosen
         return model
 
     def cached_repos(self) -> list[str]:

@@ -20,7 +20,6 @@ from interp.text import figure_label
 
 STRIP_COLUMNS = 12  # tokens per row of the token strip
 TICKS = 40  # most labelled ticks per axis
-DIVERGING = "RdBu"
 NOTE_STYLE = {"showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 15}}
 
 
@@ -66,7 +65,7 @@ def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, tit
         "type": "heatmap",
         "z": _jsonable(z),
         "customdata": pos.tolist(),
-        "colorscale": "Blues",
+        "colorscale": _scale("Blues"),
         "zmin": 0,
         "zmax": 1,
         "xgap": 2,
@@ -74,8 +73,9 @@ def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, tit
         "hovertemplate": "token %{customdata}<br>weight %{z:.3f}<extra></extra>",
         "colorbar": {"title": {"text": "weight"}},
     }
+    dark = [i <= query and weights[i] > 0.55 for i in range(n)]  # white text on dark cells
     text = {"type": "scatter", "mode": "text", "x": x, "y": y, "text": labels, "hoverinfo": "skip",
-            "textfont": {"size": 13}, "showlegend": False}
+            "textfont": {"size": 13, "color": ["white" if d else "#222" for d in dark]}, "showlegend": False}
     mark = {"type": "scatter", "mode": "markers", "x": [query % cols], "y": [query // cols], "hoverinfo": "skip",
             "marker": {"symbol": "square-open", "size": 34, "color": "#d62728", "line": {"width": 3}},
             "showlegend": False}
@@ -104,8 +104,7 @@ def difference(a: np.ndarray, b: np.ndarray, x_labels: Sequence[str], y_labels: 
         "type": "heatmap",
         "z": _jsonable(diff),
         "customdata": _jsonable(np.stack([a, b], axis=-1)),
-        "colorscale": DIVERGING,
-        "reversescale": True,
+        "colorscale": _scale("RdBu_r"),  # B above A in red
         "zmid": 0,
         "zmin": -bound,
         "zmax": bound,
@@ -135,6 +134,13 @@ def lines(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
     layout = {"title": {"text": title, "x": 0.02}, "xaxis": {"title": {"text": axes[0]}},
               "yaxis": {"title": {"text": axes[1]}}, "height": 380, "plot_bgcolor": "white"}
     return {"data": data, "layout": layout}
+
+
+def _scale(name: str) -> list:
+    """A named plotly colorscale as explicit stops (plotly.js names differ from plotly.py's)."""
+    from plotly.colors import get_colorscale
+
+    return get_colorscale(name)
 
 
 def _jsonable(values: np.ndarray) -> list:

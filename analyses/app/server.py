@@ -1,0 +1,83 @@
+"""Build the explorer's Dash app and serve it on the loopback interface.
+
+    >>> from analyses.app.server import create_app
+    >>> app = create_app(model="toy")
+    >>> app.config.serve_locally          # Dash's JS and CSS come from the Python package
+    True
+
+`serve()` binds 127.0.0.1 unless told otherwise; everything the page loads is served by this
+process, so the explorer works with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from analyses.app import compute, views
+from analyses.app.catalog import Catalog
+from analyses.app.explorer import Explorer
+from analyses.app.layout import CSS, PageSpec, page
+from interp import toy
+
+DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the mat."
+COMPARE_WITH = "toy-gpt2"  # the GPT-2 twin of toy-2l, the default model B when present
+FALLBACK = "toy-4l"
+
+INDEX = """<!DOCTYPE html>
+<html>
+  <head>
+    {%metas%}
+    <title>pythia-interp explorer</title>
+    {%favicon%}
+    {%css%}
+    <style>""" + CSS + """</style>
+  </head>
+  <body>
+    {%app_entry%}
+    <footer>{%config%}{%scripts%}{%renderer%}</footer>
+  </body>
+</html>"""
+
+
+def compare_default(model_a: str) -> tuple[str, str]:
+    """Model B for compare mode, and a note when the preferred one is missing.
+
+    >>> compare_default("toy-2l")[0] in ("toy-gpt2", "toy-4l")
+    True
+    """
+    if COMPARE_WITH in toy.NAMES:
+        return COMPARE_WITH, ""
+    other = FALLBACK if model_a != FALLBACK else toy.DEFAULT
+    return other, f"{COMPARE_WITH} (toy-2l with GPT-2's architecture) is not in this install: comparing with {other}."
+
+
+def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str = DEFAULT_PROMPT):
+    """The Dash app over an explorer (a default one over the toy suite and the HF cache if None)."""
+    import dash
+
+    explorer = explorer or Explorer(Catalog())
+    model_a = explorer.entry(model).key
+    model_b, note = compare_default(model_a)
+    spec = PageSpec(
+        options=[{"label": e.label, "value": e.key} for e in explorer.catalog.entries()],
+        model_a=model_a,
+        model_b=model_b,
+        prompt=prompt,
+        detectors=tuple(compute.attention().DETECTORS),
+        metrics=tuple(compute.lens().METRICS),
+        compare_note=note,
+        optional={v: views.OPTIONAL_LABELS[v] for v in views.optional_views()},
+    )
+    app = dash.Dash(__name__, title="pythia-interp explorer", serve_locally=True, update_title=None)
+    app.index_string = INDEX
+    app.layout = page(spec)
+    from analyses.app.callbacks import register
+
+    register(app, explorer)
+    return app
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Run the app until interrupted (Flask's threaded server; local use only)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app.run(host=host, port=port, debug=False)
