@@ -53,7 +53,10 @@ def request(explorer: Explorer, model: str, index, prompt: str) -> Request:
 def revision_marks(revisions: list[str]) -> dict:
     """Slider marks: every checkpoint when few, else about MARKS of them and the last."""
     step = 1 if len(revisions) <= 16 else max(1, len(revisions) // MARKS)
-    shown = sorted({*range(0, len(revisions), step), len(revisions) - 1})
+    shown = list(range(0, len(revisions), step))
+    if len(revisions) - 1 - shown[-1] < step / 2:
+        shown.pop()  # too close to the last one to label both
+    shown.append(len(revisions) - 1)
     return {i: revisions[i].removeprefix("step") for i in shown}
 
 

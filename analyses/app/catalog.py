@@ -98,7 +98,7 @@ class Catalog:
 
     def missing(self, entry: Entry, revision: str) -> str | None:
         """None when the checkpoint is on disk; otherwise a message saying how to get it."""
-        if revision not in self.revisions(entry):
+        if revision != "main" and revision not in self.revisions(entry):
             return f"{entry.key} has no checkpoint {revision!r}; choose one with the slider."
         if entry.kind != "hub" or self._local_file(entry.target, revision, WEIGHT_FILES):
             return None
