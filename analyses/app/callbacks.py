@@ -60,6 +60,23 @@ def revision_marks(revisions: list[str]) -> dict:
     return {i: revisions[i].removeprefix("step") for i in shown}
 
 
+def slider(explorer: Explorer, key: str) -> tuple[int, dict | None, int, bool]:
+    """The checkpoint slider of a model: (max, marks, value, disabled), at the default revision."""
+    try:
+        entry = explorer.entry(key)
+        revisions = explorer.catalog.revisions(entry)
+        default = revisions.index(explorer.catalog.default_revision(entry))
+    except InterpError:
+        return 0, None, 0, True
+    return len(revisions) - 1, revision_marks(revisions), default, len(revisions) == 1
+
+
+def heads(n_layers: int, n_heads: int) -> tuple[list[dict], list[dict]]:
+    """Options of the layer and head pickers."""
+    return ([{"label": f"L{L} ", "value": L} for L in range(n_layers)],
+            [{"label": f"H{h} ", "value": h} for h in range(n_heads)])
+
+
 def _hidden(tab: str, want: str, pane: str, compare) -> bool:
     return tab != want or (pane == "b" and not compare)
 
@@ -68,18 +85,12 @@ def _model(app, explorer: Explorer, pane: str) -> None:
     from dash import Input, Output, State, no_update
 
     @app.callback(Output(f"rev-{pane}", "max"), Output(f"rev-{pane}", "marks"), Output(f"rev-{pane}", "value"),
-                  Output(f"rev-{pane}", "disabled"), Input(f"model-{pane}", "value"))
+                  Output(f"rev-{pane}", "disabled"), Input(f"model-{pane}", "value"), prevent_initial_call=True)
     def checkpoints(key):
-        try:
-            entry = explorer.entry(key)
-            revisions = explorer.catalog.revisions(entry)
-            default = revisions.index(explorer.catalog.default_revision(entry))
-        except InterpError:
-            return 0, None, 0, True
-        return len(revisions) - 1, revision_marks(revisions), default, len(revisions) == 1
+        return slider(explorer, key)
 
     @app.callback(Output(f"model-{pane}", "options"), Input(f"model-{pane}", "search_value"),
-                  State(f"model-{pane}", "value"))
+                  State(f"model-{pane}", "value"), prevent_initial_call=True)
     def typed_name(search, value):
         options = [{"label": e.label, "value": e.key} for e in explorer.catalog.entries()]
         known = {o["value"] for o in options}
@@ -125,7 +136,7 @@ def _selection(app, explorer: Explorer) -> None:
     @app.callback(Output("layer", "options"), Output("layer", "value"), Output("head", "options"),
                   Output("head", "value"), Input("model-a", "value"), Input("rev-a", "value"),
                   Input("model-b", "value"), Input("rev-b", "value"), Input("compare", "value"), *clicks,
-                  Input("layer", "value"), Input("head", "value"))
+                  Input("layer", "value"), Input("head", "value"), prevent_initial_call=True)
     def select(model_a, rev_a, model_b, rev_b, compare, grid_a, grid_b, scores_a, scores_b, layer, head):
         shapes = {}
         for pane, model, index in (("a", model_a, rev_a), ("b", model_b, rev_b)):
@@ -143,8 +154,8 @@ def _selection(app, explorer: Explorer) -> None:
         n_layers, n_heads = max(s[0] for s in panes), max(s[1] for s in panes)
         layer = layer if isinstance(layer, int) and 0 <= layer < n_layers else 0
         head = head if isinstance(head, int) and 0 <= head < n_heads else 0
-        return ([{"label": f"L{L} ", "value": L} for L in range(n_layers)], layer,
-                [{"label": f"H{h} ", "value": h} for h in range(n_heads)], head)
+        layers, head_options = heads(n_layers, n_heads)
+        return layers, layer, head_options, head
 
 
 def _clicked(trigger: str, point: dict, shape: tuple[int, int], layer) -> tuple[int, int]:

@@ -54,6 +54,9 @@ class PageSpec:
     metrics: tuple[str, ...]
     compare_note: str = ""
     optional: dict[str, str] = field(default_factory=dict)  # view -> tab label
+    sliders: dict[str, tuple] = field(default_factory=dict)  # pane -> (max, marks, value, disabled) at start
+    layers: list[dict] = field(default_factory=list)  # layer picker options at start
+    heads: list[dict] = field(default_factory=list)
 
 
 def page(spec: PageSpec):
@@ -65,8 +68,8 @@ def page(spec: PageSpec):
     return html.Div(id="main", className="single", children=[
         html.H1("pythia-interp explorer"),
         html.Div(className="controls", children=[
-            _pane_controls("a", spec.options, spec.model_a, "Model A"),
-            _pane_controls("b", spec.options, spec.model_b, "Model B", note=spec.compare_note),
+            _pane_controls("a", spec, spec.model_a, "Model A"),
+            _pane_controls("b", spec, spec.model_b, "Model B", note=spec.compare_note),
         ]),
         dcc.Checklist(id="compare", options=[{"label": " compare two models or checkpoints", "value": "on"}],
                       value=[], style={"margin": "8px 0"}),
@@ -81,16 +84,17 @@ def page(spec: PageSpec):
     ])
 
 
-def _pane_controls(pane: str, options: list[dict], model: str, title: str, note: str = ""):
+def _pane_controls(pane: str, spec: PageSpec, model: str, title: str, note: str = ""):
     from dash import dcc, html
 
+    top, marks, value, disabled = spec.sliders.get(pane, (0, None, 0, True))
     return html.Div(className=f"pane-controls pane-{pane}", children=[
         html.Div(title, className="pane-title"),
-        dcc.Dropdown(id=f"model-{pane}", options=options, value=model, clearable=False, searchable=True,
+        dcc.Dropdown(id=f"model-{pane}", options=spec.options, value=model, clearable=False, searchable=True,
                      placeholder="Choose a model or type a hub name"),
         html.Div(className="info", children=["checkpoint:", html.Span(id=f"revision-{pane}", className="revision")]),
-        dcc.Slider(id=f"rev-{pane}", min=0, max=0, step=1, value=0, marks=None, updatemode="mouseup",
-                   allow_direct_input=False),
+        dcc.Slider(id=f"rev-{pane}", min=0, max=top, step=1, value=value, marks=marks, disabled=disabled,
+                   updatemode="mouseup", allow_direct_input=False),
         html.Div(id=f"info-{pane}", className="info"),
         html.Div(note, className="info") if note else None,
         html.Div(id=f"msg-{pane}", className="message"),
@@ -101,8 +105,8 @@ def _tab(name: str, spec: PageSpec):
     from dash import dcc, html
 
     if name == "attention":
-        pickers = [html.Label("layer"), dcc.RadioItems(id="layer", options=[], value=0, inline=True),
-                   html.Label("head"), dcc.RadioItems(id="head", options=[], value=0, inline=True)]
+        pickers = [html.Label("layer"), dcc.RadioItems(id="layer", options=spec.layers, value=0, inline=True),
+                   html.Label("head"), dcc.RadioItems(id="head", options=spec.heads, value=0, inline=True)]
         graphs = ("head", "grid", "strip", "tokens")
     elif name == "detectors":
         pickers = [html.Label("detector"),

@@ -18,6 +18,7 @@ from analyses.app.catalog import Catalog
 from analyses.app.explorer import Explorer
 from analyses.app.layout import CSS, PageSpec, page
 from interp import toy
+from interp.errors import InterpError
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the mat."
 COMPARE_WITH = "toy-gpt2"  # the GPT-2 twin of toy-2l, the default model B when present
@@ -55,9 +56,17 @@ def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str
     """The Dash app over an explorer (a default one over the toy suite and the HF cache if None)."""
     import dash
 
+    from analyses.app.callbacks import heads, register, slider
+
     explorer = explorer or Explorer(Catalog())
     model_a = explorer.entry(model).key
     model_b, note = compare_default(model_a)
+    sliders = {"a": slider(explorer, model_a), "b": slider(explorer, model_b)}
+    try:
+        shape = explorer.shape(model_a, explorer.revision_at(model_a, sliders["a"][2]))
+    except InterpError:  # not on disk: the page says how to get it
+        shape = (0, 0)
+    layers, head_options = heads(*shape)
     spec = PageSpec(
         options=[{"label": e.label, "value": e.key} for e in explorer.catalog.entries()],
         model_a=model_a,
@@ -67,12 +76,13 @@ def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str
         metrics=tuple(compute.lens().METRICS),
         compare_note=note,
         optional={v: views.OPTIONAL_LABELS[v] for v in views.optional_views()},
+        sliders=sliders,
+        layers=layers,
+        heads=head_options,
     )
     app = dash.Dash(__name__, title="pythia-interp explorer", serve_locally=True, update_title=None)
     app.index_string = INDEX
     app.layout = page(spec)
-    from analyses.app.callbacks import register
-
     register(app, explorer)
     return app
 
