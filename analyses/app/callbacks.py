@@ -129,15 +129,17 @@ def describe(model) -> str:
 
 
 def _selection(app, explorer: Explorer) -> None:
-    from dash import Input, Output, ctx, no_update
+    from dash import Input, Output, State, ctx, no_update
 
     clicks = [Input(f"{g}-{p}", "clickData") for g in ("grid", "scores") for p in PANES]
 
     @app.callback(Output("layer", "options"), Output("layer", "value"), Output("head", "options"),
                   Output("head", "value"), Input("model-a", "value"), Input("rev-a", "value"),
                   Input("model-b", "value"), Input("rev-b", "value"), Input("compare", "value"), *clicks,
-                  Input("layer", "value"), Input("head", "value"), prevent_initial_call=True)
-    def select(model_a, rev_a, model_b, rev_b, compare, grid_a, grid_b, scores_a, scores_b, layer, head):
+                  State("layer", "value"), State("head", "value"), State("layer", "options"),
+                  State("head", "options"), prevent_initial_call=True)
+    def select(model_a, rev_a, model_b, rev_b, compare, grid_a, grid_b, scores_a, scores_b, layer, head,
+               layer_options, head_options):
         shapes = {}
         for pane, model, index in (("a", model_a, rev_a), ("b", model_b, rev_b)):
             try:
@@ -148,14 +150,16 @@ def _selection(app, explorer: Explorer) -> None:
             return no_update, no_update, no_update, no_update
         clicked = {"grid-a": grid_a, "grid-b": grid_b, "scores-a": scores_a, "scores-b": scores_b}
         trigger = ctx.triggered_id
+        new_layer, new_head = layer, head
         if trigger in clicked and clicked[trigger] and trigger[-1] in shapes:
-            layer, head = _clicked(trigger, clicked[trigger]["points"][0], shapes[trigger[-1]], layer)
+            new_layer, new_head = _clicked(trigger, clicked[trigger]["points"][0], shapes[trigger[-1]], layer)
         panes = [s for p, s in shapes.items() if p == "a" or compare]
         n_layers, n_heads = max(s[0] for s in panes), max(s[1] for s in panes)
-        layer = layer if isinstance(layer, int) and 0 <= layer < n_layers else 0
-        head = head if isinstance(head, int) and 0 <= head < n_heads else 0
-        layers, head_options = heads(n_layers, n_heads)
-        return layers, layer, head_options, head
+        new_layer = new_layer if isinstance(new_layer, int) and 0 <= new_layer < n_layers else 0
+        new_head = new_head if isinstance(new_head, int) and 0 <= new_head < n_heads else 0
+        layers, heads_ = heads(n_layers, n_heads)
+        return tuple(no_update if new == old else new for new, old in  # unchanged: nothing re-renders
+                     ((layers, layer_options), (new_layer, layer), (heads_, head_options), (new_head, head)))
 
 
 def _clicked(trigger: str, point: dict, shape: tuple[int, int], layer) -> tuple[int, int]:
@@ -184,24 +188,32 @@ def _prompt_and_query(app) -> None:
 
 
 def _attention(app, explorer: Explorer, pane: str) -> None:
-    from dash import Input, Output, no_update
+    from dash import Input, Output, ctx, no_update
 
-    common = [Input("tabs", "value"), Input("compare", "value"), Input("prompt-store", "data"),
-              Input(f"model-{pane}", "value"), Input(f"rev-{pane}", "value"), Input("layer", "value"),
-              Input("head", "value")]
+    shown = [Input("tabs", "value"), Input("compare", "value"), Input("prompt-store", "data"),
+             Input(f"model-{pane}", "value"), Input(f"rev-{pane}", "value")]
+    picked = [Input("layer", "value"), Input("head", "value")]
 
-    @app.callback(Output(f"head-{pane}", "figure"), Output(f"grid-{pane}", "figure"), *common)
+    @app.callback(Output(f"head-{pane}", "figure"), Output(f"grid-{pane}", "figure"), *shown, *picked)
     def attention(tab, compare, prompt, model, index, layer, head):
         if _hidden(tab, "attention", pane, compare):
             return no_update, no_update
-        return views.attention(explorer, request(explorer, model, index, prompt), layer, head)
+        one, grid = views.attention(explorer, request(explorer, model, index, prompt), layer, head)
+        if set(ctx.triggered_prop_ids) == {"head.value"} and grid["data"]:
+            return one, no_update  # the grid does not depend on the head: nothing to redraw
+        return one, grid
 
-    @app.callback(Output(f"strip-{pane}", "figure"), Output(f"tokens-{pane}", "figure"), *common,
-                  Input("query", "data"))
-    def tokens(tab, compare, prompt, model, index, layer, head, query):
+    @app.callback(Output(f"strip-{pane}", "figure"), *shown, *picked, Input("query", "data"))
+    def strip(tab, compare, prompt, model, index, layer, head, query):
         if _hidden(tab, "attention", pane, compare):
-            return no_update, no_update
-        return views.tokens(explorer, request(explorer, model, index, prompt), layer, head, query)
+            return no_update
+        return views.strip(explorer, request(explorer, model, index, prompt), layer, head, query)
+
+    @app.callback(Output(f"tokens-{pane}", "figure"), *shown, Input("query", "data"))
+    def token_rows(tab, compare, prompt, model, index, query):
+        if _hidden(tab, "attention", pane, compare):
+            return no_update
+        return views.token_rows(explorer, request(explorer, model, index, prompt), query)
 
 
 def _scores(app, explorer: Explorer, pane: str) -> None:

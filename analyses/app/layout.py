@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 PANES = ("a", "b")
 TABS = {"attention": "Attention", "detectors": "Head detectors", "lens": "Logit lens"}
 MAX_PROMPT_INPUT = 20_000
+OVERLAY = {"visibility": "visible", "opacity": 0.5}  # long work: a spinner over the old figures, not a blank
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png"}}
 
 CSS = """
@@ -140,7 +141,8 @@ def _columns(graphs: tuple[str, ...]):
     def column(pane: str):
         items = [dcc.Graph(id=f"{g}-{pane}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
                  for g in graphs]
-        return html.Div(dcc.Loading(items, type="circle", delay_show=150), className=f"column pane-{pane}")
+        return html.Div(dcc.Loading(items, type="circle", delay_show=400, overlay_style=OVERLAY),
+                        className=f"column pane-{pane}")
 
     return html.Div([column(p) for p in PANES], className="columns")
 
@@ -149,4 +151,4 @@ def _difference(name: str):
     from dash import dcc, html
 
     graph = dcc.Graph(id=f"diff-{name}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
-    return html.Div(dcc.Loading(graph, type="circle", delay_show=150), className="difference")
+    return html.Div(dcc.Loading(graph, type="circle", delay_show=400, overlay_style=OVERLAY), className="difference")

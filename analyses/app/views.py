@@ -63,7 +63,7 @@ def grid_click(n_layers: int, n_heads: int, layer: int, curve: int) -> tuple[int
 
 @safely(2)
 def attention(explorer: Explorer, request: Request, layer: int, head: int) -> tuple[dict, dict]:
-    """The chosen head's pattern and the grid of heads (the chosen one outlined)."""
+    """The chosen head's pattern, and the grid of every head (of every layer when they are few)."""
     pats = explorer.patterns(request)
     _check_head(pats.n_layers, pats.n_heads, layer, head, request)
     one = explorer.memo(request, "fig:head", (layer, head), lambda: figures.fit_width(pats.figure(layer, head)))
@@ -71,23 +71,31 @@ def attention(explorer: Explorer, request: Request, layer: int, head: int) -> tu
     grid_key = ("all",) if every else (layer,)
     grid = explorer.memo(request, "fig:grid", grid_key,
                          lambda: figures.fit_width(pats.figure(slider=False) if every else pats.figure(layer=layer)))
-    subplot = (layer * pats.n_heads + head if every else head) + 1
-    return one, _outline(grid, subplot)
+    return one, grid
 
 
-@safely(2)
-def tokens(explorer: Explorer, request: Request, layer: int, head: int, query: int | None) -> tuple[dict, dict]:
-    """The token strip coloured by where `query` attends in the chosen head, and every head's row."""
+@safely(1)
+def strip(explorer: Explorer, request: Request, layer: int, head: int, query: int | None) -> dict:
+    """The prompt's tokens, coloured by where `query` attends in the chosen head."""
     pats = explorer.patterns(request)
     _check_head(pats.n_layers, pats.n_heads, layer, head, request)
     pattern, _ = pats.row(0)  # (layer, head, q_pos, k_pos) over the real tokens
-    n = pattern.shape[-1]
-    query = query if isinstance(query, int) and 0 <= query < n else n - 1
+    query = _query(query, pattern.shape[-1])
     weights = pattern[pats.layer_index(layer), head, query].float().tolist()
-    strip = figures.token_strip(pats.str_tokens[0], weights, query, f"{_name(request)} · L{layer}H{head}")
-    every = explorer.memo(request, "fig:tokens", (query,),
-                          lambda: figures.fit_width(pats.token_figure(query=query)))
-    return strip, every
+    return figures.token_strip(pats.str_tokens[0], weights, query, f"{_name(request)} · L{layer}H{head}")
+
+
+@safely(1)
+def token_rows(explorer: Explorer, request: Request, query: int | None) -> dict:
+    """What `query` attends to in every head, a row per head (the analysis's token figure)."""
+    pats = explorer.patterns(request)
+    query = _query(query, pats.row(0)[0].shape[-1])
+    return explorer.memo(request, "fig:tokens", (query,), lambda: figures.fit_width(pats.token_figure(query=query)))
+
+
+def _query(query, n: int) -> int:
+    """The hovered position if it is one of the prompt's, else the last token."""
+    return query if isinstance(query, int) and 0 <= query < n else n - 1
 
 
 @safely(1)
@@ -201,11 +209,3 @@ def _causal(pattern) -> np.ndarray:
     z = pattern.double().numpy().copy()
     z[np.triu_indices(z.shape[0], 1)] = np.nan
     return z
-
-
-def _outline(fig: dict, subplot: int) -> dict:
-    """A copy of a subplot figure with a red frame around one subplot (1-based)."""
-    suffix = "" if subplot == 1 else str(subplot)
-    frame = {"type": "rect", "xref": f"x{suffix} domain", "yref": f"y{suffix} domain", "x0": -0.02, "x1": 1.02,
-             "y0": -0.02, "y1": 1.02, "line": {"color": "#d62728", "width": 3}}
-    return {**fig, "layout": {**fig["layout"], "shapes": [frame]}}

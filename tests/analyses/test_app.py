@@ -129,7 +129,7 @@ def test_the_page_cannot_name_a_path(catalog, client, key):
         catalog.lookup(key)
     status = client.call("msg-a.children", {"model-a.value": key})
     assert status["msg-a.children"], f"{key!r} gave no message in the page"
-    assert client.call("layer.options", {"rev-a.value": 15})["layer.options"], "the server stopped answering"
+    assert client.call("head-a.figure", {"rev-a.value": 15})["head-a.figure"]["data"], "the server stopped answering"
 
 
 def test_directories_from_the_command_line(catalog, model_dirs):
@@ -237,13 +237,12 @@ def test_token_view_colours_are_the_hovered_query_row(client):
     pats = patterns(toy_model("step3600"), PROMPT)
     want = pats.row(0)[0]
     for query in (None, 4, 13):
-        figs = client.call("strip-a.figure", {"rev-a.value": 15, "layer.value": 1, "head.value": 1,
-                                              "query.data": query})
+        values = {"rev-a.value": 15, "layer.value": 1, "head.value": 1, "query.data": query}
         q = want.shape[-1] - 1 if query is None else query
-        colours = z_of(figs["strip-a.figure"]).reshape(-1)[: want.shape[-1]]
+        colours = z_of(client.call("strip-a.figure", values)).reshape(-1)[: want.shape[-1]]
         np.testing.assert_allclose(colours[: q + 1], want[1, 1, q, : q + 1].numpy(), rtol=1e-7)
         assert np.isnan(colours[q + 1:]).all()
-        rows = z_of(figs["tokens-a.figure"])  # a row per head: what query q attends to
+        rows = z_of(client.call("tokens-a.figure", values))  # a row per head: what query q attends to
         np.testing.assert_allclose(rows, want[:, :, q, : q + 1].reshape(6, -1).numpy(), rtol=1e-7)
 
 
@@ -317,6 +316,12 @@ def test_pane_b_is_idle_until_compare_is_on(client):
 
 
 # ---- clicks, the slider, optional views, the command -------------------------------------------------
+
+
+def test_a_head_click_does_not_resend_the_grid(client):
+    values = {"rev-a.value": 15, "layer.value": 1, "head.value": 2}
+    assert "grid-a.figure" in client.call("head-a.figure", values, changed=["prompt-store.data"])
+    assert "grid-a.figure" not in client.call("head-a.figure", values, changed=["head.value"])
 
 
 def test_clicks_on_the_grid_and_scores_pick_the_head(client):
