@@ -120,12 +120,13 @@ def _status(app, explorer: Explorer, pane: str) -> None:
 
 
 def describe(model) -> str:
-    """One line about a loaded model: layers, heads, width, residual form, parameters."""
+    """One line about a loaded model: architecture, layers, heads, positions, residual form, parameters."""
     params = sum(p.numel() for p in model.hf.parameters())
-    parallel = getattr(model, "parallel_residual", model.hf.config.to_dict().get("use_parallel_residual"))
-    residual = "parallel" if parallel else "sequential"
-    return (f"{model.n_layers} layers × {model.n_heads} heads, d_model {model.d_model}, {residual} residual, "
-            f"{params / 1e6:.1f}M parameters ({str(model.dtype).removeprefix('torch.')})")
+    residual = "parallel" if model.parallel_residual else "sequential"
+    positions = "rotary" if model.arch.positional == "rotary" else "learned"
+    return (f"{model.arch.kind}: {model.n_layers} layers × {model.n_heads} heads, d_model {model.d_model}, "
+            f"{positions} positions, {residual} residual, {params / 1e6:.1f}M parameters "
+            f"({str(model.dtype).removeprefix('torch.')})")
 
 
 def _selection(app, explorer: Explorer) -> None:

@@ -148,4 +148,4 @@ class Explorer:
 
 def n_ctx(model) -> int:
     """The model's context length."""
-    return int(getattr(model, "n_ctx", None) or model.hf.config.max_position_embeddings)
+    return int(model.n_ctx)

@@ -24,7 +24,7 @@ from analyses.attention_maps import detect_heads, patterns  # noqa: E402
 from analyses.logit_lens import logit_lens  # noqa: E402
 from interp import toy  # noqa: E402
 from interp.errors import InterpError, UnknownModelError  # noqa: E402
-from tests.conftest import tiny_hf, word_tokenizer  # noqa: E402
+from tests.conftest import tiny_gpt2, tiny_hf, word_tokenizer  # noqa: E402
 
 PROMPT = "The cat sat on the mat. The cat sat on the mat."
 WORDS = "t5 t6 t7 t8 t5 t6 t7"  # a prompt for the word tokenizer of the tiny models
@@ -57,12 +57,14 @@ def hub_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    """A save_pretrained folder, and a folder of step<N>/ checkpoints."""
+    """A save_pretrained folder, a folder of step<N>/ checkpoints, and a GPT-2 of the same shape."""
     root = tmp_path_factory.mktemp("dirs")
     save_tiny(root / "plain")
     for step, seed in (("step2", 1), ("step10", 2), ("step0", 3)):
         save_tiny(root / "run" / step, seed=seed)
-    return [root / "plain", root / "run"]
+    tiny_gpt2(seed=4).save_pretrained(root / "gpt2")
+    word_tokenizer().save_pretrained(root / "gpt2")
+    return [root / "plain", root / "run", root / "gpt2"]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_the_page_cannot_name_a_path(catalog, client, key):
 
 
 def test_directories_from_the_command_line(catalog, model_dirs):
-    plain, run = (catalog.lookup(str(p.resolve())) for p in model_dirs)
+    plain, run = (catalog.lookup(str(p.resolve())) for p in model_dirs[:2])
     assert catalog.revisions(plain) == ["main"]
     assert catalog.revisions(run) == ["step0", "step2", "step10"], "steps sort by number"
     model = catalog.load(run, "step2")
@@ -300,6 +302,27 @@ def test_pattern_difference_between_models_with_the_same_tokens(client):
     lens = client.call("diff-lens.figure", {**values, "tabs.value": "lens", "metric.value": "kl"})
     assert [len(t["x"]) for t in lens["data"]] == [3, 5]
     assert lens["data"][0]["y"][-1] == 0 and lens["data"][1]["y"][-1] == 0, "the last boundary is the model itself"
+
+
+def test_pythia_beside_gpt2(client, model_dirs):
+    from transformers import GPT2LMHeadModel
+
+    neox, gpt2 = (str(p.resolve()) for p in (model_dirs[0], model_dirs[2]))
+    values = compare(**{"model-a.value": neox, "model-b.value": gpt2, "rev-a.value": 0, "rev-b.value": 0,
+                        "prompt-store.data": WORDS, "layer.value": 2, "head.value": 1})
+    info = client.call("info-b.children", values)["info-b.children"]
+    assert info.startswith("gpt2: 3 layers × 2 heads") and "learned positions, sequential residual" in info
+    shown = z_of(client.call("head-b.figure", values)["head-b.figure"])
+    hf = GPT2LMHeadModel.from_pretrained(model_dirs[2], attn_implementation="eager")
+    ids = torch.tensor([word_tokenizer()(WORDS, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        eager = hf(ids, output_attentions=True).attentions[2][0, 1].numpy()
+    q, k = np.tril_indices(ids.shape[1])
+    np.testing.assert_allclose(shown[q, k], eager[q, k], atol=1e-6, err_msg="GPT-2's pane is not HF's attention")
+    diff = client.call("diff-detectors.figure", {**values, "tabs.value": "detectors", "scores-on.value": "prompt",
+                                                 "detector.value": "prev_token"})
+    a, b = (patterns(interp.load(p), WORDS).scores().scores["prev_token"].double() for p in model_dirs[::2])
+    np.testing.assert_allclose(z_of(diff), (b - a).numpy(), atol=1e-12)
 
 
 def test_compare_defaults_to_toy_gpt2_or_says_why_not():
