@@ -2,8 +2,8 @@
 
     >>> from analyses.app.catalog import Catalog
     >>> catalog = Catalog(hub_cache="/nonexistent")
-    >>> [e.key for e in catalog.entries()][:4]
-    ['EleutherAI/pythia-160m', 'EleutherAI/pythia-410m', 'toy-2l', 'toy-4l']
+    >>> [e.key for e in catalog.entries()][:3]
+    ['EleutherAI/pythia-160m', 'EleutherAI/pythia-410m', 'openai-community/gpt2']
     >>> catalog.revisions(catalog.lookup("toy-2l"))[-1]
     'step3600'
 
@@ -26,6 +26,7 @@ from interp import suite, toy
 from interp.errors import UnknownModelError, WeightsNotFoundError
 
 DEMO_NAMES = ("EleutherAI/pythia-160m", "EleutherAI/pythia-410m")  # listed first, as in Pythia's demos
+GPT2_NAMES = ("openai-community/gpt2", "openai-community/gpt2-medium")  # their GPT-2 counterparts in size
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
@@ -54,10 +55,11 @@ class Catalog:
             self._dirs[entry.key] = entry
 
     def entries(self) -> list[Entry]:
-        """Every model to list, in order: demo names, toy suite, directories, other cached hub names."""
-        hub = [_hub_entry(n) for n in DEMO_NAMES]
+        """Every model to list, in order: Pythia's demo names and GPT-2 beside them, the toy suite,
+        command-line directories, other cached hub names."""
+        hub = [_hub_entry(n) for n in (*DEMO_NAMES, *GPT2_NAMES)]
         toys = [Entry(n, f"{n} (embedded toy)", "toy", n) for n in toy.NAMES]
-        cached = [_hub_entry(n) for n in self.cached_repos() if n not in DEMO_NAMES]
+        cached = [_hub_entry(n) for n in self.cached_repos() if n not in (*DEMO_NAMES, *GPT2_NAMES)]
         return [*hub, *toys, *self._dirs.values(), *cached]
 
     def lookup(self, key: str) -> Entry:

@@ -5,7 +5,7 @@
     >>> explorer = Explorer(Catalog(hub_cache="/nonexistent"))
     >>> request = Request("toy-2l", "step3600", "The cat sat on the mat. The cat")
     >>> explorer.patterns(request).pattern.shape          # (layer, batch, head, q_pos, k_pos)
-    torch.Size([2, 1, 3, 10, 10])
+    torch.Size([2, 1, 3, 13, 13])
     >>> explorer.patterns(request) is explorer.patterns(request)    # cached
     True
 

@@ -16,7 +16,7 @@ pytest.importorskip("dash")
 import interp  # noqa: E402
 from analyses.app import compute, views  # noqa: E402
 from analyses.app.cache import LRU, ModelPool, parameter_bytes  # noqa: E402
-from analyses.app.catalog import DEMO_NAMES, Catalog  # noqa: E402
+from analyses.app.catalog import DEMO_NAMES, GPT2_NAMES, Catalog  # noqa: E402
 from analyses.app.client import Client, array  # noqa: E402
 from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
 from analyses.app.server import compare_default, create_app  # noqa: E402
@@ -92,9 +92,10 @@ def annotation(figure) -> str:
 # ---- the model list ----------------------------------------------------------------------------
 
 
-def test_model_list_puts_pythia_demos_first_then_toys_dirs_and_the_hf_cache(catalog, model_dirs, client):
+def test_model_list_puts_pythia_demos_first_then_gpt2_toys_dirs_and_the_hf_cache(catalog, model_dirs, client):
     keys = [e.key for e in catalog.entries()]
-    want = [*DEMO_NAMES, *toy.NAMES, *[str(p.resolve()) for p in model_dirs],
+    assert DEMO_NAMES == ("EleutherAI/pythia-160m", "EleutherAI/pythia-410m")
+    want = [*DEMO_NAMES, *GPT2_NAMES, *toy.NAMES, *[str(p.resolve()) for p in model_dirs],
             "EleutherAI/pythia-14m", "EleutherAI/pythia-70m", "gpt2"]
     assert keys == want
     assert [o["value"] for o in client.defaults["model-a.options"]] == want, "the page lists another set"
