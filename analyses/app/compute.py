@@ -15,7 +15,7 @@ import warnings
 from types import ModuleType
 
 # Each view's module, by the names it has had (the first that imports wins).
-ATTENTION = ("analyses.attention", "analyses.attention_maps")  # patterns, detect_heads, DETECTORS
+ATTENTION = ("analyses.attention", "analyses.attention_maps")  # patterns, detect_heads, head_scores, DETECTORS
 LENS = ("analyses.lens", "analyses.logit_lens")  # logit_lens, METRICS
 OPTIONAL: dict[str, tuple[str, ...]] = {  # views that appear once their analysis exists
     "rope": ("analyses.rope", "analyses.rope_probe"),

@@ -108,7 +108,7 @@ class Explorer:
         """Head detector scores (HeadScores) on repeated random tokens or on the prompt."""
         if on == "prompt":
             pats = self.patterns(request)
-            return self._cached(request, "scores", ("prompt",), pats.scores)
+            return self._cached(request, "scores", ("prompt",), lambda: compute.attention().head_scores(pats))
         if on != "random":
             raise InputError(f"Scores on {on!r}: choose 'random' (repeated random tokens) or 'prompt'.")
         model = self.model(request.model, request.revision)

@@ -22,10 +22,10 @@ from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E
 from analyses.app.server import compare_default, create_app  # noqa: E402
 
 try:  # the analyses' own functions, wherever they live
-    from analyses.attention import detect_heads, patterns
+    from analyses.attention import detect_heads, head_scores, patterns
     from analyses.lens import logit_lens
 except ModuleNotFoundError:
-    from analyses.attention_maps import detect_heads, patterns
+    from analyses.attention_maps import detect_heads, head_scores, patterns
     from analyses.logit_lens import logit_lens
 from interp import toy  # noqa: E402
 from interp.errors import InterpError, UnknownModelError  # noqa: E402
@@ -266,7 +266,7 @@ def test_head_scores_equal_the_detectors(client, on):
         fig = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": index,
                                               "detector.value": "induction", "scores-on.value": on})
         model = toy_model(REVS[index])
-        want = detect_heads(model, seq_len=50) if on == "random" else patterns(model, PROMPT).scores()
+        want = detect_heads(model, seq_len=50) if on == "random" else head_scores(patterns(model, PROMPT))
         np.testing.assert_array_equal(z_of(fig), want.scores["induction"].double().numpy())
 
 
@@ -328,7 +328,7 @@ def test_pythia_beside_gpt2(client, model_dirs):
     np.testing.assert_allclose(shown[q, k], eager[q, k], atol=1e-6, err_msg="GPT-2's pane is not HF's attention")
     diff = client.call("diff-detectors.figure", {**values, "tabs.value": "detectors", "scores-on.value": "prompt",
                                                  "detector.value": "prev_token"})
-    a, b = (patterns(interp.load(p), WORDS).scores().scores["prev_token"].double() for p in model_dirs[::2])
+    a, b = (head_scores(patterns(interp.load(p), WORDS)).scores["prev_token"].double() for p in model_dirs[::2])
     np.testing.assert_allclose(z_of(diff), (b - a).numpy(), atol=1e-12)
 
 
