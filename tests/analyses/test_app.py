@@ -401,6 +401,15 @@ def test_serve_command_binds_loopback_by_default():
     assert (args.host, args.port, args.model, args.paths) == ("127.0.0.1", 8050, "toy", ["d1", "d2"])
 
 
+@pytest.mark.parametrize("argv, says", [(["/no/such/dir"], "is not a model directory"),
+                                         (["--model", "/etc"], "not a model this explorer knows")])
+def test_serve_refuses_bad_arguments_before_serving(argv, says, capsys):
+    from analyses.app.command import main
+
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_explorer_errors_are_interp_errors():
     explorer = Explorer(Catalog(hub_cache="/nonexistent"))
     for bad in (Request("toy-2l", "step3600", ""), Request("nope/../x", "main", "hi"),
