@@ -31,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     """Build the explorer and serve it until interrupted."""
     from analyses.app.catalog import Catalog
     from analyses.app.explorer import Explorer
-    from analyses.app.server import create_app, serve
+    from analyses.app.server import LOOPBACK, create_app, serve
 
     explorer = Explorer(Catalog(args.paths), budget_bytes=int(args.memory_budget * (1 << 30)))
     app = create_app(explorer, model=args.model)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the explorer.",
               file=sys.stderr)
     print(f"pythia-interp explorer on http://{args.host}:{args.port}/ (Ctrl+C stops it)", flush=True)

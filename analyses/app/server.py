@@ -23,6 +23,7 @@ from interp.errors import InterpError
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the mat."
 COMPARE_WITH = "toy-gpt2"  # the GPT-2 twin of toy-2l, the default model B when present
 FALLBACK = "toy-4l"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 INDEX = """<!DOCTYPE html>
 <html>
@@ -90,4 +91,26 @@ def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str
 def serve(app, host: str = "127.0.0.1", port: int = 8050) -> None:
     """Run the app until interrupted (Flask's threaded server; local use only)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    if host in LOOPBACK:
+        restrict_hosts(app, port)
     app.run(host=host, port=port, debug=False)
+
+
+def restrict_hosts(app, port: int) -> None:
+    """Answer only requests addressed to this machine by name (a web page elsewhere that rebinds
+    its DNS name to 127.0.0.1 gets 403, not the explorer).
+
+    >>> app = create_app()
+    >>> restrict_hosts(app, 8050)
+    >>> app.server.test_client().get("/", headers={"Host": "evil.example:8050"}).status_code
+    403
+    """
+    allowed = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
+    def check():
+        from flask import abort, request
+
+        if request.host not in allowed:
+            abort(403)
+
+    app.server.before_request(check)

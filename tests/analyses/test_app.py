@@ -401,6 +401,17 @@ def test_serve_command_binds_loopback_by_default():
     assert (args.host, args.port, args.model, args.paths) == ("127.0.0.1", 8050, "toy", ["d1", "d2"])
 
 
+def test_loopback_server_answers_only_requests_for_this_machine():
+    from analyses.app.server import restrict_hosts
+
+    app = create_app(Explorer(Catalog(hub_cache="/nonexistent")))
+    restrict_hosts(app, 8123)
+    http = app.server.test_client()
+    for host, status in (("127.0.0.1:8123", 200), ("localhost:8123", 200), ("evil.example:8123", 403),
+                         ("127.0.0.1:9999", 403)):
+        assert http.get("/", headers={"Host": host}).status_code == status, host
+
+
 @pytest.mark.parametrize("argv, says", [(["/no/such/dir"], "is not a model directory"),
                                          (["--model", "/etc"], "not a model this explorer knows")])
 def test_serve_refuses_bad_arguments_before_serving(argv, says, capsys):
