@@ -12,7 +12,7 @@ figures, and the status line of each pane says what is wrong and how to fix it.
 
 from __future__ import annotations
 
-from analyses.app import views
+from analyses.app import compute, views
 from analyses.app.explorer import Explorer, Request
 from analyses.app.layout import PANES
 from interp.errors import InterpError
@@ -245,12 +245,16 @@ def _lens(app, explorer: Explorer, pane: str) -> None:
 def _optional(app, explorer: Explorer, pane: str, view: str) -> None:
     from dash import Input, Output, no_update
 
-    @app.callback(Output(f"{view}-{pane}", "figure"), Input("tabs", "value"), Input("compare", "value"),
-                  Input("prompt-store", "data"), Input(f"model-{pane}", "value"), Input(f"rev-{pane}", "value"))
+    n = compute.EXTRAS[view].n_figures
+
+    @app.callback(*[Output(f"{view}-{i}-{pane}", "figure") for i in range(n)], Input("tabs", "value"),
+                  Input("compare", "value"), Input("prompt-store", "data"), Input(f"model-{pane}", "value"),
+                  Input(f"rev-{pane}", "value"))
     def optional(tab, compare, prompt, model, index):
         if _hidden(tab, view, pane, compare):
-            return no_update
-        return views.optional(explorer, view, request(explorer, model, index, prompt))
+            return (no_update,) * n if n > 1 else no_update
+        figs = views.optional(explorer, view, request(explorer, model, index, prompt))
+        return figs if n > 1 else figs[0]
 
 
 def _differences(app, explorer: Explorer) -> None:

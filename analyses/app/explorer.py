@@ -124,13 +124,14 @@ class Explorer:
         return self._cached(request, "lens", (target,),
                             lambda: compute.lens().logit_lens(model, request.prompt, target=target))
 
-    def optional(self, view: str, request: Request, run):
-        """The result of an optional view: `run(module, model, prompt)`, cached like the others."""
-        module = compute.optional(view)
+    def optional(self, view: str, request: Request):
+        """The result of an optional view (compute.EXTRAS), cached like the others."""
+        extra, module = compute.EXTRAS[view], compute.optional(view)
         if module is None:
-            raise InterpError(f"The {view} analysis is not installed in this version.")
+            raise InterpError(f"The {extra.label} analysis is not installed in this version.")
         model = self.check(request)
-        return self._cached(request, view, (), lambda: run(module, model, request.prompt))
+        key = request if extra.uses_prompt else Request(request.model, request.revision, "")
+        return self._cached(key, view, (), lambda: extra.run(module, model, request.prompt))
 
     def memo(self, request: Request, view: str, options: tuple, build):
         """A cached value that needs no model lock (a figure built from cached results)."""

@@ -43,7 +43,7 @@ def fit_width(fig) -> dict:
     """A figure dict that fills its container's width (the analysis sets a fixed width for files)."""
     fig = fig if isinstance(fig, dict) else fig.to_plotly_json()
     layout = {k: v for k, v in fig.get("layout", {}).items() if k != "width"}
-    return {**fig, "layout": {**layout, "autosize": True}}
+    return {**fig, "layout": {"height": 450, **layout, "autosize": True}}  # a height, or the container's
 
 
 def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, title: str) -> dict:

@@ -54,7 +54,7 @@ class PageSpec:
     detectors: tuple[str, ...]
     metrics: tuple[str, ...]
     compare_note: str = ""
-    optional: dict[str, str] = field(default_factory=dict)  # view -> tab label
+    optional: dict[str, tuple[str, int]] = field(default_factory=dict)  # view -> (tab label, figures)
     sliders: dict[str, tuple] = field(default_factory=dict)  # pane -> (max, marks, value, disabled) at start
     layers: list[dict] = field(default_factory=list)  # layer picker options at start
     heads: list[dict] = field(default_factory=list)
@@ -65,7 +65,8 @@ def page(spec: PageSpec):
     from dash import dcc, html
 
     tabs = [dcc.Tab(label=TABS[name], value=name, children=_tab(name, spec)) for name in TABS]
-    tabs += [dcc.Tab(label=label, value=name, children=_optional_tab(name)) for name, label in spec.optional.items()]
+    tabs += [dcc.Tab(label=label, value=name, children=_optional_tab(name, n))
+             for name, (label, n) in spec.optional.items()]
     return html.Div(id="main", className="single", children=[
         html.H1("pythia-interp explorer"),
         html.Div(className="controls", children=[
@@ -129,10 +130,10 @@ def _tab(name: str, spec: PageSpec):
     return html.Div([html.Div(pickers, className="pickers"), _columns(graphs), _difference(name)])
 
 
-def _optional_tab(name: str):
+def _optional_tab(name: str, n_figures: int):
     from dash import html
 
-    return html.Div([_columns((name,)), html.Div(className="difference")])
+    return html.Div([_columns(tuple(f"{name}-{i}" for i in range(n_figures))), html.Div(className="difference")])
 
 
 def _columns(graphs: tuple[str, ...]):

@@ -76,7 +76,7 @@ def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str
         detectors=tuple(compute.attention().DETECTORS),
         metrics=tuple(compute.lens().METRICS),
         compare_note=note,
-        optional={v: views.OPTIONAL_LABELS[v] for v in views.optional_views()},
+        optional={v: (compute.EXTRAS[v].label, compute.EXTRAS[v].n_figures) for v in views.optional_views()},
         sliders=sliders,
         layers=layers,
         heads=head_options,

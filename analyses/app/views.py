@@ -117,12 +117,21 @@ def lens(explorer: Explorer, request: Request, metric: str, target: str | None) 
     return grid, explorer.memo(request, "fig:target", (target,), lambda: figures.fit_width(result.target_figure()))
 
 
-@safely(1)
-def optional(explorer: Explorer, view: str, request: Request) -> dict:
-    """The figure of an optional view (RoPE probing, patching) when its analysis is installed."""
-    run = OPTIONAL_RUNS[view]
-    result = explorer.optional(view, request, run)
-    return explorer.memo(request, f"fig:{view}", (), lambda: figures.fit_width(result.figure()))
+def optional(explorer: Explorer, view: str, request: Request) -> tuple[dict, ...]:
+    """The figures of an optional view (RoPE probing, patching) when its analysis is installed."""
+    n = compute.EXTRAS[view].n_figures
+
+    @safely(n)
+    def draw():
+        result = explorer.optional(view, request)
+        key = request if compute.EXTRAS[view].uses_prompt else Request(request.model, request.revision, "")
+        figs = explorer.memo(key, f"fig:{view}", (), lambda: [figures.fit_width(f)
+                                                             for f in compute.EXTRAS[view].figures(result)])
+        shown = (list(figs) + [figures.message("", 40)] * n)[:n]
+        return tuple(shown) if n > 1 else shown[0]
+
+    figs = draw()
+    return figs if isinstance(figs, tuple) else (figs,)
 
 
 # ---- compare mode: differences between the panes ------------------------------------------
@@ -170,25 +179,9 @@ def lens_difference(explorer: Explorer, a: Request, b: Request, metric: str) -> 
     return figures.lines(curves, f"{metric} per layer, mean over the prompt's tokens", ("layer boundary", metric))
 
 
-# ---- optional analyses: how the app calls them ------------------------------------------------
-
-
-def _run_rope(module, model, prompt):
-    probe = getattr(module, "rope_probe", None) or module.probe
-    return probe(model, prompt)
-
-
-def _run_patching(module, model, prompt):
-    return module.explore(model, prompt)
-
-
-OPTIONAL_RUNS = {"rope": _run_rope, "patching": _run_patching}
-OPTIONAL_LABELS = {"rope": "RoPE probing", "patching": "Patching"}
-
-
 def optional_views() -> list[str]:
     """The optional views whose analysis is installed."""
-    return [view for view in OPTIONAL_RUNS if compute.optional(view) is not None]
+    return [view for view in compute.EXTRAS if compute.optional(view) is not None]
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -373,21 +373,28 @@ def test_slider_covers_every_checkpoint(client):
 
 
 def test_an_optional_analysis_gets_a_tab_once_it_exists(monkeypatch):
-    for view in compute.OPTIONAL:
-        app = create_app(Explorer(Catalog(hub_cache="/nonexistent")))
-        assert (f"{view}-a.figure" in app.callback_map) == (compute.optional(view) is not None)
+    app = create_app(Explorer(Catalog(hub_cache="/nonexistent")))
+    for view in compute.EXTRAS:
+        assert (f"{view}-0-a.figure" in str(app.callback_map)) == (compute.optional(view) is not None)
+
+    calls = []
 
     class Result:
-        def figure(self):
-            return {"data": [{"type": "bar", "y": [1, 2]}], "layout": {}}
+        def figures(self):
+            return [{"data": [{"type": "bar", "y": [1, 2]}], "layout": {}}]
 
     fake = types.ModuleType("fake_rope")
-    fake.rope_probe = lambda model, prompt: Result()
+    fake.probe = lambda model, prompt: calls.append(prompt) or Result()
     monkeypatch.setitem(sys.modules, "fake_rope", fake)
-    monkeypatch.setitem(compute.OPTIONAL, "rope", ("fake_rope",))
+    extra = compute.Extra(("fake_rope",), "Fake", lambda m, model, prompt: m.probe(model, prompt),
+                          lambda r: r.figures(), n_figures=2, uses_prompt=False)
+    monkeypatch.setitem(compute.EXTRAS, "rope", extra)
     client = Client(create_app(Explorer(Catalog(hub_cache="/nonexistent"))))
-    fig = client.call("rope-a.figure", {"tabs.value": "rope", "rev-a.value": 15})
-    assert fig["data"][0]["y"] == [1, 2]
+    for prompt in ("one prompt", "another"):
+        figs = client.call("rope-0-a.figure", {"tabs.value": "rope", "rev-a.value": 15, "prompt-store.data": prompt})
+        assert figs["rope-0-a.figure"]["data"][0]["y"] == [1, 2]
+        assert figs["rope-1-a.figure"]["data"] == [], "a slot with no figure stays empty"
+    assert calls == ["one prompt"], "a view that ignores the prompt runs once per checkpoint"
 
 
 def test_serve_command_binds_loopback_by_default():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analyses.app import compute
 from interp import toy
 
 pytestmark = pytest.mark.browser
@@ -273,4 +274,18 @@ def test_bad_input_shows_a_message_and_the_server_keeps_running(session):
     s.choose_model("a", "toy-2l", "toy-2l (embedded toy)")
     s.run_prompt("The cat sat on the mat. The cat")
     s.wait_figure("head-a", lambda f: f["title"].startswith("toy-2l@step3600") and not f["notes"])
+    s.check_clean()
+
+
+def test_optional_views_render_once_installed(session):
+    installed = [view for view in compute.EXTRAS if compute.optional(view) is not None]
+    if not installed:
+        pytest.skip("no optional analysis installed yet (RoPE probing, patching)")
+    s = session
+    s.compare(False)
+    for view in installed:
+        s.tab(compute.EXTRAS[view].label)
+        fig = s.wait_figure(f"{view}-0-a", lambda f: f["title"] or f["notes"], timeout=180)
+        assert not fig["notes"].startswith("Something went wrong"), fig["notes"]
+        s.screenshot(view)
     s.check_clean()
