@@ -397,6 +397,16 @@ def test_an_optional_analysis_gets_a_tab_once_it_exists(monkeypatch):
     assert calls == ["one prompt"], "a view that ignores the prompt runs once per checkpoint"
 
 
+def test_rope_view_shows_the_probe_of_the_prompt(client):
+    rope = pytest.importorskip("analyses.rope")
+    values = {"tabs.value": "rope", "rev-a.value": 15}
+    figs = client.call("rope-0-a.figure", values)
+    table = rope.probe(toy_model("step3600"), PROMPT).to_frame()
+    want = table.pivot(index="layer", columns="head", values="rotary_share").to_numpy()
+    np.testing.assert_allclose(z_of(figs["rope-0-a.figure"]), want, rtol=1e-6)
+    assert len(figs) == compute.EXTRAS["rope"].n_figures and all(f["data"] for f in figs.values())
+
+
 def test_serve_command_binds_loopback_by_default():
     import argparse
 
