@@ -1,9 +1,11 @@
 """The page's callbacks: thin functions that read the controls, call `views`, and return figures.
 
     >>> from analyses.app.server import create_app
-    >>> app = create_app()
-    >>> "head-a.figure" in {k.split("..")[-1].strip(".") for k in app.callback_map} or len(app.callback_map) > 10
+    >>> app = create_app()                    # register(app, explorer) ran inside
+    >>> "scores-a.figure" in app.callback_map
     True
+    >>> revision_marks(["step0", "step1", "step2"])
+    {0: '0', 1: '1', 2: '2'}
 
 Every view callback returns `no_update` for a tab that is not shown, and for pane B while compare
 mode is off, so only what is on screen is computed. Errors never escape: `views` turns them into
