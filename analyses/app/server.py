@@ -47,10 +47,21 @@ def compare_default(model_a: str) -> tuple[str, str]:
     >>> compare_default("toy-2l")[0] in ("toy-gpt2", "toy-4l")
     True
     """
-    if COMPARE_WITH in toy.NAMES:
+    if has_checkpoints(COMPARE_WITH):
         return COMPARE_WITH, ""
     other = FALLBACK if model_a != FALLBACK else toy.DEFAULT
-    return other, f"{COMPARE_WITH} (toy-2l with GPT-2's architecture) is not in this install: comparing with {other}."
+    return other, f"{COMPARE_WITH} (toy-2l with GPT-2's architecture) has no checkpoints in this install: comparing " \
+                  f"with {other}."
+
+
+def has_checkpoints(name: str) -> bool:
+    """Whether a toy model is registered and has its checkpoints on disk."""
+    if toy.resolve(name) is None:
+        return False
+    try:
+        return bool(toy.revisions(name))
+    except (InterpError, FileNotFoundError):
+        return False
 
 
 def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str = DEFAULT_PROMPT):

@@ -19,7 +19,7 @@ from analyses.app.cache import LRU, ModelPool, parameter_bytes  # noqa: E402
 from analyses.app.catalog import DEMO_NAMES, GPT2_NAMES, Catalog  # noqa: E402
 from analyses.app.client import Client, array  # noqa: E402
 from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
-from analyses.app.server import compare_default, create_app  # noqa: E402
+from analyses.app.server import compare_default, create_app, has_checkpoints  # noqa: E402
 
 try:  # the analyses' own functions, wherever they live
     from analyses.attention import detect_heads, head_scores, patterns
@@ -334,10 +334,18 @@ def test_pythia_beside_gpt2(client, model_dirs):
 
 def test_compare_defaults_to_toy_gpt2_or_says_why_not():
     other, note = compare_default("toy-2l")
-    if "toy-gpt2" in toy.NAMES:
+    if has_checkpoints("toy-gpt2"):
         assert (other, note) == ("toy-gpt2", "")
     else:
         assert other == "toy-4l" and "toy-gpt2" in note
+
+
+def test_a_toy_model_without_checkpoints_says_how_to_make_them(client, monkeypatch, tmp_path):
+    monkeypatch.setattr(toy, "MODELS_DIR", tmp_path)  # an install without the toy weights
+    status = client.call("msg-a.children", {"model-a.value": "toy-2l", "rev-a.value": 15})
+    assert "No checkpoints" in status["msg-a.children"] and "toy_training" in status["msg-a.children"]
+    assert client.call("rev-a.disabled", {"model-a.value": "toy-2l"})["rev-a.disabled"] is True
+    assert compare_default("toy-2l")[0] == "toy-4l", "no toy-gpt2 weights: compare with toy-4l"
 
 
 def test_pane_b_is_idle_until_compare_is_on(client):
