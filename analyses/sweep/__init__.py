@@ -1,9 +1,10 @@
 """Sweeps across training checkpoints and model sizes, with a resumable results store.
 
     >>> from analyses.sweep import sweep
-    >>> result = sweep(["toy-2l", "toy-4l"], "attention", "log", store="runs/store")   # doctest: +SKIP
-    >>> result.to_frame()            # model, revision, step, tokens_seen, layer, head, induction, ...
-    >>> result.figures()             # head scores over training, log step axis
+    >>> result = sweep(["toy-2l", "toy-4l"], "attention", "log", progress=False)
+    >>> result.to_frame().columns[:7].tolist()
+    ['model', 'revision', 'step', 'tokens_seen', 'layer', 'head', 'name']
+    >>> figures = result.figures()    # head scores over training, log step axis
 
 Modules: `core` (sweep, Sweep), `revisions` (which checkpoints), `registry` (analyses by name),
 `store` (Parquet results store), `integrity` (identical-weights check), `local` and

@@ -1,5 +1,6 @@
 """Figures over training: trajectories on a log step axis, head scores per detector, lens per layer.
 
+    >>> from analyses.sweep import sweep
     >>> frame = sweep("toy", "attention", "log", progress=False).to_frame()
     >>> fig = trajectory(frame, "induction", by=["layer", "head"])
     >>> fig.layout.xaxis.type, fig.layout.xaxis.ticktext[0]

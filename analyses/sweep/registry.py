@@ -2,6 +2,7 @@
 
     >>> analysis("attention").defaults["seq_len"], sorted(ANALYSES)[:2]
     (50, ['attention', 'circuit'])
+    >>> import interp
     >>> frame = analysis("attention").run(interp.load("toy"))
     >>> frame.columns.tolist()[:4]
     ['layer', 'head', 'name', 'prev_token']

@@ -6,9 +6,9 @@
     >>> c.model, c.revision, c.step, c.tokens_seen
     ('pythia-70m', 'step1000', 1000, 2097152000)
 
-A revision spec is "all" (every saved checkpoint: 154 for Pythia), "log" (log-spaced: each kept
-step at least twice the previous, plus the last), or explicit revisions as a list or a
-comma-separated string (`step512`, `512` and `main` all work).
+A revision spec is "all" (every saved checkpoint: 154 for Pythia), "log" (about one per
+doubling: step0, 1, 2, 4, ..., 512, then 1000, 2000, ..., 128000 and the final 143000 for Pythia),
+or explicit revisions as a list or a comma-separated string (`step512`, `512` and `main` all work).
 """
 
 from __future__ import annotations
@@ -75,18 +75,22 @@ def checkpoints(model: str, revisions: str | Sequence[str | int] | None = "all")
 
 
 def log_spaced(saved: Sequence[str]) -> list[str]:
-    """step0, then each saved step at least twice the last one kept, then the final step.
+    """step0, the power-of-two steps, the first other step times powers of two, and the final step.
 
-    >>> log_spaced([f"step{s}" for s in suite.pythia_steps()])[-5:]
-    ['step16000', 'step32000', 'step64000', 'step128000', 'step143000']
+    >>> log_spaced([f"step{s}" for s in suite.pythia_steps()])[-6:]
+    ['step8000', 'step16000', 'step32000', 'step64000', 'step128000', 'step143000']
     """
-    kept, last = [], 0
-    for revision in saved:
-        step = int(revision[4:])
-        if step == 0 or step >= 2 * last:
-            kept.append(revision)
-            last = max(step, 1)
-    return kept if kept[-1] == saved[-1] else [*kept, saved[-1]]
+    steps = [int(r[4:]) for r in saved]
+    base = next((s for s in steps if s & (s - 1)), None)  # first step of the evenly spaced part
+
+    def kept(step: int) -> bool:
+        if step == 0 or not step & (step - 1):
+            return True
+        ratio = step / base
+        return ratio == int(ratio) and not int(ratio) & (int(ratio) - 1)
+
+    chosen = [r for r, s in zip(saved, steps, strict=True) if kept(s)]
+    return chosen if chosen[-1] == saved[-1] else [*chosen, saved[-1]]
 
 
 def step_of(revision: str, name: str) -> int:
@@ -107,7 +111,7 @@ def tokens_seen(model: str, step: int) -> int:
     """Training tokens read before checkpoint `step`: Pythia 2,097,152 per step; the toy suite per phase.
 
     >>> tokens_seen("pythia-1b", 143000), tokens_seen("toy-2l", 2401)
-    (299892736000, 3686528)
+    (299892736000, 3690496)
     """
     name = model_name(model)
     if toy.resolve(name) is None:

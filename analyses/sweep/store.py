@@ -4,8 +4,8 @@
     >>> store = ResultStore(tempfile.mkdtemp())
     >>> key = Key("attention", {"seq_len": 50}, data_hash="none")
     >>> path = store.put(key, "toy-2l", "step0", pd.DataFrame({"layer": [0, 1], "induction": [0.1, 0.2]}))
-    >>> path.relative_to(store.root).as_posix()
-    'attention/92bfb8cfc4c6/toy-2l/step0.parquet'
+    >>> path.relative_to(store.root).as_posix()  # <analysis>/<key digest>/<model>/<revision>.parquet
+    'attention/8a34565bd057/toy-2l/step0.parquet'
     >>> store.get(key, "toy-2l", "step0")["induction"].tolist(), store.has(key, "toy-2l", "step1")
     ([0.1, 0.2], False)
 
