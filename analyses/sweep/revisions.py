@@ -13,6 +13,7 @@ or explicit revisions as a list or a comma-separated string (`step512`, `512` an
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Sequence
@@ -49,8 +50,14 @@ def model_name(name: str) -> str:
         return toy_name
     try:
         return suite.resolve(name).hf_id.split("/", 1)[1]
-    except UnknownModelError as err:
-        raise UnknownModelError(f"Sweeps run over the Pythia suite and the toy suite; {err}") from None
+    except UnknownModelError:
+        known = [n.split("/", 1)[1] for n in suite.all_names()] + [*toy.ALIASES, *toy.NAMES]
+        close = difflib.get_close_matches(str(name).lower(), known, n=4, cutoff=0.5)
+        raise UnknownModelError(
+            f"{name!r} is not a model a sweep can run over: sweeps take Pythia names (pythia-70m, ..., "
+            f"pythia-12b, each also -deduped) and toy names ({', '.join((*toy.ALIASES, *toy.NAMES))}); "
+            f"closest: {', '.join(close) or 'none'}."
+        ) from None
 
 
 def model_names(models: str | Sequence[str]) -> list[str]:
@@ -59,8 +66,8 @@ def model_names(models: str | Sequence[str]) -> list[str]:
     >>> model_names("toy-2l,toy-4l")
     ['toy-2l', 'toy-4l']
     """
-    items = models.split(",") if isinstance(models, str) else list(models)
-    names = [model_name(m.strip()) for m in items if str(m).strip()]
+    items = [models] if isinstance(models, str) else list(models)
+    names = [model_name(m.strip()) for item in items for m in str(item).split(",") if m.strip()]
     if not names:
         raise InputError(f"models={models!r} names no model; pass e.g. 'toy' or ['pythia-70m', 'pythia-160m'].")
     return list(dict.fromkeys(names))
