@@ -21,6 +21,7 @@ from interp.errors import InputError
 
 DETECTORS = ("induction", "prev_token", "duplicate_token", "first_token", "mean_distance")
 LENS_METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
+ROPE_VALUES = ("rotary_share", "positional_index", "prev_attention", "sink_attention", "pass_share")
 X_AXES = {"step": "training step", "tokens_seen": "tokens seen"}
 
 
@@ -46,11 +47,19 @@ def trajectory(frame: pd.DataFrame, column: str, by: str | Sequence[str] | None 
 
 def attention_figures(result) -> list:
     """Head scores over training: a line per head with a detector dropdown, and a head x step heatmap."""
-    frame = result.frame
-    detectors = [d for d in DETECTORS if d in frame]
-    return [_with_dropdown([trajectory(frame, d, by=["layer", "head"], title="head scores across training")
-                            for d in detectors], detectors),
-            *(head_heatmap(frame[frame["model"] == m], detectors) for m in frame["model"].unique())]
+    return head_figures(result.frame, [d for d in DETECTORS if d in result.frame], "head scores")
+
+
+def rope_figures(result) -> list:
+    """RoPE use over training: rotary share (and the other head-table numbers) per head."""
+    return head_figures(result.frame, [v for v in ROPE_VALUES if v in result.frame], "RoPE use")
+
+
+def head_figures(frame: pd.DataFrame, values: Sequence[str], what: str) -> list:
+    """A line per head with a dropdown over `values`, then a head x checkpoint heatmap per model."""
+    lines = [trajectory(frame, v, by=["layer", "head"], title=f"{what} across training") for v in values]
+    return [_with_dropdown(lines, values),
+            *(head_heatmap(frame[frame["model"] == m], values, what) for m in frame["model"].unique())]
 
 
 def lens_figures(result) -> list:
@@ -60,8 +69,8 @@ def lens_figures(result) -> list:
     return [_with_dropdown(figs, metrics)]
 
 
-def head_heatmap(frame: pd.DataFrame, detectors: Sequence[str]):
-    """Heads (rows, L0H0 at the top) x checkpoints (columns, in step order) coloured by a detector's score."""
+def head_heatmap(frame: pd.DataFrame, detectors: Sequence[str], what: str = "head scores"):
+    """Heads (rows, L0H0 at the top) x checkpoints (columns, in step order) coloured by one value at a time."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -76,7 +85,7 @@ def head_heatmap(frame: pd.DataFrame, detectors: Sequence[str]):
     model = frame["model"].iloc[0] if len(frame) else ""
     fig.update_yaxes(autorange="reversed", title="head")
     fig.update_xaxes(type="category", title="training step (one column per checkpoint)")
-    fig.update_layout(title=f"{model}: head scores per checkpoint", template="plotly_white",
+    fig.update_layout(title=f"{model}: {what} per checkpoint", template="plotly_white",
                       height=max(320, 18 * frame[["layer", "head"]].drop_duplicates().shape[0] + 160))
     _buttons(fig, [[j == i for j in range(len(detectors))] for i in range(len(detectors))], detectors)
     return fig

@@ -198,7 +198,9 @@ def _lens(model, *, prompts=DEFAULT_PROMPTS, apply_ln=True) -> pd.DataFrame:
     return logit_lens(model, list(prompts), apply_ln=apply_ln).layer_means()
 
 
-def _figures(kind: str) -> Callable:
+def figures_from(kind: str) -> Callable:
+    """`figures(sweep)` calling `analyses.sweep.figures.<kind>` (imported only when drawing)."""
+
     def figures(result) -> list:
         from analyses.sweep import figures as sf
 
@@ -209,12 +211,12 @@ def _figures(kind: str) -> Callable:
 
 register(Analysis("attention", _attention, {
     "prompts": None, "seq_len": 50, "batch": 4, "seed": 0, "exclude_first": False, "exclude_current": False,
-    "error_measure": "mul"}, data=("prompts",), figures=_figures("attention_figures"),
+    "error_measure": "mul"}, data=("prompts",), figures=figures_from("attention_figures"),
     description="head detector scores per layer and head (prev_token, duplicate_token, induction, ...)"))
 register(Analysis("lens", _lens, {"prompts": DEFAULT_PROMPTS, "apply_ln": True}, data=("prompts",),
-                  figures=_figures("lens_figures"),
+                  figures=figures_from("lens_figures"),
                   description="logit lens per layer: KL to the model, cross-entropy, entropy, top-1 agreement"))
-register(Lazy("rope", ("analyses.rope", "analyses.rope_probe"), "analyses.sweep.hooks:rope",
+register(Lazy("rope", ("analyses.rope",), "analyses.sweep.hooks:rope",
               "RoPE use per head: rotary share, kernel argmax offset, dominant band, label"))
 register(Lazy("patch", ("analyses.patching",), "analyses.sweep.hooks:patch",
               "activation patching per head on the induction task"))

@@ -213,6 +213,6 @@ def test_registry_entries():
     assert analysis("attention") is analysis("attention") and isinstance(analysis(detect), Analysis)
     import importlib.util
 
-    if importlib.util.find_spec("analyses.rope") is None and importlib.util.find_spec("analyses.rope_probe") is None:
+    if importlib.util.find_spec("analyses.rope") is None:
         with pytest.raises(AnalysisUnavailableError, match="rope.*attention, lens"):
             sweep("toy", "rope", "step0", progress=False)

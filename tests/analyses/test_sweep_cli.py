@@ -98,7 +98,7 @@ def test_errors_are_one_line(main, tmp_path, capsys, args, match):
     if args[-1] == "rope":
         import importlib.util
 
-        if importlib.util.find_spec("analyses.rope") or importlib.util.find_spec("analyses.rope_probe"):
+        if importlib.util.find_spec("analyses.rope"):
             pytest.skip("the rope analysis is installed")
     argv = ["sweep", "--analysis", "attention", "--out", str(tmp_path), *args]
     assert main(argv) == 2
