@@ -45,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", default=None,
                         help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray is started)")
     parser.add_argument("--ray-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
+    parser.add_argument("--ray-gpus", type=float, default=0, help="GPUs per Ray task (default 0; with --device cuda)")
     parser.add_argument("--max-retries", type=int, default=2, help="Ray retries of a task whose worker died")
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
     parser.add_argument("--store", type=Path, default=None, help="results store folder (default: OUT/store)")
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from analyses.sweep.core import sweep
 
     store = args.store if args.store is not None else args.out / "store"
-    options = {"max_retries": args.max_retries, "num_cpus": args.ray_cpus} if args.executor == "ray" else {}
+    options = ({"max_retries": args.max_retries, "num_cpus": args.ray_cpus, "num_gpus": args.ray_gpus}
+               if args.executor == "ray" else {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = sweep(args.model or ["toy"], args.analysis, args.revisions, params=_params(args), store=store,

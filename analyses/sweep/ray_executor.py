@@ -27,12 +27,12 @@ class SweepIncompleteError(InterpError, RuntimeError):
 
 
 def run_ray(jobs: Sequence[work.Job], address: str | None = None, max_retries: int = 2, num_cpus: float = 1,
-            on_done: Callable[[dict], None] | None = None) -> list[dict]:
+            num_gpus: float = 0, on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every job as a Ray task; return the timings of those that finished (raise if any failed)."""
     ray = import_ray()
     started = _connect(ray, address)
     try:
-        task = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(_task)
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(_task)
         pending = {task.remote(job): job for job in jobs}
         timings, failures = [], []
         while pending:
@@ -69,7 +69,12 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise InterpError(f"No Ray cluster at {address!r} ({type(err).__name__}: {str(err)[:200]}). Start one with "
+                          "`ray start --head`, fix --ray-address / RAY_ADDRESS, or leave both unset for a local "
+                          "Ray.") from None
     return True
 
 

@@ -81,3 +81,38 @@ def test_resumes_after_a_worker_is_killed(local_ray, tmp_path):
     assert result.computed == (("toy-4l", "step1800"),), "only the killed checkpoint runs again"
     assert calls(marks) == {"step0": 1, "step64": 1, "step1800": 2, "step3600": 1}
     assert result.to_frame()["revision"].tolist() == REVISIONS
+
+
+class FakeRay:
+    """Records how the executor initialises Ray, without starting one."""
+
+    def __init__(self, initialised=False, fail=False):
+        self.initialised, self.fail, self.calls = initialised, fail, []
+
+    def is_initialized(self):
+        return self.initialised
+
+    def init(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.fail:
+            raise ConnectionError("could not connect")
+
+
+@pytest.mark.parametrize(("env", "arg", "want"), [(None, None, None), ("10.0.0.1:6379", None, "10.0.0.1:6379"),
+                                                  ("10.0.0.1:6379", "auto", "auto")])
+def test_connects_to_the_cluster_named(monkeypatch, env, arg, want):
+    from analyses.sweep import ray_executor
+
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    fake = FakeRay()
+    assert ray_executor._connect(fake, arg) is True, "a Ray this call starts is shut down after the sweep"
+    assert fake.calls[0]["address"] == want
+    running = FakeRay(initialised=True)
+    assert ray_executor._connect(running, arg) is False and running.calls == [], "a running Ray is used as is"
+    from interp import InterpError
+
+    with pytest.raises(InterpError, match="ray start --head"):
+        ray_executor._connect(FakeRay(fail=True), "10.9.9.9:1")
