@@ -157,9 +157,13 @@ class ActivationCache(Mapping[str, Tensor]):
                     pos: int = -1) -> Tensor:
         """Each component's direct contribution to the logit of `tokens` (minus `incorrect_tokens`) at `pos`.
 
-        Give it a stack already through `apply_ln_to_stack`: (component, batch) comes back.
+        Give it a stack already through `apply_ln_to_stack`: (component, batch) comes back. The final
+        LayerNorm's weight is folded into the unembedding (as TransformerLens's default `fold_ln` does), so
+        the components plus the LayerNorm bias's term add up to the logit (difference).
         """
-        w_u = self._model("logit_attrs").W_U  # (d_model, d_vocab)
+        model = self._model("logit_attrs")
+        ln = model.module("ln_final.hook_out")
+        w_u = model.W_U * (ln.weight.detach()[:, None] if ln.weight is not None else 1)  # (d_model, d_vocab)
         directions = w_u[:, torch.as_tensor(tokens)].T  # (batch, d_model) or (d_model,)
         if incorrect_tokens is not None:
             directions = directions - w_u[:, torch.as_tensor(incorrect_tokens)].T

@@ -174,8 +174,8 @@ class Model(Tokenizing, WeightViews):
             leaf.append(t.detach().requires_grad_(True))
             return leaf[-1]
 
-        embed = self.sites.resolve("hook_embed")
-        with torch.enable_grad(), self._hooks.attach([(embed, graph_input)]), \
+        inputs = [s for s in self.sites.all() if s.spec.role in ("embed", "pos_embed")]
+        with torch.enable_grad(), self._hooks.attach([(s, graph_input) for s in inputs]), \
                 self._hooks.attach([(s, save) for s in sites], [(s, save_grad) for s in sites]):
             value = metric(self._run(tokens))
             if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
