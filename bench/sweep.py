@@ -4,7 +4,8 @@
     $ python bench/sweep.py --synthetic 70m --checkpoints 8  # random pythia-70m weights in a local hub cache
     $ python bench/sweep.py --no-ray                         # local executor only
 
-Each executor runs in a fresh process, after a warm-up checkpoint (imports, first forward), on a
+Each executor runs in a fresh process (the local ones in interleaved rounds; medians shown, every
+round's wall in brackets), after a warm-up checkpoint (imports, first forward), on a
 fresh results store. "floor" is what a sweep cannot beat on one process: the sum of every
 checkpoint's analysis (and store write) times, measured without prefetch so that nothing else
 competes for the CPU, plus one load. The target is prefetch wall <= 1.15 x floor. "own floor" is
@@ -23,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,14 +85,25 @@ def synthetic_cache(size: str, n: int, root: Path) -> list[str]:
     return [f"step{s}" for s in steps]
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Per-key medians over rounds (loads: the median first load, the median sum)."""
+    def med(values):
+        return statistics.median(values)
+
+    return {"mode": runs[0]["mode"], "wall": med([r["wall"] for r in runs]), "init": med([r["init"] for r in runs]),
+            "analysis": med([r["analysis"] for r in runs]), "write": med([r["write"] for r in runs]),
+            "loads": [med([r["loads"][0] for r in runs]), *([0.0] * (len(runs[0]["loads"]) - 1))],
+            "all_loads": med([sum(r["loads"]) for r in runs]), "walls": [r["wall"] for r in runs]}
+
+
 def report(runs: dict[str, dict], args: argparse.Namespace, n: int) -> None:
     """Print wall times side by side, as ratios to the floor."""
     base = runs["sequential"]
     floor = base["analysis"] + base["write"] + base["loads"][0]
     print(f"sweep of {args.model}, {n} checkpoints, analysis {args.analysis!r}, {args.cpus} CPUs "
-          f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')})")
+          f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}), medians of {args.rounds} rounds")
     print(f"  sum of analysis times {base['analysis']:7.2f} s   store writes {base['write']:5.2f} s   "
-          f"one load {base['loads'][0]:5.2f} s   (all loads {sum(base['loads']):.2f} s)")
+          f"one load {base['loads'][0]:5.2f} s   (all loads {base['all_loads']:.2f} s)")
     print(f"  floor = analyses + writes + one load = {floor:.2f} s")
     print(f"  {'executor':<28}{'wall s':>8}{'/ floor':>9}{'/ own floor':>13}")
     labels = {"prefetch": "local, prefetch (default)", "sequential": "local, no prefetch",
@@ -99,8 +112,9 @@ def report(runs: dict[str, dict], args: argparse.Namespace, n: int) -> None:
         extra = f"   (+ ray.init {run['init']:.1f} s)" if mode == "ray" else ""
         target = "   target <= 1.15" if mode == "prefetch" else ""
         own = run["analysis"] + run["write"] + run["loads"][0]
+        walls = " ".join(f"{w:.1f}" for w in run["walls"])
         print(f"  {labels[mode]:<28}{run['wall']:8.2f}{run['wall'] / floor:9.2f}{run['wall'] / own:13.2f}"
-              f"{target}{extra}")
+              f"   [{walls}]{target}{extra}")
     if "ray" in runs:
         print(f"  ray / local prefetch: {runs['ray']['wall'] / runs['prefetch']['wall']:.2f}x wall")
 
@@ -115,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="where to build the synthetic cache")
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the local runs (Ray: one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -130,9 +145,13 @@ def main() -> None:
         from analyses.sweep.revisions import checkpoints
 
         revisions = [c.revision for c in checkpoints(args.model, args.revisions)]
-    modes = ["sequential", "prefetch"] + ([] if args.no_ray else ["ray"])
-    runs = {mode: run_child(mode, args, revisions, env) for mode in modes}
-    report({m: runs[m] for m in ("prefetch", "sequential", "ray") if m in runs}, args, len(revisions))
+    rounds: dict[str, list[dict]] = {"prefetch": [], "sequential": []}
+    for _ in range(args.rounds):  # interleaved, so a busy spell on a shared machine hits both
+        for mode in rounds:
+            rounds[mode].append(run_child(mode, args, revisions, env))
+    if not args.no_ray:
+        rounds["ray"] = [run_child("ray", args, revisions, env)]
+    report({m: median_run(r) for m, r in rounds.items()}, args, len(revisions))
 
 
 if __name__ == "__main__":
