@@ -58,7 +58,11 @@ class Sweep:
         return self.frame.copy()
 
     def duplicates(self) -> pd.DataFrame:
-        """The checkpoints whose weights are byte-identical to an earlier one's."""
+        """The checkpoints whose weights are byte-identical to an earlier one's.
+
+        >>> len(sweep("toy-4l", "attention", "step0,step1", progress=False).duplicates())
+        0
+        """
         cols = ["model", "revision", "step", "duplicate_of", "weights_sha256"]
         return self.frame.loc[self.frame["duplicate_of"] != "", cols].drop_duplicates().reset_index(drop=True)
 
@@ -78,7 +82,12 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
           store: str | Path | None = None, executor: str = "local", dtype: str | torch.dtype | None = None,
           device: str | None = None, prefetch: bool = True, progress: bool = True, ray_address: str | None = None,
           ray_options: Mapping[str, object] | None = None) -> Sweep:
-    """Run `analysis` at every checkpoint of every model; results kept in `store` (a directory) when given."""
+    """Run `analysis` at every checkpoint of every model; results kept in `store` (a directory) when given.
+
+    >>> result = sweep(["toy-2l", "toy-4l"], "attention", "step0,main", params={"seq_len": 20}, progress=False)
+    >>> result.to_frame().groupby("model").size().to_dict()    # checkpoints x layers x heads
+    {'toy-2l': 12, 'toy-4l': 16}
+    """
     plan = _plan(models, analysis, revisions, params, dtype, executor)
     with contextlib.ExitStack() as stack:
         root = Path(store) if store is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))

@@ -83,7 +83,13 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def flag_duplicates(frame: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
-    """Add `duplicate_of`: the earliest revision of the same model with the same weights ("" if none)."""
+    """Add `duplicate_of`: the earliest revision of the same model with the same weights ("" if none).
+
+    >>> frame = pd.DataFrame({"model": ["m"] * 3, "revision": ["step0", "step1", "step2"], "step": [0, 1, 2],
+    ...                       "weights_sha256": ["a", "b", "b"]})
+    >>> flag_duplicates(frame, warn=False)["duplicate_of"].tolist()
+    ['', '', 'step1']
+    """
     frame = frame.copy()
     firsts = (frame[frame["weights_sha256"] != ""].sort_values("step", kind="stable")
               .drop_duplicates(["model", "weights_sha256"])

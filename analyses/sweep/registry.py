@@ -102,7 +102,12 @@ ANALYSES: dict[str, Analysis | Lazy] = {}
 
 
 def register(entry: Analysis | Lazy) -> Analysis | Lazy:
-    """Add an analysis to the registry under its name (replacing one of the same name)."""
+    """Add an analysis to the registry under its name (replacing one of the same name).
+
+    >>> entry = register(Analysis("n_layers", lambda model: pd.DataFrame({"n_layers": [model.n_layers]})))
+    >>> analysis("n_layers").defaults, ANALYSES.pop("n_layers").name
+    ({}, 'n_layers')
+    """
     ANALYSES[entry.name] = entry
     return entry
 

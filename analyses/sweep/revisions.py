@@ -74,7 +74,11 @@ def model_names(models: str | Sequence[str]) -> list[str]:
 
 
 def checkpoints(model: str, revisions: str | Sequence[str | int] | None = "all") -> list[Checkpoint]:
-    """The checkpoints of `model` that `revisions` names, in the order given (all/log: training order)."""
+    """The checkpoints of `model` that `revisions` names, in the order given (all/log: training order).
+
+    >>> [(c.label, c.revision, c.tokens_seen) for c in checkpoints("toy-4l", "step2,main")]
+    [('step2', 'step2', 3072), ('main', 'step3600', 8601600)]
+    """
     name = model_name(model)
     saved = suite.revisions(name)
     labels = _labels(revisions, saved, name)

@@ -119,7 +119,12 @@ class ResultStore:
             yield str(params.parent), json.loads(params.read_text())
 
     def manifest(self) -> pd.DataFrame:
-        """One row per stored result: analysis, key, model, revision, rows, bytes, path."""
+        """One row per stored result: analysis, key, model, revision, bytes, path.
+
+        >>> import tempfile
+        >>> ResultStore(tempfile.mkdtemp()).manifest().columns.tolist()[:4]
+        ['analysis', 'key', 'model', 'revision']
+        """
         rows = []
         for path in sorted(self.root.glob("*/*/*/*.parquet")):
             rows.append({"analysis": path.parents[2].name, "key": path.parents[1].name, "model": path.parent.name,
