@@ -66,7 +66,9 @@ def lens_figures(result) -> list:
     """Logit lens over training: a line per layer boundary, a dropdown over metrics."""
     metrics = [m for m in LENS_METRICS if m in result.frame]
     figs = [trajectory(result.frame, m, by="layer", title="logit lens across training") for m in metrics]
-    return [_with_dropdown(figs, metrics)]
+    fig = _with_dropdown(figs, metrics)
+    fig.update_layout(legend_title_text="boundary (0 = embedding, L = after block L)")
+    return [fig]
 
 
 def head_heatmap(frame: pd.DataFrame, detectors: Sequence[str], what: str = "head scores"):
