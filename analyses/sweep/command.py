@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         result = sweep(args.model or ["toy"], args.analysis, args.revisions, params=_params(args), store=store,
                        executor=args.executor, dtype=args.dtype, device=args.device,
                        progress=not args.no_progress, ray_address=args.ray_address, ray_options=options)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     result.to_frame().to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
     written = [args.out / "sweep.csv", save(result.figures() or [_first_figure(result)], args.out / "sweep.html")]
