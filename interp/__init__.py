@@ -4,7 +4,7 @@
 >>> model = interp.load("toy")
 >>> logits, cache = model.run_with_cache("Hello, I am")
 >>> logits.shape[:2], cache["pattern", 0].shape[:2]
-(torch.Size([1, 4]), torch.Size([1, 3]))
+(torch.Size([1, 7]), torch.Size([1, 3]))
 """
 
 from interp.arch import Architecture
@@ -24,8 +24,8 @@ from interp.errors import (
 )
 from interp.loading import load
 from interp.model import Model
-from interp.tokens import Tokens
 from interp.sites import Site
+from interp.tokens import Tokens
 
 __all__ = [
     "ActivationCache",

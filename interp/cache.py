@@ -4,7 +4,7 @@
     >>> model = interp.load("toy")
     >>> logits, cache = model.run_with_cache("Hello, I am")
     >>> cache["resid_pre", 1].shape            # same as cache["blocks.1.hook_resid_pre"]
-    torch.Size([1, 4, 64])
+    torch.Size([1, 7, 96])
     >>> parts = cache.decompose_resid()        # embed, then each layer's attn_out and mlp_out
     >>> torch.allclose(parts.values.sum(0), cache["resid_post", -1], atol=1e-5)
     True

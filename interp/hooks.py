@@ -19,7 +19,6 @@ threads do not see each other's hooks.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from interp import attention
 from interp.arch import Architecture
 from interp.errors import HookShapeError, InputError
 from interp.sites import Site, Tap
+from interp.weights import out_weight, qkv_bias, qkv_weight
 
 HookFn = Callable[[Tensor, Site], Tensor | None]
 
@@ -286,10 +286,9 @@ class Dispatcher:
         ln = self.arch.module(self.hf, "ln1", layer)
         qkv = self.arch.module(self.hf, "qkv", layer)
         normed = nn.functional.layer_norm(inputs, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        w = self.arch.split_qkv(self.arch.in_out(qkv), self.dims.n_heads, which)  # (d_model, head, d_head)
-        projected = einops.einsum(normed, w, "batch pos head d_model, d_model head d_head -> batch pos head d_head")
-        if qkv.bias is not None:
-            projected = projected + self.arch.split_qkv(qkv.bias, self.dims.n_heads, which)
+        w = qkv_weight(self.arch, qkv, self.dims.n_heads, which)  # (head, d_model, d_head)
+        projected = einops.einsum(normed, w, "b pos head d_model, head d_model d_head -> b pos head d_head")
+        projected = projected + qkv_bias(self.arch, qkv, self.dims.n_heads, which)
         if heads is None:
             return projected.to(piece.dtype)
         merged = piece.clone()
@@ -328,9 +327,8 @@ class Dispatcher:
         pairs = self._pairs("out", layer, {Tap.RESULT})
         if not pairs:
             return out
-        w_o = einops.rearrange(self.arch.in_out(module), "(head d_head) d_model -> head d_head d_model",
-                               head=self.dims.n_heads)
-        result = einops.einsum(self._heads(z), w_o, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+        w_o = out_weight(self.arch, module, self.dims.n_heads)  # (head, d_head, d_model)
+        result = einops.einsum(self._heads(z), w_o, "b pos head d_head, head d_head d_model -> b pos head d_model")
         result, changed = self._fire_all(pairs, result)
         if not changed:
             return out

@@ -125,7 +125,7 @@ class Model(Tokenizing, WeightViews):
             >>> model = interp.load("toy")
             >>> logits, cache = model.run_with_cache("Hello, I am", names=lambda n: "resid" in n)
             >>> cache["resid_post", 1].shape
-            torch.Size([1, 4, 64])
+            torch.Size([1, 7, 96])
         """
         tokens, sites = self.tokens(x), self.sites.select(names)
         device, dtype = _check_target(device, dtype)

@@ -1,7 +1,11 @@
 """NeoX rotary embeddings: `rotate_half` pairs dim i with i + r/2, on the first `rotary_dim` dims.
 
-    >>> cos, sin = rotary_cos_sin(torch.arange(5), rotary_dim=8)
-    >>> q_rot = apply_rotary(q, cos, sin)   # q: (batch, pos, head, d_head), rotated on dims [0, 8)
+    >>> import torch
+    >>> q = torch.randn(1, 5, 2, 32)                          # (batch, pos, head, d_head)
+    >>> cos, sin = rotary_cos_sin(torch.arange(5)[None], rotary_dim=8)
+    >>> q_rot = apply_rotary(q, cos, sin)                     # rotated on dims [0, 8), the rest unchanged
+    >>> torch.equal(q_rot[..., 8:], q[..., 8:])
+    True
 
 Written from the definition, independently of transformers, so tests can check one against the other.
 """

@@ -147,8 +147,7 @@ class Sites:
         for layer in range(n_layers):
             for role, name in ROLE_ALIASES.items():
                 self._aliases[arch.path(role, layer)] = _fill(name, layer)
-        if arch.kind == "neox":
-            self._aliases["embed_out"] = "hook_logits"
+        self._aliases.update(dict(arch.aliases))
 
     def _why_absent(self, spec: SiteSpec) -> str | None:
         if spec.tap is Tap.RESID_MID and self.parallel_residual:

@@ -2,9 +2,9 @@
 
     >>> import interp
     >>> model = interp.load("toy")
-    >>> batch = model.to_tokens(["Hello, I am", "Hi"])
+    >>> batch = model.to_tokens(["The cat sat", "The"])
     >>> batch.attention_mask.tolist(), batch.position_ids.tolist()
-    ([[1, 1, 1, 1], [0, 0, 0, 1]], [[0, 1, 2, 3], [0, 0, 0, 0]])
+    ([[1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], [[0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
 
 No BOS is prepended unless asked, as Pythia was trained; a padded prompt's activations equal
 those of the prompt alone because its positions start at 0.
@@ -103,7 +103,7 @@ class Tokenizing:
         return self._require_tokenizer().decode(torch.as_tensor(tokens).tolist())
 
     def tokens(self, x: Prompt | Tokens | Tensor) -> Tokens:
-        """Coerce text, ids (tensor, numpy array or lists of ints) or Tokens to validated Tokens on the model's device."""
+        """Text, ids (tensor, numpy array, lists of ints) or Tokens -> validated Tokens on the model's device."""
         if isinstance(x, Tokens):
             tokens = x
         elif isinstance(x, str) or (isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x)):

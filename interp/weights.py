@@ -3,7 +3,7 @@
     >>> import interp, torch
     >>> model = interp.load("toy")
     >>> model.W_Q.shape                                  # (layer, head, d_model, d_head)
-    torch.Size([2, 4, 64, 16])
+    torch.Size([2, 3, 96, 32])
     >>> _, cache = model.run_with_cache("Hello, I am")
     >>> z = cache["z", 0]                                # (batch, pos, head, d_head)
     >>> out = torch.einsum("bphd,hdm->bpm", z, model.W_O[0]) + model.b_O[0]

@@ -22,7 +22,7 @@ def test_scale_and_normalized_have_transformer_lens_meaning(model, ids):
         centered = x - x.mean(-1, keepdim=True)
         scale = (centered.pow(2).mean(-1, keepdim=True) + model.module(f"blocks.{L}.ln1.hook_out").eps).sqrt()
         torch.testing.assert_close(cache["scale", L, "ln1"], scale)
-        torch.testing.assert_close(cache["blocks.%d.ln1.hook_normalized" % L], centered / scale)
+        torch.testing.assert_close(cache[f"blocks.{L}.ln1.hook_normalized"], centered / scale)
         ln = model.module(f"blocks.{L}.ln1.hook_out")
         torch.testing.assert_close(cache["ln1_out", L], (centered / scale) * ln.weight + ln.bias, atol=1e-5, rtol=1e-5)
         assert cache["ln1_out", L] is cache[model.arch.path("ln1", L)], "the HF path is the module's output"
