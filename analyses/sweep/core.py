@@ -27,7 +27,7 @@ from analyses.sweep.integrity import flag_duplicates
 from analyses.sweep.registry import Analysis
 from analyses.sweep.registry import analysis as find_analysis
 from analyses.sweep.revisions import Checkpoint, checkpoints, model_names
-from analyses.sweep.store import Key
+from analyses.sweep.store import Key, ResultStore
 from analyses.sweep.work import Job, quiet_loading
 from interp.errors import InputError
 from interp.loading import DTYPES
@@ -91,6 +91,7 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
     plan = _plan(models, analysis, revisions, params, dtype, executor)
     with contextlib.ExitStack() as stack:
         root = Path(store) if store is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        root = ResultStore(root.expanduser().absolute()).root  # absolute: Ray workers have their own cwd
         jobs = {(c.model, c.revision): Job(c, plan.spec, plan.params, str(root), plan.dtype, device)
                 for c in plan.checkpoints}
         todo = [job for job in jobs.values() if not job.done]
@@ -99,7 +100,7 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
         frame = _assemble(plan.checkpoints, jobs)
     computed = tuple((j.checkpoint.model, j.checkpoint.revision) for j in todo)
     cached = tuple(k for k in jobs if k not in set(computed))
-    return Sweep(frame, plan.spec, plan.key, tuple(plan.models), Path(store) if store is not None else None,
+    return Sweep(frame, plan.spec, plan.key, tuple(plan.models), root if store is not None else None,
                  computed, cached, pd.DataFrame(timings))
 
 

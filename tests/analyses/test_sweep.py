@@ -76,6 +76,7 @@ def test_tokens_seen():
     ({"params": {"seqlen": 5}}, "seq_len"),
     ({"executor": "dask"}, "local, ray"),
     ({"dtype": "fp8"}, "float16"),
+    ({"store": __file__}, "is a file"),
 ])
 def test_bad_input_fails_before_any_load(kwargs, match, loads):
     args = {"models": "toy", "analysis": "attention", "revisions": "all", **kwargs}
