@@ -58,15 +58,21 @@ def rope_figures(result) -> list:
 def head_figures(frame: pd.DataFrame, values: Sequence[str], what: str) -> list:
     """A line per head with a dropdown over `values`, then a head x checkpoint heatmap per model."""
     lines = [trajectory(frame, v, by=["layer", "head"], title=f"{what} across training") for v in values]
-    return [_with_dropdown(lines, values),
+    return [with_dropdown(lines, values),
             *(head_heatmap(frame[frame["model"] == m], values, what) for m in frame["model"].unique())]
+
+
+def patch_figures(result) -> list:
+    """Each head's activation-patching effect over training."""
+    values = [v for v in ("effect_normalized", "effect") if v in result.frame]
+    return head_figures(result.frame, values, "patching effect")
 
 
 def lens_figures(result) -> list:
     """Logit lens over training: a line per layer boundary, a dropdown over metrics."""
     metrics = [m for m in LENS_METRICS if m in result.frame]
     figs = [trajectory(result.frame, m, by="layer", title="logit lens across training") for m in metrics]
-    fig = _with_dropdown(figs, metrics)
+    fig = with_dropdown(figs, metrics)
     fig.update_layout(legend_title_text="boundary (0 = embedding, L = after block L)")
     return [fig]
 
@@ -157,7 +163,7 @@ def _short(value: float) -> str:
     return f"{value:g}"
 
 
-def _with_dropdown(figs: list, labels: Sequence[str]):
+def with_dropdown(figs: list, labels: Sequence[str]):
     """One figure holding every figure's traces, a dropdown showing one figure's at a time."""
     if len(figs) == 1:
         return figs[0]
@@ -189,3 +195,4 @@ def _check_column(frame: pd.DataFrame, column: str) -> None:
     if column not in frame:
         hidden = {"model", "revision", "step", "tokens_seen", "weights_sha256", "duplicate_of"}
         raise InputError(f"No column {column!r}; columns: {[c for c in frame if c not in hidden]}.")
+

@@ -203,13 +203,11 @@ def _lens(model, *, prompts=DEFAULT_PROMPTS, apply_ln=True) -> pd.DataFrame:
     return logit_lens(model, list(prompts), apply_ln=apply_ln).layer_means()
 
 
-def figures_from(kind: str) -> Callable:
-    """`figures(sweep)` calling `analyses.sweep.figures.<kind>` (imported only when drawing)."""
+def figures_from(kind: str, module: str = "analyses.sweep.figures") -> Callable:
+    """`figures(sweep)` calling `<module>.<kind>` (imported only when drawing)."""
 
     def figures(result) -> list:
-        from analyses.sweep import figures as sf
-
-        return getattr(sf, kind)(result)
+        return getattr(importlib.import_module(module), kind)(result)
 
     return figures
 
@@ -223,7 +221,7 @@ register(Analysis("lens", _lens, {"prompts": DEFAULT_PROMPTS, "apply_ln": True},
                   description="logit lens per layer: KL to the model, cross-entropy, entropy, top-1 agreement"))
 register(Lazy("rope", ("analyses.rope",), "analyses.sweep.hooks:rope",
               "RoPE use per head: rotary share, kernel argmax offset, dominant band, label"))
-register(Lazy("patch", ("analyses.patching",), "analyses.sweep.hooks:patch",
+register(Lazy("patch", ("analyses.patching",), "analyses.sweep.circuits:patch",
               "activation patching per head on the induction task"))
-register(Lazy("circuit", ("analyses.patching",), "analyses.sweep.hooks:circuit",
+register(Lazy("circuit", ("analyses.patching",), "analyses.sweep.circuits:circuit",
               "EAP-IG circuit per checkpoint: edge scores, circuit size at 80% faithfulness"))
