@@ -97,9 +97,15 @@ class CircuitTraining:
 
     edges: pd.DataFrame  # model, revision, step, sender, receiver, score, rank, in_circuit, ...
     summary: pd.DataFrame  # one row per checkpoint
+    sweeps: tuple = ()  # the Sweep results behind it (discovery, then transfer per model)
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary.copy()
+
+    def table(self) -> pd.DataFrame:
+        """One row per checkpoint and edge, with the checkpoint's summary numbers beside it."""
+        extra = [c for c in self.summary if c not in self.edges or c in ("model", "revision")]
+        return self.edges.merge(self.summary[extra], on=["model", "revision"], how="left")
 
     def figure(self):
         """The circuit graph at each checkpoint, with a slider over training steps."""
@@ -118,19 +124,20 @@ def circuits_over_training(models: str | Sequence[str], revisions="all", *, para
                            **sweep_kwargs) -> CircuitTraining:
     """Circuit discovery at every checkpoint, then the final circuit evaluated at each (two sweeps, one store)."""
     from analyses.sweep.core import sweep
+    from analyses.sweep.registry import analysis
 
     params = dict(params or {})
-    found = sweep(models, circuit(), revisions, params=params, **sweep_kwargs)
+    found = sweep(models, analysis("circuit"), revisions, params=params, **sweep_kwargs)
     edges = found.to_frame()
     task_params = {k: v for k, v in params.items() if k in TASK_DEFAULTS}
-    frames = []
+    frames, sweeps = [], [found]
     for model, group in edges.groupby("model", sort=False):
         final = group[group["step"] == group["step"].max()]
         kept = [[s, r] for s, r in final.loc[final["in_circuit"], ["sender", "receiver"]].itertuples(index=False)]
-        moved = sweep(model, transfer(), list(group["revision"].unique()), params={**task_params, "edges": kept},
-                      **sweep_kwargs).to_frame()
-        frames.append(summary(group, moved))
-    return CircuitTraining(edges, pd.concat(frames, ignore_index=True))
+        sweeps.append(sweep(model, transfer(), list(group["revision"].unique()),
+                            params={**task_params, "edges": kept}, **sweep_kwargs))
+        frames.append(summary(group, sweeps[-1].to_frame()))
+    return CircuitTraining(edges, pd.concat(frames, ignore_index=True), tuple(sweeps))
 
 
 def summary(edges: pd.DataFrame, moved: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -57,26 +57,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Parse the options, run the sweep, write the table, the figures and what ran."""
     from analyses.export import save
-    from analyses.sweep.core import sweep
 
     store = args.store if args.store is not None else args.out / "store"
-    options = ({"max_retries": args.max_retries, "num_cpus": args.ray_cpus, "num_gpus": args.ray_gpus}
-               if args.executor == "ray" else {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = sweep(args.model or ["toy"], args.analysis, args.revisions, params=_params(args), store=store,
-                       executor=args.executor, dtype=args.dtype, device=args.device,
-                       progress=not args.no_progress, ray_address=args.ray_address, ray_options=options)
+        table, figures, sweeps = _run_analysis(args, store)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    result.to_frame().to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
-    written = [args.out / "sweep.csv", save(result.figures() or [_first_figure(result)], args.out / "sweep.html")]
-    written.append(_write_provenance(args.out / "sweep.json", args, result, store))
+    table.to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
+    written = [args.out / "sweep.csv", save(figures, args.out / "sweep.html")]
+    written.append(_write_provenance(args.out / "sweep.json", args, sweeps, store))
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    print(_summary(result, store))
+    print(_summary(sweeps, store))
     return 0
+
+
+def _run_analysis(args: argparse.Namespace, store: Path) -> tuple:
+    """(table, figures, the sweeps run): one sweep, or for `circuit` the two sweeps of circuits over training."""
+    from analyses.sweep.core import sweep
+
+    options = ({"max_retries": args.max_retries, "num_cpus": args.ray_cpus, "num_gpus": args.ray_gpus}
+               if args.executor == "ray" else {})
+    kwargs = {"params": _params(args), "store": store, "executor": args.executor, "dtype": args.dtype,
+              "device": args.device, "progress": not args.no_progress, "ray_address": args.ray_address,
+              "ray_options": options}
+    models = args.model or ["toy"]
+    if args.analysis == "circuit":
+        from analyses.sweep.circuits import circuits_over_training
+
+        training = circuits_over_training(models, args.revisions, **kwargs)
+        return training.table(), training.figures(), training.sweeps
+    result = sweep(models, args.analysis, args.revisions, **kwargs)
+    return result.to_frame(), result.figures() or [_first_figure(result)], (result,)
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -122,21 +136,23 @@ def _first_figure(result):
     return result.figure(numeric[0])
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, result, store: Path) -> Path:
-    """Models, revisions, analysis key and what was computed or read: enough to reproduce the table."""
+def _write_provenance(path: Path, args: argparse.Namespace, sweeps: tuple, store: Path) -> Path:
+    """Models, revisions, analysis keys and what was computed or read: enough to reproduce the table."""
+    result = sweeps[0]
     record = {
-        "models": list(result.models), "analysis": result.key.analysis, "revisions": args.revisions,
-        "key": json.loads(result.key.to_json()), "key_digest": result.key.digest, "store": str(store),
+        "models": list(result.models), "analysis": args.analysis, "revisions": args.revisions, "store": str(store),
         "executor": args.executor, "checkpoints": result.frame[["model", "revision", "step"]].drop_duplicates()
-        .to_dict("records"), "computed": [list(c) for c in result.computed],
-        "read_from_store": [list(c) for c in result.cached], "duplicates": result.duplicates().to_dict("records"),
+        .to_dict("records"), "duplicates": result.duplicates().to_dict("records"),
+        "sweeps": [{"key": json.loads(s.key.to_json()), "key_digest": s.key.digest,
+                    "computed": [list(c) for c in s.computed], "read_from_store": [list(c) for c in s.cached]}
+                   for s in sweeps],
     }
     path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
     return path
 
 
-def _summary(result, store: Path) -> str:
-    n_read, n_run = len(result.cached), len(result.computed)
+def _summary(sweeps: tuple, store: Path) -> str:
+    n_read, n_run = sum(len(s.cached) for s in sweeps), sum(len(s.computed) for s in sweeps)
     if n_run == 0:
         return f"all {n_read} checkpoints read from the store {store}: no model was loaded or run"
     return f"computed {n_run} checkpoints, read {n_read} from the store {store}"
