@@ -93,7 +93,7 @@ def test_patch_sweep_finds_the_induction_heads(patching):
 
 
 
-def test_circuit_command(patching, main, tmp_path, capsys):
+def test_circuit_command(patching, main, tmp_path, capsys):  # noqa: F811
     argv = ["sweep", "--model", "toy-2l", "--analysis", "circuit", "--revisions", "step900,main", "--param",
             "n_prompts=4", "--param", "steps=2", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
