@@ -12,9 +12,9 @@ Modules: `core` (sweep, Sweep), `revisions` (which checkpoints), `registry` (ana
 """
 
 from analyses.sweep.core import Sweep, sweep
-from analyses.sweep.registry import ANALYSES, Analysis, AnalysisUnavailableError, register
+from analyses.sweep.registry import ANALYSES, Analysis, AnalysisUnavailableError, available, register
 from analyses.sweep.revisions import checkpoints, step_of, tokens_seen
 from analyses.sweep.store import Key, ResultStore
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisUnavailableError", "Key", "ResultStore", "Sweep", "checkpoints",
-           "register", "step_of", "sweep", "tokens_seen"]
+__all__ = ["ANALYSES", "Analysis", "AnalysisUnavailableError", "Key", "ResultStore", "Sweep", "available",
+           "checkpoints", "register", "step_of", "sweep", "tokens_seen"]

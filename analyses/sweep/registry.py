@@ -126,6 +126,16 @@ def analysis(name_or_fn: str | Callable | Analysis) -> Analysis:
     return entry.load() if isinstance(entry, Lazy) else entry
 
 
+def available(name: str) -> bool:
+    """Whether a registered analysis can run here (its subpackage, if any, is installed).
+
+    >>> available("attention"), available("no-such-analysis")
+    (True, False)
+    """
+    entry = ANALYSES.get(name)
+    return isinstance(entry, Analysis) or isinstance(entry, Lazy) and any(_importable(m) for m in entry.requires)
+
+
 def as_frame(out) -> pd.DataFrame:
     """An analysis output as a DataFrame: a frame, a result with `.to_frame()`, or a dict of scalars."""
     if isinstance(out, pd.DataFrame):
