@@ -213,10 +213,15 @@ def test_figures_use_a_log_step_axis():
     assert both.figure("induction").data[1].name == "max induction toy-4l"
 
 
-def test_registry_entries():
-    assert analysis("attention") is analysis("attention") and isinstance(analysis(detect), Analysis)
-    import importlib.util
+def test_registry_entries(loads):
+    from analyses.sweep.registry import ANALYSES, Lazy, available, register
 
-    if importlib.util.find_spec("analyses.rope") is None:
-        with pytest.raises(AnalysisUnavailableError, match="rope.*attention, lens"):
-            sweep("toy", "rope", "step0", progress=False)
+    assert analysis("attention") is analysis("attention") and isinstance(analysis(detect), Analysis)
+    register(Lazy("later", ("analyses.not_written_yet",), "analyses.not_written_yet:build", "a future analysis"))
+    try:
+        assert not available("later") and available("lens")
+        with pytest.raises(AnalysisUnavailableError, match="needs analyses.not_written_yet.*attention, lens"):
+            sweep("toy", "later", "step0", progress=False)
+    finally:
+        ANALYSES.pop("later")
+    assert loads == [], "refused before any load"
