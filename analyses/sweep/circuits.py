@@ -1,9 +1,14 @@
 """Circuits over training: EAP-IG at every checkpoint, its size at 80% faithfulness, and how it changes.
 
-    >>> result = circuits_over_training("toy", ["step900", "step2700", "main"], progress=False)
-    >>> result.to_frame()[["step", "circuit_size", "final_faithfulness", "jaccard_previous"]].shape
-    (3, 4)
-    >>> fig = result.figure()          # the circuit graph at each checkpoint, a slider over steps
+    result = circuits_over_training("toy", "log", store="runs/store")    # needs analyses.patching
+    result.to_frame()      # per checkpoint: circuit_size, final_faithfulness, jaccard_previous, metric_gap
+    result.figure()        # the circuit graph at each checkpoint, a slider over steps
+
+    >>> edges = pd.DataFrame({"model": "toy-2l", "revision": ["step1", "step2"], "step": [1, 2], "tokens_seen": 0,
+    ...                       "sender": "L0H1", "receiver": "L1H0.k", "in_circuit": [True, True],
+    ...                       "circuit_size": 1, "circuit_faithfulness": 0.9, "metric_gap": 2.0})
+    >>> summary(edges)["jaccard_previous"].tolist()
+    [nan, 1.0]
 
 At each checkpoint (`analyses.patching`, imported only here): the task's clean/corrupt prompts
 (induction on repeated random tokens by default), EAP-IG edge scores, and a faithfulness curve of
