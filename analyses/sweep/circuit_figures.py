@@ -46,17 +46,20 @@ def circuit_slider(edges: pd.DataFrame):
     fig.add_scatter(x=[p[0] for p in positions.values()], y=[p[1] for p in positions.values()], mode="markers+text",
                     text=list(positions), textposition="top center", marker=dict(size=12, color="#444"),
                     hoverinfo="text", showlegend=False)
+    for kind, colour in KIND_COLOURS.items():  # a legend of edge colours, always shown
+        fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=3), name=f"into {kind}")
+    fixed = len(fig.data)
     steps, spans = sorted(edges["step"].unique()), []
     for step in steps:
         kept = edges[(edges["step"] == step) & edges["in_circuit"].astype(bool)]
         before = len(fig.data)
         _edge_traces(fig, kept, positions, visible=step == steps[-1])
         spans.append(range(before, len(fig.data)))
-    visible = [[True] + [i in span for i in range(1, len(fig.data))] for span in spans]
+    visible = [[i < fixed or i in span for i in range(len(fig.data))] for span in spans]
     fig.update_layout(sliders=[dict(active=len(steps) - 1, currentvalue=dict(prefix="step "), steps=[
         dict(label=str(s), method="update", args=[{"visible": v}]) for s, v in zip(steps, visible, strict=True)])],
         title=f"{model}: the circuit at each checkpoint", template="plotly_white", height=620,
-        xaxis=dict(visible=False), yaxis=dict(title="layer", tickvals=_layer_ticks(positions), zeroline=False))
+        xaxis=dict(visible=False), yaxis=dict(zeroline=False, **_layer_ticks(positions)))
     return fig
 
 
@@ -102,5 +105,8 @@ def _node_positions(names) -> dict[str, tuple[float, float]]:
     return positions
 
 
-def _layer_ticks(positions: dict) -> list[float]:
-    return sorted({p[1] for p in positions.values()})
+def _layer_ticks(positions: dict) -> dict:
+    """Rows named: the embedding, layer 0, 1, ..., the logits."""
+    rows = sorted({p[1] for p in positions.values()})
+    names = ["embed", *(f"layer {int(r) - 1}" for r in rows[1:-1]), "logits"]
+    return {"tickvals": rows, "ticktext": names}

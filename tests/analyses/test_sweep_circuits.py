@@ -43,14 +43,16 @@ def test_slider_shows_one_checkpoint_at_a_time():
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == ["1", "2", "4"] and fig.layout.sliders[0].active == 2
     masks = [s.args[0]["visible"] for s in steps]
-    assert all(m[0] for m in masks), "the nodes stay visible"
-    shown = [{i for i, v in enumerate(m) if v and i} for m in masks]
+    fixed = 1 + 5  # the nodes and the legend of edge colours
+    assert all(all(m[:fixed]) for m in masks), "the nodes and the legend stay visible"
+    shown = [{i for i, v in enumerate(m) if v and i >= fixed} for m in masks]
     assert not (shown[0] & shown[1]) and not (shown[1] & shown[2]), "each step shows only its own edges"
     drawn = [sum(len([x for x in fig.data[i].x if x is not None]) for i in s if fig.data[i].mode == "lines") // 2
              for s in shown]
     assert drawn == [1, 2, 2], "one line per circuit edge"
     nodes = dict(zip(fig.data[0].text, zip(fig.data[0].x, fig.data[0].y, strict=True), strict=True))
     assert nodes["embed"][1] < nodes["L0H1"][1] < nodes["L1H0"][1] < nodes["logits"][1], "nodes in layer order"
+    assert list(fig.layout.yaxis.ticktext) == ["embed", "layer 0", "layer 1", "logits"]
 
 
 @pytest.fixture
