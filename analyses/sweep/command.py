@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """Parse the options, run the sweep, write the table, the figures and what ran."""
     from analyses.export import save
 
+    _check_folder(args.out, "--out")
     store = args.store if args.store is not None else args.out / "store"
+    _check_folder(store, "--store")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table, figures, sweeps = _run_analysis(args, store)
@@ -91,6 +93,15 @@ def _run_analysis(args: argparse.Namespace, store: Path) -> tuple:
         return training.table(), training.figures(), training.sweeps
     result = sweep(models, args.analysis, args.revisions, **kwargs)
     return result.to_frame(), result.figures() or [_first_figure(result)], (result,)
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, a folder that cannot be made because a file is in the way."""
+    from interp.errors import InputError
+
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"{option} {path}: {blocker} is a file, so no folder can be made there; pass another path.")
 
 
 def _params(args: argparse.Namespace) -> dict:

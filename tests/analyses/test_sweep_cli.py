@@ -87,19 +87,25 @@ def test_several_models_and_a_separate_store(main, tmp_path):
     assert main(argv) == 0, "--model repeated means the same"
 
 
+def test_output_in_the_way_is_refused_before_loading(main, loads, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for option in ("--out", "--store"):
+        other = "--store" if option == "--out" else "--out"
+        argv = ["sweep", "--analysis", "attention", option, str(tmp_path / "file" / "sub"), other, str(tmp_path / "o")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{option} " in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert loads == []
+
+
 @pytest.mark.parametrize(("args", "match"), [
     (["--model", "pythia-16m"], "pythia-160m"),
     (["--revisions", "step7"], "step4, step8"),
     (["--param", "seqlen=3"], "seq_len"),
     (["--param", "nonsense"], "NAME=VALUE"),
-    (["--analysis", "rope"], "rope"),
+    (["--revisions", " , "], "names no checkpoint"),
 ])
 def test_errors_are_one_line(main, tmp_path, capsys, args, match):
-    if args[-1] == "rope":
-        import importlib.util
-
-        if importlib.util.find_spec("analyses.rope"):
-            pytest.skip("the rope analysis is installed")
     argv = ["sweep", "--analysis", "attention", "--out", str(tmp_path), *args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
