@@ -1,6 +1,9 @@
 """Plotly figures of attention: one head, small multiples, detector scores, one query token.
 
-    >>> head_heatmap(pattern, ["The", " cat", " sat"], "L1H2")   # or AttentionPatterns.figure
+    >>> uniform = torch.tril(torch.ones(3, 3)) / torch.arange(1, 4)[:, None]   # (q_pos, k_pos)
+    >>> fig = head_heatmap(uniform, ["The", " cat", " sat"], "toy", name="L1H2")   # or AttentionPatterns.figure
+    >>> fig.layout.xaxis.ticktext
+    ('The', '·cat', '·sat')
 
 Axes are token positions (so repeated tokens stay apart) labelled with visible tokens ('·the',
 '↵'). Long prompts are max-pooled or cropped to at most `max_pos` positions per axis, and the
@@ -92,7 +95,9 @@ def head_heatmap(
 ):
     """One head's pattern, queries down and keys across; hover names both tokens and the weight.
 
-    >>> head_heatmap(cache["pattern", 1][0, 2], model.to_str_tokens(prompt), "toy", name="L1H2")
+    >>> fig = head_heatmap(torch.eye(3), ["a", " b", " a"], "toy-2l", name="L1H2")
+    >>> fig.data[0].customdata[2][0].tolist()                # hover: query and key tokens
+    ['2 ·a', '0 a']
     """
     import plotly.graph_objects as go
 
@@ -136,7 +141,9 @@ def heads_grid(
 ):
     """Every head as a small multiple: one layer at a time with a layer slider, or a row per layer.
 
-    >>> heads_grid(pats.row(0)[0], pats.str_tokens[0], pats.layers, "toy-2l")
+    >>> fig = heads_grid(torch.eye(3).expand(2, 3, 3, 3), ["a", "b", "c"], [0, 1], "toy-2l")
+    >>> len(fig.data), [step.label for step in fig.layout.sliders[0].steps]   # a layer's 3 heads, a slider
+    (3, ['0', '1'])
     """
     from plotly.subplots import make_subplots
 
@@ -199,7 +206,7 @@ def _layer_slider(z: np.ndarray, layers: Sequence[int], names: list[list[str]], 
     steps = []
     for i, L in enumerate(layers):
         data = {"z": [_rounded(z[i, h]) for h in range(n_heads)], "meta": names[i]}
-        layout = {"title.text": _title(f"{title} · layer {L}", note)}
+        layout = {"title": _title(f"{title} · layer {L}", note)}
         steps.append({"method": "update", "label": str(L), "args": [data, layout, list(range(n_heads))]})
     return {"steps": steps, "currentvalue": {"prefix": "layer "}, "pad": {"t": 50}}
 
@@ -212,7 +219,9 @@ def score_heatmap(
 ):
     """A layer x head heatmap of detector scores; a dropdown picks among several detectors.
 
-    >>> score_heatmap({"induction": torch.rand(2, 3)}, [0, 1], "toy-2l")
+    >>> fig = score_heatmap({"induction": torch.rand(2, 3), "prev_token": torch.rand(2, 3)}, [0, 1], "toy-2l")
+    >>> [button.label for button in fig.layout.updatemenus[0].buttons]
+    ['induction', 'prev_token']
     """
     import plotly.graph_objects as go
 
@@ -272,7 +281,7 @@ def _score_button(name: str, values: Tensor, subtitle: str, error_measure: str) 
     return {
         "label": name,
         "method": "update",
-        "args": [data, {"title.text": _title(f"{name} score per head", subtitle)}],
+        "args": [data, {"title": _title(f"{name} score per head", subtitle)}],
     }
 
 
@@ -288,7 +297,11 @@ def token_view(
 ):
     """What one query token attends to: a row per head, a column per earlier token.
 
-    >>> token_view(pats.row(0)[0][:, :, -1], pats.str_tokens[0], pats.layers, 9, "toy-2l")
+    >>> uniform = torch.tril(torch.ones(3, 3)) / torch.arange(1, 4)[:, None]
+    >>> pattern = uniform.expand(2, 3, 3, 3)   # (layer, head, q_pos, k_pos)
+    >>> fig = token_view(pattern[:, :, 2], ["a", "b", "c"], [0, 1], 2, "toy-2l")
+    >>> list(fig.data[0].y)
+    ['L0H0', 'L0H1', 'L0H2', 'L1H0', 'L1H1', 'L1H2']
     """
     import plotly.graph_objects as go
 

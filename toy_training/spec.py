@@ -1,8 +1,9 @@
-"""The toy suite as data: model shapes, optimiser settings and the checkpoint schedule."""
+"""The toy suite as data: architectures, model shapes, optimiser settings and the checkpoint schedule."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 VOCAB_SIZE = 1024
 SEQ_LEN = 128
@@ -18,6 +19,7 @@ class ToySpec:
     d_model: int
     n_layers: int
     n_heads: int
+    arch: Literal["neox", "gpt2"] = "neox"  # Pythia's GPTNeoXForCausalLM, or GPT2LMHeadModel
     steps: int = 3600
     short_steps: int = 2400  # the first steps use short rows (SHORT_LEN tokens) and data.SHORT_MIX
     batch_size: int = 32
@@ -44,7 +46,9 @@ class ToySpec:
 SPECS: dict[str, ToySpec] = {
     "toy-2l": ToySpec(name="toy-2l", d_model=96, n_layers=2, n_heads=3),
     "toy-4l": ToySpec(name="toy-4l", d_model=64, n_layers=4, n_heads=2),
+    "toy-gpt2": ToySpec(name="toy-gpt2", d_model=96, n_layers=2, n_heads=3, arch="gpt2"),  # toy-2l's size
 }
+N_CTX = 2 * SEQ_LEN  # positions every toy model can attend over
 
 
 def schedule(spec: ToySpec) -> list[int]:
@@ -59,8 +63,36 @@ def schedule(spec: ToySpec) -> list[int]:
     return sorted(set(steps))
 
 
+def hf_config(spec: ToySpec):
+    """The Hugging Face config of a toy model: Pythia's or GPT-2's architecture at the toy's size."""
+    return gpt2_config(spec) if spec.arch == "gpt2" else neox_config(spec)
+
+
 def neox_config(spec: ToySpec):
     """A GPTNeoXConfig with Pythia's architecture at the toy's size."""
     from interp.suite import neox_config as pythia_architecture
 
-    return pythia_architecture(spec.d_model, spec.n_layers, spec.n_heads, VOCAB_SIZE, n_ctx=2 * SEQ_LEN)
+    return pythia_architecture(spec.d_model, spec.n_layers, spec.n_heads, VOCAB_SIZE, n_ctx=N_CTX)
+
+
+def gpt2_config(spec: ToySpec):
+    """A GPT2Config at the toy's size: learned positions, sequential residual, tied embeddings, no dropout."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_positions=N_CTX,
+        n_embd=spec.d_model,
+        n_layer=spec.n_layers,
+        n_head=spec.n_heads,
+        n_inner=4 * spec.d_model,
+        activation_function="gelu_new",  # GPT-2's tanh approximation
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # trained like the Pythia-architecture toys, without dropout
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
+    )

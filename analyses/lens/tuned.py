@@ -1,8 +1,13 @@
 """Tuned lens: one learned affine translator per layer, trained to match the model's own output.
 
-    >>> lens = train_tuned_lens(model, open("corpus.txt").read(), steps=200)
-    >>> lens.save("lenses/toy-2l")
-    >>> logit_lens(model, "Hello, I am", lens=TunedLens.load("lenses/toy-2l"))
+    >>> import interp, tempfile
+    >>> from analyses.lens import logit_lens
+    >>> model = interp.load("toy")
+    >>> lens = train_tuned_lens(model, default_text()[0], steps=20, progress=False)
+    >>> path = lens.save(tempfile.mkdtemp())
+    >>> result = logit_lens(model, "def f(x): return x", lens=TunedLens.load(path))
+    >>> result.lens
+    'tuned'
 
 Layer boundary l < n_layers maps h -> h + A_l h + b_l (A = 0, b = 0 at the start, so an untrained
 lens is the logit lens); the last boundary stays the identity, so it still decodes to exactly what
@@ -22,18 +27,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from analyses.logit_lens import (
-    PALETTE,
-    LensResult,
-    Readout,
-    Resid,
-    boundary,
-    layer_label,
-    lens_from_cache,
-    resid_names,
-)
-from interp.errors import InputError
-from interp.model import Model, Prompt, Tokens
+import interp
+from analyses.lens.logit import LensResult, Readout, Resid, boundary, lens_from_cache, resid_names
+from interp.errors import InputError, InterpError
+from interp.model import Prompt
 
 WEIGHTS, INFO = "tuned_lens.safetensors", "tuned_lens.json"
 
@@ -57,8 +54,17 @@ class LensInfo:
     text: str = ""  # what it was trained on
 
 
+class LensNotFoundError(InterpError, FileNotFoundError):
+    """A path that holds no tuned lens."""
+
+
 class TunedLens(nn.Module):
-    """Per-layer translators h + A_l h + b_l; pass it as `logit_lens(..., lens=tuned)`."""
+    """Per-layer translators h + A_l h + b_l; pass it as `logit_lens(..., lens=tuned)`.
+
+        >>> lens = TunedLens.for_model(interp.load("toy"))       # untrained: the logit lens
+        >>> lens.info.n_layers, lens.info.steps
+        (2, 0)
+    """
 
     name = "tuned"
 
@@ -70,7 +76,7 @@ class TunedLens(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, d))  # b: (layer, d_model)
 
     @classmethod
-    def for_model(cls, model: Model) -> TunedLens:
+    def for_model(cls, model: interp.Model) -> TunedLens:
         """An untrained (identity) lens shaped for `model`."""
         return cls(LensInfo(model.name, model.revision, model.d_model, model.n_layers))
 
@@ -85,7 +91,7 @@ class TunedLens(nn.Module):
         w, b = self.weight[layer].to(h), self.bias[layer].to(h)
         return h + h @ w.T + b  # (..., d_model)
 
-    def check(self, model: Model) -> None:
+    def check(self, model: interp.Model) -> None:
         """Refuse a lens whose shapes do not fit `model` (another checkpoint of the same model
         is allowed: reading one checkpoint with another's lens is a legitimate experiment)."""
         mine, theirs = (self.info.d_model, self.info.n_layers), (model.d_model, model.n_layers)
@@ -116,7 +122,7 @@ class TunedLens(nn.Module):
         path = Path(path)
         weights = path / WEIGHTS if path.is_dir() else path
         if not weights.is_file():
-            raise FileNotFoundError(f"No tuned lens at {str(path)!r}: expected a directory holding "
+            raise LensNotFoundError(f"No tuned lens at {str(path)!r}: expected a directory holding "
                                     f"{WEIGHTS}, as written by TunedLens.save or "
                                     "`pythia-interp tuned-lens train --out DIR`.")
         with safe_open(str(weights), framework="pt") as f:
@@ -126,10 +132,11 @@ class TunedLens(nn.Module):
         return lens.eval()
 
 
-def token_stream(model: Model, text: str | Sequence[str] | Tensor) -> Int[Tensor, " pos"]:
+def token_stream(model: interp.Model, text: str | Sequence[str] | Tensor) -> Int[Tensor, " pos"]:
     """One 1-D stream of ids: each document tokenized and followed by end-of-text.
 
-        >>> token_stream(model, ["first document", "second"]).shape   # (pos,)
+        >>> token_stream(interp.load("toy"), ["x = 1", "y"]).tolist()   # end-of-text (0) after each
+        [89, 607, 652, 0, 90, 0]
     """
     if isinstance(text, Tensor):
         return text.flatten().long()
@@ -137,7 +144,10 @@ def token_stream(model: Model, text: str | Sequence[str] | Tensor) -> Int[Tensor
     tok = model.tokenizer
     if tok is None:
         raise InputError("This model has no tokenizer: pass the text as a 1-D tensor of token ids.")
-    eos = tok.eos_token_id if tok.eos_token_id is not None else model.hf.config.eos_token_id
+    if tok.eos_token_id is None:
+        raise InputError("This model's tokenizer has no end-of-text token to separate documents: pass "
+                         "one string, or a 1-D tensor of token ids.")
+    eos = tok.eos_token_id
     rows = [e.ids for e in tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False)]
     return torch.tensor([i for row in rows for i in [*row, eos]], dtype=torch.long)
 
@@ -146,13 +156,11 @@ def default_text() -> tuple[list[str], str]:
     """Training documents on every machine: the toy suite's split of Python's own docs.
 
         >>> docs, source = default_text()
+        >>> len(docs) > 50, source
+        (True, 'pydoc_data.topics (toy suite training split)')
     """
-    try:
-        from interp.toy.corpus import split_topics
-    except ImportError:
-        from pydoc_data.topics import topics
+    from interp.toy.text import split_topics
 
-        return [text for _, text in sorted(topics.items())], "pydoc_data.topics"
     return split_topics()[0], "pydoc_data.topics (toy suite training split)"
 
 
@@ -164,25 +172,26 @@ def _windows(stream: Int[Tensor, " pos"], batch_size: int, seq_len: int,
 
 
 @contextmanager
-def _frozen(module: nn.Module):
-    """Parameters of `module` need no gradient inside the block; restored on any exit."""
-    before = {p: p.requires_grad for p in module.parameters()}
+def _frozen(*modules: nn.Module | None):
+    """Parameters of the modules need no gradient inside the block; restored on any exit."""
+    before = {p: p.requires_grad for m in modules if m is not None for p in m.parameters()}
     try:
         for p in before:
             p.requires_grad_(False)
-        yield module
+        yield
     finally:
         for p, flag in before.items():
             p.requires_grad_(flag)
 
 
-def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps: int = 250,
+def train_tuned_lens(model: interp.Model, text: str | Sequence[str] | Tensor, *, steps: int = 250,
                      batch_size: int = 8, seq_len: int = 128, lr: float = 1e-3, seed: int = 0,
                      source: str = "", progress: bool = True) -> TunedLens:
     """Train a tuned lens on `text` (str, documents or a 1-D id stream), seeded.
 
-        >>> lens = train_tuned_lens(model, ["first document", "second document"], steps=100)
-        >>> lens.info.loss, lens.info.layer_losses
+        >>> lens = train_tuned_lens(interp.load("toy"), default_text()[0], steps=30, progress=False)
+        >>> lens.info.steps, len(lens.info.layer_losses)
+        (30, 2)
 
     Adam, warming up over the first 10% of steps then decaying linearly to zero; each step reads
     `batch_size` random windows of `seq_len` tokens and minimises the per-layer KL(model || lens).
@@ -191,7 +200,7 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     from tqdm.auto import tqdm
 
     stream = token_stream(model, text)
-    seq_len = min(seq_len, model.hf.config.max_position_embeddings, len(stream))
+    seq_len = min(seq_len, model.n_ctx, len(stream))
     if seq_len < 2 or steps < 1:
         raise InputError(f"Need steps >= 1 and a stream of at least 2 tokens; got steps={steps}, "
                          f"{len(stream)} tokens: give more text.")
@@ -202,7 +211,7 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (1 - s / steps))
     history, readout = [], Readout.of(model)
-    with _frozen(model.hf):
+    with _frozen(readout.norm, readout.unembed):  # gradients reach the lens only, never the model
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
             ids = _windows(stream, batch_size, seq_len, g).to(model.device)
             history.append(_step(model, lens, ids, readout, optimizer))
@@ -214,11 +223,11 @@ def train_tuned_lens(model: Model, text: str | Sequence[str] | Tensor, *, steps:
     return lens.cpu().eval()
 
 
-def _step(model: Model, lens: TunedLens, ids: Int[Tensor, "batch pos"], readout: Readout,
+def _step(model: interp.Model, lens: TunedLens, ids: Int[Tensor, "batch pos"], readout: Readout,
           optimizer: torch.optim.Optimizer) -> list[float]:
     """One optimiser step; layers are backpropagated one at a time to bound memory."""
-    _, cache = model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
     with torch.no_grad():
+        _, cache = model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
         ref = readout(boundary(cache, model.n_layers))  # (batch, pos, d_vocab)
     optimizer.zero_grad(set_to_none=True)
     losses = []
@@ -245,30 +254,24 @@ class LensComparison:
 
     def figure(self):
         """Mean KL and cross-entropy per layer, one line per lens, side by side."""
-        from plotly.subplots import make_subplots
+        from analyses.lens.figures import comparison_lines
 
-        frame = self.to_frame()
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(model || lens), nats",
-                                                            "cross-entropy vs next token, nats"))
-        for i, (name, part) in enumerate(frame.groupby("lens", sort=False)):
-            colour = PALETTE[i % len(PALETTE)]
-            for col, metric in enumerate(("kl", "cross_entropy"), start=1):
-                fig.add_scatter(x=part["layer"], y=part[metric], name=f"{name} lens",
-                                legendgroup=name, showlegend=col == 1, line={"color": colour},
-                                row=1, col=col)
-        layers = sorted(frame["layer"].unique())
-        fig.update_xaxes(title="layer", tickvals=layers, ticktext=[layer_label(L) for L in layers])
-        model = next(iter(self.results.values())).provenance.model
-        fig.update_layout(title=f"Logit lens vs tuned lens: {model}", width=1000, height=450)
-        return fig
+        return comparison_lines(self.to_frame(), next(iter(self.results.values())).provenance.model)
 
 
-def compare_lenses(model: Model, x: Prompt | Tokens | Tensor, tuned: TunedLens,
+def compare_lenses(model: interp.Model, x: Prompt | interp.Tokens | Tensor, tuned: TunedLens,
                    **kwargs) -> LensComparison:
     """Logit and tuned lens on one forward pass of `x` (keyword arguments as in `logit_lens`).
 
-        >>> compare_lenses(model, heldout_ids, TunedLens.load("lenses/toy-2l")).to_frame()
+        >>> model = interp.load("toy")
+        >>> tuned = train_tuned_lens(model, default_text()[0], steps=20, progress=False)
+        >>> frame = compare_lenses(model, "def f(x): return x", tuned).to_frame()
+        >>> sorted(set(frame["lens"]))
+        ['logit', 'tuned']
     """
-    _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
     return LensComparison({"logit": lens_from_cache(model, cache, **kwargs),
                            "tuned": lens_from_cache(model, cache, lens=tuned, **kwargs)})
+
+

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from interp.toy.corpus import EOT
-from interp.toy.spec import SPECIAL_TOKENS, VOCAB_SIZE
+from toy_training.corpus import EOT
+from toy_training.spec import SPECIAL_TOKENS, VOCAB_SIZE
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
@@ -24,6 +24,15 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return wrap(tok)
+
+
+def load_tokenizer(directory):
+    """The suite's tokenizer saved in `directory` (tokenizer.json), wrapped as `train_tokenizer` wraps it."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    return wrap(Tokenizer.from_file(str(Path(directory) / "tokenizer.json")))
 
 
 def wrap(tok):

@@ -1,11 +1,11 @@
-"""Attention patterns from the cache, with figures, and the head detectors run on them.
+"""Attention patterns from the cache, with their figures.
 
-    >>> pats = patterns(model, "The cat sat on the mat. The cat")
-    >>> pats.figure(layer=1, head=2)       # one head; pats.figure() is every head with a slider
-    >>> detect_heads(model).to_frame()     # prev_token, duplicate_token, induction, ... per head
+    >>> import interp
+    >>> pats = patterns(interp.load("toy"), "The cat sat on the mat. The cat")
+    >>> fig = pats.figure(layer=1, head=2)      # one head; pats.figure() is every head with a slider
 
-Patterns are read from `run_with_cache` (the model's own softmax), never recomputed here.
-The detectors and their formulas live in `analyses.head_detectors` and are re-exported here.
+Patterns are read from `run_with_cache` (the model's own softmax), never recomputed here. Head
+detectors score them: `analyses.attention.detectors`.
 """
 
 from __future__ import annotations
@@ -19,28 +19,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.head_detectors import (
-    DETECTORS,
-    ErrorMeasure,
-    HeadScores,
-    detection_patterns,
-    head_scores,
-    repeated_tokens,
-)
+import interp
 from interp.cache import ActivationCache, Provenance
 from interp.errors import InputError
-from interp.model import Model, Tokens
 
-__all__ = [
-    "DETECTORS",
-    "AttentionPatterns",
-    "HeadScores",
-    "detect_heads",
-    "detection_patterns",
-    "head_scores",
-    "patterns",
-    "repeated_tokens",
-]
+__all__ = ["AttentionPatterns", "patterns"]
 LongMode = Literal["pool", "crop"]
 
 
@@ -57,8 +40,10 @@ class AttentionPatterns:
     def from_cache(cls, cache: ActivationCache, str_tokens: list[list[str]] | None = None) -> AttentionPatterns:
         """Collect the `hook_pattern` sites a cache holds (any subset of layers), on the CPU.
 
+        >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hi there", names=lambda n: n.endswith("hook_pattern"))
-        >>> AttentionPatterns.from_cache(cache, model.to_str_tokens(...))
+        >>> AttentionPatterns.from_cache(cache).str_tokens      # ids when no tokens are given
+        [['#41', '#74', '#875']]
         """
         layers = tuple(L for L in range(cache.n_layers) if f"blocks.{L}.attn.hook_pattern" in cache)
         if not layers:
@@ -112,7 +97,9 @@ class AttentionPatterns:
 
         Tokens are pandas categoricals; a 2048-token prompt gives about 2M rows per head.
 
-        >>> pats.to_frame().query("layer == 1 and head == 0")
+        >>> frame = patterns(interp.load("toy"), "a = b").to_frame()
+        >>> frame.query("layer == 1 and head == 0 and q_pos == 2")[["k_token", "weight"]].shape
+        (3, 2)
         """
         import pandas as pd
 
@@ -157,13 +144,16 @@ class AttentionPatterns:
     ):
         """One head (layer and head), one layer's heads (layer), or all heads with a layer slider.
 
-        >>> pats.figure(1, 2)                  # one heatmap, tokens on both axes
-        >>> pats.figure(slider=False)          # static grid, a row per layer (for a paper)
+        >>> pats = patterns(interp.load("toy"), "The cat sat. The cat")
+        >>> one = pats.figure(1, 2)                 # one heatmap, tokens on both axes
+        >>> grid = pats.figure(slider=False)        # static grid, a row per layer (for a paper)
+        >>> len(one.data), len(grid.data)
+        (1, 6)
 
         Prompts longer than `max_pos` positions are max-pooled (`long="pool"`) or cropped to the
         last `max_pos` positions (`long="crop"`); the figure's title says which.
         """
-        from analyses import attention_figures as af
+        from analyses.attention import figures as af
 
         pat, _ = self.row(batch)
         tokens, title = self.str_tokens[batch], self._title()
@@ -194,9 +184,11 @@ class AttentionPatterns:
     ):
         """How much each earlier token receives from one query token, per head (a row per head).
 
-        >>> pats.token_figure(query=-1)        # what the last token looks at
+        >>> fig = patterns(interp.load("toy"), "The cat sat. The cat").token_figure(query=-1)
+        >>> fig.data[0].z.shape                     # (layer * head, key)
+        (6, 9)
         """
-        from analyses import attention_figures as af
+        from analyses.attention import figures as af
 
         pat, _ = self.row(batch)
         n = pat.shape[-1]
@@ -214,21 +206,6 @@ class AttentionPatterns:
             long=long,
         )
 
-    def scores(
-        self,
-        *,
-        exclude_first: bool = False,
-        exclude_current: bool = False,
-        error_measure: ErrorMeasure = "mul",
-    ) -> HeadScores:
-        """Head detector scores on these patterns (formulas: `analyses.head_detectors`)."""
-        return head_scores(
-            self,
-            exclude_first=exclude_first,
-            exclude_current=exclude_current,
-            error_measure=error_measure,
-        )
-
     def _title(self) -> str:
         prov = self.provenance
         rev = f"@{prov.revision}" if prov.revision else ""
@@ -236,40 +213,20 @@ class AttentionPatterns:
 
 
 def patterns(
-    model: Model, x: str | Sequence[str] | Tokens | Tensor, *, layers: Sequence[int] | None = None
+    model: interp.Model, x: str | Sequence[str] | interp.Tokens | Tensor, *, layers: Sequence[int] | None = None
 ) -> AttentionPatterns:
     """Run the model once and keep the attention patterns of `layers` (all by default).
 
-    >>> pats = patterns(model, "The cat sat on the mat. The cat")
-    >>> pats.pattern.shape                 # (layer, batch, head, q_pos, k_pos)
+    >>> pats = patterns(interp.load("toy"), ["The cat sat on the mat.", "x = 1"], layers=[1])
+    >>> pats.pattern.shape                 # (layer, batch, head, q_pos, k_pos), left-padded
+    torch.Size([1, 2, 3, 10, 10])
     """
     layers = _check_layers(layers, model.n_layers)
     names = [f"blocks.{L}.attn.hook_pattern" for L in layers]
     tokens = model.tokens(x)
-    _, cache = model.run_with_cache(tokens, names=names, device="cpu")
+    with torch.no_grad():  # the model follows the caller's grad mode; patterns need no graph
+        _, cache = model.run_with_cache(tokens, names=names, device="cpu")
     return AttentionPatterns.from_cache(cache, _str_tokens(model, tokens))
-
-
-def detect_heads(
-    model: Model,
-    x: str | Sequence[str] | Tokens | Tensor | None = None,
-    *,
-    seq_len: int = 50,
-    batch: int = 4,
-    seed: int = 0,
-    exclude_first: bool = False,
-    exclude_current: bool = False,
-    error_measure: ErrorMeasure = "mul",
-) -> HeadScores:
-    """Score every head on `x`, or on repeated random tokens (`repeated_tokens`) when `x` is None.
-
-    >>> detect_heads(model).top("induction")      # Olsson et al.'s repeated random tokens
-    >>> detect_heads(model, "The cat sat. The cat", exclude_current=True).to_frame()
-    """
-    tokens = repeated_tokens(model, seq_len, batch, seed) if x is None else x
-    return patterns(model, tokens).scores(
-        exclude_first=exclude_first, exclude_current=exclude_current, error_measure=error_measure
-    )
 
 
 def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
@@ -286,7 +243,7 @@ def _check_head(head: int, n_heads: int) -> None:
         raise InputError(f"head={head} is outside 0..{n_heads - 1} ({n_heads} heads per layer).")
 
 
-def _str_tokens(model: Model, tokens: Tokens) -> list[list[str]]:
+def _str_tokens(model: interp.Model, tokens: interp.Tokens) -> list[list[str]]:
     """Readable tokens of each row's real positions; `#id` when the model has no tokenizer."""
     rows = [row[mask.bool()] for row, mask in zip(tokens.ids.cpu(), tokens.attention_mask.cpu(), strict=True)]
     if model.tokenizer is None:

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import interp
-from analyses.logit_lens import logit_lens
-from analyses.tuned_lens import TunedLens, compare_lenses, token_stream, train_tuned_lens
+from analyses.lens import TunedLens, compare_lenses, logit_lens, token_stream, train_tuned_lens
 from tests.conftest import assert_untouched, hook_state, tiny_hf, word_tokenizer
 
 
@@ -121,15 +120,18 @@ def toy_or_skip(name: str) -> interp.Model:
 
 def heldout_text() -> tuple[list[str], str]:
     """The Pile sample beside the project when present, else Python's held-out doc topics."""
-    from interp.toy import corpus
+    from interp.toy.text import split_topics
+    from tests.conftest import SHARED
 
-    pile = corpus.pile_sample()
-    return (pile, "pile") if pile else (corpus.split_topics()[1], "pydoc held out")
+    pile = SHARED / "pile-sample.jsonl"
+    if pile.is_file():
+        return [json.loads(line)["text"] for line in pile.read_text(encoding="utf-8").splitlines() if line], "pile"
+    return split_topics()[1], "pydoc held out"
 
 
 @pytest.mark.parametrize("name", ["toy-2l", "toy-4l"])
 def test_tuned_lens_beats_the_logit_lens_on_held_out_text(name):
-    from analyses.tuned_lens import default_text
+    from analyses.lens import default_text
 
     model = toy_or_skip(name)
     docs, _ = default_text()

@@ -1,10 +1,10 @@
-"""`pythia-interp attention`: attention maps and head scores for one prompt, written to a folder.
+"""`pythia-interp attention`: attention maps and head scores for prompts, written to a folder.
 
     $ pythia-interp attention --model toy --prompt "The cat sat. The cat sat." --out out/
 
 writes out/attention.html (every head with a layer slider, what the last token attends to, and
-the head scores; works offline), out/attention.png (every head, a row per layer),
-out/head_scores.csv (one row per head) and out/attention.json (provenance).
+the head scores, for each prompt; works offline), out/attention.png (the first prompt's heads, a
+row per layer), out/head_scores.csv (one row per head) and out/attention.json (provenance).
 """
 
 from __future__ import annotations
@@ -13,81 +13,78 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, provenance_record
+from analyses.commands import (
+    add_model_arguments,
+    add_prompt_arguments,
+    check_output_dir,
+    check_png_renderer,
+    load_model,
+    provenance_record,
+    read_prompts,
+)
+
+FILES = ("attention.html", "attention.png", "head_scores.csv", "attention.json")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `attention` subcommand."""
     parser = subparsers.add_parser(
         "attention",
-        help="attention maps and head detector scores for a prompt",
+        help="attention maps and head detector scores for prompts",
         description=__doc__.split("\n\n")[0],
     )
     add_model_arguments(parser)
-    parser.add_argument("--prompt", required=True, help="text whose attention is drawn")
+    add_prompt_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
-    parser.add_argument(
-        "--scores-on",
-        choices=("random", "prompt"),
-        default="random",
-        help="score heads on repeated random tokens (default) or on the prompt",
-    )
+    parser.add_argument("--scores-on", choices=("random", "prompt"), default="random",
+                        help="score heads on repeated random tokens (default) or on the prompts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
     parser.add_argument("--exclude-first", action="store_true", help="ignore attention to position 0")
     parser.add_argument("--exclude-current", action="store_true", help="ignore attention to self")
-    parser.add_argument(
-        "--max-pos",
-        type=int,
-        default=None,
-        help="most positions per figure axis (default 256 for one head, 128 per small multiple)",
-    )
-    parser.add_argument(
-        "--long",
-        choices=("pool", "crop"),
-        default="pool",
-        help="longer prompts: max-pool blocks of positions, or crop to the last ones",
-    )
+    parser.add_argument("--max-pos", type=int, default=None,
+                        help="most positions per figure axis (default 256 for one head, 128 per small multiple)")
+    parser.add_argument("--long", choices=("pool", "crop"), default="pool",
+                        help="longer prompts: max-pool blocks of positions, or crop to the last ones")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model, draw the prompt's attention, score the heads, write the files."""
-    import interp
-    from analyses.attention_maps import detect_heads, patterns
+    """Check the outputs, load the model, draw the prompts' attention, score the heads, write the files."""
+    from analyses.attention import detect_heads, patterns
     from analyses.export import save
 
-    model = interp.load(args.model, revision=args.revision)
-    pats = patterns(model, args.prompt)
+    out = check_output_dir(args.out, FILES)
+    check_png_renderer(args.no_png)
+    prompts = read_prompts(args)
+    model = load_model(args)
+    pats = patterns(model, prompts)
     options = {"exclude_first": args.exclude_first, "exclude_current": args.exclude_current}
-    if args.scores_on == "prompt":
-        scores = pats.scores(**options)
-    else:
-        seq_len = min(50, model.hf.config.max_position_embeddings // 2)
-        scores = detect_heads(model, seq_len=seq_len, seed=args.seed, **options)
+    scores = detect_heads(model, prompts if args.scores_on == "prompt" else None, seed=args.seed, **options)
     fit = {"max_pos": args.max_pos, "long": args.long}
-    out: Path = args.out
-    written = [save([pats.figure(**fit), pats.token_figure(**fit), scores.figure()], out / "attention.html")]
+    figures = [f for b in range(len(prompts)) for f in (pats.figure(batch=b, **fit), pats.token_figure(batch=b, **fit))]
+    written = [save([*figures, scores.figure()], out / "attention.html")]
     scores.to_frame().to_csv(out / "head_scores.csv", index=False, float_format="%.6g")
     written.append(out / "head_scores.csv")
-    written.append(_write_provenance(out / "attention.json", args, pats, scores))
+    written.append(_write_provenance(out / "attention.json", args, prompts, pats, scores))
     if not args.no_png:
         written.append(save(pats.figure(slider=False, **fit), out / "attention.png"))
     _report(written, scores)
     return 0
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, pats, scores) -> Path:
+def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], pats, scores) -> Path:
     """Model, revision, tokens and scoring settings: enough to reproduce every file."""
     prov = pats.provenance
+    on_prompt = args.scores_on == "prompt"
     record = {
-        **provenance_record(prov, args.prompt, pats.str_tokens[0]),
+        **provenance_record(prov, prompts, pats.str_tokens),
         "n_heads": prov.n_heads,
         "head_scores": {
-            "on": "prompt" if args.scores_on == "prompt" else "repeated random tokens",
-            "seed": None if args.scores_on == "prompt" else args.seed,
-            "tokens": scores.provenance.tokens if args.scores_on == "random" else None,
+            "on": "prompts" if on_prompt else "repeated random tokens",
+            "seed": None if on_prompt else args.seed,
+            "tokens": None if on_prompt else scores.provenance.tokens,
             "exclude_first": scores.exclude_first,
             "exclude_current": scores.exclude_current,
             "error_measure": scores.error_measure,

@@ -1,7 +1,10 @@
 """Train the toy suite, seeded and deterministic, saving Pythia-style step checkpoints.
 
-    python -m interp.toy.train                       # both models into interp/toy/models/
-    python -m interp.toy.train --model toy-2l --steps 16 --out /tmp/toy
+    python -m toy_training.train                       # every toy model into interp/toy/models/
+    python -m toy_training.train --model toy-gpt2      # one of them (its spec says which architecture)
+    python -m toy_training.train --model toy-2l --steps 16 --out /tmp/toy
+
+Run from the repository root; this package is not installed with pythia-interp.
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ from pathlib import Path
 
 import torch
 
-from interp.toy import corpus as corpus_mod
-from interp.toy import metrics
-from interp.toy.data import LONG_MIX, SHORT_MIX, Mix, batch, tokenize_docs
-from interp.toy.spec import SEQ_LEN, SHORT_LEN, SPECS, VOCAB_SIZE, ToySpec, neox_config, schedule
-from interp.toy.tokenizer import train_tokenizer
+from interp.toy import MODELS_DIR
+from toy_training import corpus as corpus_mod
+from toy_training import metrics
+from toy_training.data import LONG_MIX, SHORT_MIX, Mix, batch, tokenize_docs
+from toy_training.spec import SEQ_LEN, SHORT_LEN, SPECS, VOCAB_SIZE, ToySpec, hf_config, schedule
+from toy_training.tokenizer import load_tokenizer, train_tokenizer
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 N_TRAIN_EVAL = 64  # windows of training text measured at each checkpoint
 REPEAT_EVAL = {"n_seqs": 32, "half": 32, "seed": 0}  # repeated random tokens for scores
+HEAD_SCORES = (
+    "analyses.attention.detectors.pattern_scores (TransformerLens's definition, error_measure 'mul') on "
+    "repeat_eval's tokens from repeated_random_tokens: a perfect induction head scores about 0.5"
+)
 
 
 @dataclass
@@ -39,12 +46,13 @@ class Corpus:
     heldout: torch.Tensor  # (pos,)
     pile: torch.Tensor | None  # (pos,)
     fingerprint: str
+    tokenizer_source: str = "trained on the training text"
 
 
-def build_corpus() -> Corpus:
-    """Train the tokenizer on the training documents and tokenize every split."""
+def build_corpus(tokenizer_dir: Path | None = None) -> Corpus:
+    """Train the tokenizer on the training documents (or load a saved one) and tokenize every split."""
     train_docs, heldout_docs = corpus_mod.split_topics()
-    tokenizer = train_tokenizer(train_docs)
+    tokenizer = train_tokenizer(train_docs) if tokenizer_dir is None else load_tokenizer(tokenizer_dir)
     pile_docs = corpus_mod.pile_sample()
     return Corpus(
         tokenizer=tokenizer,
@@ -52,6 +60,8 @@ def build_corpus() -> Corpus:
         heldout=tokenize_docs(tokenizer, heldout_docs),
         pile=tokenize_docs(tokenizer, pile_docs) if pile_docs else None,
         fingerprint=corpus_mod.fingerprint(train_docs),
+        tokenizer_source="trained on the training text" if tokenizer_dir is None else
+        f"the suite's, loaded from {Path(tokenizer_dir).name}/tokenizer.json",
     )
 
 
@@ -95,25 +105,35 @@ def batch_digests(spec: ToySpec, corpus: Corpus) -> dict[str, str]:
     return {str(s): hashlib.sha256(batch_for(s, spec, corpus).numpy().tobytes()).hexdigest() for s in steps}
 
 
-def make_model(spec: ToySpec):
-    """A freshly initialised GPTNeoXForCausalLM (seeded by the caller), with Pythia's init."""
-    from transformers import GPTNeoXForCausalLM
+OUTPUT_PROJECTIONS = {  # weights that write into the residual stream, per architecture
+    "neox": ("attention.dense.weight", "dense_4h_to_h.weight"),
+    "gpt2": ("attn.c_proj.weight", "mlp.c_proj.weight"),
+}
 
-    model = GPTNeoXForCausalLM._from_config(neox_config(spec), attn_implementation="sdpa")
+
+def make_model(spec: ToySpec):
+    """A freshly initialised GPTNeoXForCausalLM or GPT2LMHeadModel (seeded by the caller), with Pythia's init."""
+    from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM
+
+    cls = GPT2LMHeadModel if spec.arch == "gpt2" else GPTNeoXForCausalLM
+    model = cls._from_config(hf_config(spec), attn_implementation="sdpa")
     pythia_init_(model, spec)
     return model
 
 
 def pythia_init_(model, spec: ToySpec) -> None:
-    """GPT-NeoX's init for Pythia: small_init N(0, 2/(5d)) everywhere, wang_init on output projections."""
+    """GPT-NeoX's init for Pythia: small_init N(0, 2/(5d)) everywhere, wang_init on output projections.
+
+    The same recipe for every architecture (GPT-2's learned positions included), so that the toy
+    models differ in architecture only.
+    """
     small = math.sqrt(2 / (5 * spec.d_model))
     wang = 2 / (spec.n_layers * math.sqrt(spec.d_model))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() < 2:
                 continue  # biases stay 0, LayerNorm gains 1
-            std = wang if name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")) else small
-            p.normal_(0.0, std)
+            p.normal_(0.0, wang if name.endswith(OUTPUT_PROJECTIONS[spec.arch]) else small)
 
 
 def make_optimizer(model, spec: ToySpec) -> torch.optim.AdamW:
@@ -198,6 +218,7 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
 
     return {
         "name": spec.name,
+        "architecture": "GPT2LMHeadModel" if spec.arch == "gpt2" else "GPTNeoXForCausalLM",
         "spec": spec.to_dict(),
         "phases": [
             {"steps": [1, spec.short_steps], "seq_len": SHORT_LEN, "mix": asdict(SHORT_MIX)},
@@ -219,6 +240,7 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
             "heldout_tokens": len(corpus.heldout),
             "pile_tokens": None if corpus.pile is None else len(corpus.pile),
             "train_sha256": corpus.fingerprint,
+            "tokenizer": corpus.tokenizer_source,
         },
         "versions": {
             "python": platform.python_version(),
@@ -226,16 +248,21 @@ def _record(spec, corpus, steps, checkpoints, losses, seconds) -> dict:
             "transformers": transformers.__version__,
         },
         "repeat_eval": REPEAT_EVAL,
+        "head_scores": HEAD_SCORES,
     }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m interp.toy.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="all", choices=[*SPECS, "all"], help="which toy model to train")
+    parser = argparse.ArgumentParser(prog="python -m toy_training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all", choices=[*SPECS, "all"],
+                        help="which toy model to train (its spec names the architecture)")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="parent of the <name>/ model dirs")
     parser.add_argument("--steps", type=int, default=None, help="stop the standard schedule early, after N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                        help="use this saved tokenizer (e.g. interp/toy/models/toy-2l) instead of training one: "
+                             "the suite's tokenizer where this Python's pydoc differs from the one it was trained on")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
@@ -250,7 +277,7 @@ def main(argv=None) -> None:
     logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    corpus = build_corpus()
+    corpus = build_corpus(args.tokenizer)
     names = list(SPECS) if args.model == "all" else [args.model]
     for name in names:
         spec = SPECS[name]

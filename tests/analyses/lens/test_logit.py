@@ -11,7 +11,7 @@ import torch
 from torch.nn.functional import kl_div
 
 import interp
-from analyses.logit_lens import (
+from analyses.lens import (
     boundary,
     decode,
     lens_from_cache,
@@ -120,6 +120,10 @@ def test_bad_arguments_name_the_fix(model, ids):
         logit_lens(model, ids, layers=[7])
     with pytest.raises(interp.InputError, match="'logit' or a TunedLens"):
         logit_lens(model, ids, lens="tuned")
+    with pytest.raises(interp.InputError, match="top_k=0 must be in 1..128"):
+        logit_lens(model, ids, top_k=0)
+    with pytest.raises(interp.InputError, match="chunk=0"):
+        logit_lens(model, ids, chunk=0)
     result = logit_lens(model, ids)
     with pytest.raises(interp.InputError, match="kl"):
         result.figure("perplexity")
@@ -131,13 +135,34 @@ def test_figures_show_top_tokens_and_targets(model):
     result = logit_lens(model, ["t5 t9 t14 t3", "t8 t2"], target=["t14", "t3"])
     grid = result.figure("kl", prompt=1)
     heat = grid.data[0]
-    assert len(heat.z) == model.n_layers + 1 and len(heat.z[0]) == 2, "padding is not drawn"
-    assert heat.text[-1][0] == result.token_str(result.final_top1[1, 2])
+    assert len(heat.z) == 2 and len(heat.z[0]) == model.n_layers + 1, "a row per real position; padding not drawn"
+    assert heat.text[0][-1] == result.token_str(result.final_top1[1, 2]), "the last layer shows the model's top-1"
     assert "layer embed" in heat.customdata[0][0] and heat.customdata[0][0].count("<br>") == 6
+    torch.testing.assert_close(torch.tensor(heat.z), result.kl[:, 1, 2:].T, msg="z is (position, layer)")
+    assert list(grid.layout.yaxis.ticktext) == ["t8 (0)", "t2 (1)"] and grid.layout.yaxis.autorange == "reversed"
     assert result.figure("prob[t14]").data[0].z is not None
     lines = result.target_figure(prompt=0, position=1)
     assert [d.name for d in lines.data] == ["t14", "t14", "t3", "t3"]
     assert list(lines.data[0].x) == list(range(model.n_layers + 1))
+
+
+def test_long_prompts_show_their_last_positions_in_a_page_wide_grid(model):
+    ids = torch.randint(1, 128, (1, 60), generator=torch.Generator().manual_seed(0))
+    result = logit_lens(model, ids)
+    fig = result.figure("entropy", max_pos=16)
+    assert len(fig.data[0].z) == 16 and "the last 16 of 60 positions" in fig.layout.title.text
+    assert list(fig.layout.yaxis.ticktext)[-1].endswith("(59)"), "rows are labelled with their position"
+    torch.testing.assert_close(torch.tensor(fig.data[0].z), result.entropy[:, 0, -16:].T)
+    assert fig.layout.width <= 1000 and result.figure().layout.width <= 1000, "no wider than a page"
+    with pytest.raises(interp.InputError, match="max_pos=0"):
+        result.figure(max_pos=0)
+
+
+def test_the_lens_keeps_no_graph_and_leaves_no_grad(model, ids):
+    with torch.enable_grad():
+        result = logit_lens(model, ids)
+    assert not result.kl.requires_grad
+    assert all(p.grad is None for p in model.hf.parameters()), "the lens touched the model's gradients"
 
 
 def test_figure_labels_are_inert_text():
@@ -195,7 +220,7 @@ def test_matches_transformer_lens_logit_lens_tool(bridge_pair, ids):
 
 MEMORY_CHILD = """
 import json, resource, torch, transformers, interp
-from analyses.logit_lens import logit_lens
+from analyses.lens import logit_lens
 
 torch.manual_seed(0)
 model = interp.Model(transformers.GPTNeoXForCausalLM(interp.suite.config("160m")), name="random")
@@ -257,7 +282,7 @@ def test_cli_writes_csv_html_png_and_provenance(saved_model, tmp_path):
     assert sorted(frame["layer"].unique()) == [0, 1, 2, 3] and len(frame) == 4 * 4
     assert frame.query("layer == 0")["token"].tolist() == ["t5", "t9", "t14", "t3"]
     record = json.loads((out / "logit_lens.json").read_text())
-    assert record["tokens"] == [5, 9, 14, 3] and record["targets"] == {"t3": 3}
+    assert record["tokens"] == [[5, 9, 14, 3]] and record["targets"] == {"t3": 3}
     assert record["model"] == "tiny" and record["tuned_lens"] is None
     html = (out / "logit_lens.html").read_text()
     assert "<script" in html and "<script src=" not in html, "self-contained HTML"

@@ -1,4 +1,9 @@
-"""Measurements recorded at every checkpoint: text losses, repeat losses and head scores."""
+"""Measurements recorded at every checkpoint: text losses, repeat losses and head scores.
+
+Head scores are the project's one definition (`analyses.attention.detectors`, TransformerLens's):
+on repeated random tokens a perfect induction head scores about 0.5, a perfect previous-token
+head (n - 1)/n.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from interp.toy.data import N_SPECIAL
+from analyses.attention.detectors import pattern_scores, repeated_random_tokens
+from toy_training.data import N_SPECIAL
 
 
 def windows(stream: Tensor, seq_len: int, n: int | None = None) -> Tensor:
@@ -29,10 +35,8 @@ def text_loss(model, tokens: Tensor, chunk: int = 32) -> float:
 
 
 def repeated_random(n_seqs: int, half: int, vocab: int, seed: int) -> Tensor:
-    """Random tokens, each sequence its own block written twice: (batch, 2 * half)."""
-    g = torch.Generator().manual_seed(seed)
-    block = torch.randint(N_SPECIAL, vocab, (n_seqs, half), generator=g)
-    return torch.cat([block, block], dim=1)
+    """Random non-special tokens, each sequence its own block written twice: (batch, 2 * half)."""
+    return repeated_random_tokens(torch.arange(N_SPECIAL, vocab), seq_len=half, batch=n_seqs, seed=seed)
 
 
 def repeat_losses(model, tokens: Tensor) -> tuple[float, float]:
@@ -51,13 +55,8 @@ def patterns(model, tokens: Tensor) -> Tensor:
 
 def head_scores(model, tokens: Tensor) -> dict[str, list[list[float]]]:
     """Induction and previous-token scores of each head on repeated random tokens: [layer][head]."""
-    half = tokens.shape[1] // 2
-    pats = patterns(model, tokens)  # (layer, batch, head, q_pos, k_pos)
-    q = torch.arange(half, 2 * half)
-    induction = pats[..., q, q - half + 1].mean(dim=(1, 3))  # (layer, head)
-    p = torch.arange(1, 2 * half)
-    previous = pats[..., p, p - 1].mean(dim=(1, 3))  # (layer, head)
-    return {"induction": _rounded(induction), "previous_token": _rounded(previous)}
+    scores = pattern_scores(patterns(model, tokens), tokens)
+    return {"induction": _rounded(scores["induction"]), "previous_token": _rounded(scores["prev_token"])}
 
 
 def _rounded(scores: Tensor) -> list[list[float]]:

@@ -1,8 +1,10 @@
 """Logit lens: decode the residual stream at every layer boundary through the model's own readout.
 
-    >>> result = logit_lens(model, "The capital of France is", target=" Paris")
-    >>> result.to_frame()[["layer", "position", "top1", "kl", "prob[ Paris]"]]
-    >>> save(result, "lens.html")
+    >>> import interp
+    >>> result = logit_lens(interp.load("toy"), "def f(x): return x", target=" x")
+    >>> frame = result.to_frame()[["layer", "position", "top1", "kl", "prob[ x]"]]
+    >>> bool((result.kl[-1] < 1e-5).all())    # the last boundary is the model itself
+    True
 
 Layer 0 is the embedding output and layer L+1 the output of block L, so the last layer is what
 the model itself decodes. Metrics are computed a chunk of positions at a time: only the top-k
@@ -20,15 +22,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+import interp
 from interp.cache import ActivationCache, Provenance
 from interp.errors import InputError
-from interp.model import Model, Prompt, Tokens
-from interp.text import figure_label
+from interp.model import Prompt
 
 Target = str | int | Sequence[str | int] | None
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 Resid = Float[Tensor, "... d_model"]
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 class Translator(Protocol):
@@ -51,38 +52,44 @@ class LogitLens:
         return h
 
 
-def resid_names(model: Model) -> list[str]:
-    """The sites a lens reads: the embedding and every block's resid_post.
+def resid_names(model: interp.Model) -> list[str]:
+    """The sites a lens reads: the residual entering block 0 (the embedding) and every block's resid_post.
 
-        >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
+        >>> resid_names(interp.load("toy"))
+        ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
     """
-    return ["hook_embed", *[f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]]
+    return ["blocks.0.hook_resid_pre", *[f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]]
 
 
 def boundary(cache: ActivationCache, layer: int) -> Float[Tensor, "batch pos d_model"]:
-    """Residual at layer boundary `layer`: 0 is the embedding, L+1 the output of block L.
+    """Residual at layer boundary `layer`: 0 is what enters block 0 (the token embedding, plus the position
+    embedding on GPT-2), L+1 the output of block L.
 
-        >>> boundary(cache, 0) is cache["hook_embed"]
-        True
+        >>> model = interp.load("toy")
+        >>> _, cache = model.run_with_cache("Hello", names=resid_names(model))
+        >>> boundary(cache, 0) is cache["blocks.0.hook_resid_pre"], boundary(cache, 2) is cache["resid_post", 1]
+        (True, True)
     """
-    return cache["embed"] if layer == 0 else cache["resid_post", layer - 1]
+    return cache["resid_pre", 0] if layer == 0 else cache["resid_post", layer - 1]
 
 
 @dataclass(frozen=True)
 class Readout:
-    """The model's own final LayerNorm (or none) and unembedding, found via the site table."""
+    """The model's own final LayerNorm (or none) and unembedding, found via the site table.
+
+        >>> readout = Readout.of(interp.load("toy"))
+        >>> readout(torch.zeros(96)).shape         # log-probabilities of a residual
+        torch.Size([1024])
+    """
 
     norm: nn.Module | None
     unembed: nn.Module
 
     @classmethod
-    def of(cls, model: Model, apply_ln: bool = True) -> Readout:
+    def of(cls, model: interp.Model, apply_ln: bool = True) -> Readout:
         """Readout of `model`; `apply_ln=False` skips the final LayerNorm."""
-        def module(site: str) -> nn.Module:
-            return model.hf.get_submodule(model.sites.resolve(site).module)
-
-        norm = module("ln_final.hook_normalized") if apply_ln else None
-        return cls(norm, module("hook_logits"))
+        norm = model.module("ln_final.hook_out") if apply_ln else None
+        return cls(norm, model.module("hook_logits"))
 
     def __call__(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Log-probabilities (fp32) of the residual `h`."""
@@ -90,12 +97,12 @@ class Readout:
         return self.unembed(x).float().log_softmax(-1)
 
 
-def as_translator(lens: str | Translator, model: Model) -> Translator:
+def as_translator(lens: str | Translator, model: interp.Model) -> Translator:
     """`"logit"` or a translator that fits `model` (a TunedLens); anything else is refused."""
     if isinstance(lens, str):
         if lens != "logit":
             raise InputError(f"lens={lens!r} is not a lens: use 'logit' or a TunedLens "
-                             "(analyses.tuned_lens.TunedLens.load(path)).")
+                             "(analyses.lens.TunedLens.load(path)).")
         return LogitLens()
     if not callable(getattr(lens, "translate", None)):
         raise InputError(f"lens={type(lens).__name__} has no translate(h, layer): use 'logit' "
@@ -105,12 +112,14 @@ def as_translator(lens: str | Translator, model: Model) -> Translator:
     return lens
 
 
-def decode(model: Model, h: Resid, layer: int, lens: str | Translator = "logit",
+def decode(model: interp.Model, h: Resid, layer: int, lens: str | Translator = "logit",
            apply_ln: bool = True) -> Float[Tensor, "... d_vocab"]:
     """Full log-probabilities of one residual through a lens (small inputs; metrics use chunks).
 
+        >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
-        >>> decode(model, boundary(cache, 2), layer=2).shape   # (batch, pos, d_vocab)
+        >>> decode(model, boundary(cache, 1), layer=1).shape   # (batch, pos, d_vocab)
+        torch.Size([1, 7, 1024])
     """
     with torch.no_grad():
         return Readout.of(model, apply_ln)(as_translator(lens, model).translate(h, layer))
@@ -147,7 +156,11 @@ class LensResult:
         return self.vocab.get(int(token_id), f"#{int(token_id)}")
 
     def values(self, metric: str) -> Float[Tensor, "layer batch pos"]:
-        """One metric by name: kl, cross_entropy, entropy, top1_prob, prob[tok] or rank[tok]."""
+        """One metric by name: kl, cross_entropy, entropy, top1_prob, prob[tok] or rank[tok].
+
+            >>> logit_lens(interp.load("toy"), "x = x", target=" x").values("rank[ x]").shape
+            torch.Size([3, 1, 3])
+        """
         if metric in ("kl", "cross_entropy", "entropy"):
             return getattr(self, metric)
         if metric == "top1_prob":
@@ -160,7 +173,12 @@ class LensResult:
         raise InputError(f"metric={metric!r} is not one of {choices}; targets come from target=.")
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per prompt, layer and real (unpadded) position; `position` counts from 0."""
+        """One row per prompt, layer and real (unpadded) position; `position` counts from 0.
+
+            >>> frame = logit_lens(interp.load("toy"), ["a", "b = 2"]).to_frame()
+            >>> len(frame), list(frame.columns[:4])             # 3 layers x (1 + 3) real positions
+            (12, ['prompt', 'layer', 'position', 'token'])
+        """
         prompt, col = self.attention_mask.bool().nonzero(as_tuple=True)
         position = (self.attention_mask.cumsum(-1) - 1)[prompt, col]
         ids = self.tokens[prompt, col].tolist()
@@ -186,110 +204,78 @@ class LensResult:
         return frame[columns + [c for c in frame.columns if c not in columns]]
 
     def layer_means(self, per_prompt: bool = False) -> pd.DataFrame:
-        """Means over real positions for each layer (and each prompt when asked)."""
+        """Means over real positions for each layer (and each prompt when asked).
+
+            >>> means = logit_lens(interp.load("toy"), "def f(x): return x").layer_means()
+            >>> bool(means["kl"].iloc[-1] < 1e-5)              # the last layer is the model
+            True
+        """
         frame = self.to_frame()
         keys = ["prompt", "layer"] if per_prompt else ["layer"]
         numeric = [c for c in frame.columns if c not in ("prompt", "layer", "position")
                    and pd.api.types.is_numeric_dtype(frame[c])]
         return frame.groupby(keys, as_index=False)[numeric].mean()
 
-    def figure(self, metric: str = "kl", prompt: int = 0):
-        """Layer x position grid coloured by `metric`, top-1 token in each cell, top-k on hover."""
-        import plotly.graph_objects as go
+    def figure(self, metric: str = "kl", prompt: int = 0, max_pos: int = 64):
+        """Input tokens down, layers across, coloured by `metric`; top-1 token in each cell, top-k on hover.
 
-        cols = self.attention_mask[prompt].bool().nonzero()[:, 0]  # real positions of the prompt
-        z = self.values(metric)[:, prompt, cols]  # (layer, pos)
-        top1 = self.top_ids[:, prompt, cols, 0]  # (layer, pos)
-        text = [[figure_label(self.token_str(t), width=12) for t in row] for row in top1]
-        inputs = [figure_label(self.token_str(t)) for t in self.tokens[prompt, cols]]
-        fig = go.Figure(go.Heatmap(
-            z=z.tolist(), text=text, texttemplate="%{text}", customdata=self._hover(prompt, cols),
-            colorscale="Viridis", reversescale=metric.startswith(("prob", "top1")),
-            colorbar={"title": metric}, hovertemplate="%{customdata}<extra></extra>"))
-        fig.update_layout(
-            title=f"{self.lens} lens: {self.provenance.model} (top-1 token, coloured by {metric})",
-            xaxis={"title": "input token", "tickvals": list(range(len(inputs))),
-                   "ticktext": inputs},
-            yaxis={"title": "layer", "tickvals": list(range(len(self.layers))),
-                   "ticktext": [layer_label(L) for L in self.layers]},
-            width=max(600, 70 * len(inputs) + 200), height=max(400, 32 * len(self.layers) + 200))
-        return fig
+            >>> fig = logit_lens(interp.load("toy"), "a = 1").figure("entropy")
+            >>> fig.layout.yaxis.title.text, fig.layout.xaxis.title.text
+            ('input token', 'layer')
 
-    def _hover(self, prompt: int, cols: Tensor) -> list[list[str]]:
-        """Hover text of each (layer, position) cell: where it is and the top-k tokens."""
-        cells = []
-        for i, layer in enumerate(self.layers):
-            row = []
-            for col in cols.tolist():
-                token = figure_label(self.token_str(self.tokens[prompt, col]))
-                where = f"layer {layer_label(layer)}, input {token}"
-                ids, probs = self.top_ids[i, prompt, col], self.top_probs[i, prompt, col]
-                tops = [f"{figure_label(self.token_str(t))}: {p:.3f}"
-                        for t, p in zip(ids.tolist(), probs.tolist(), strict=True)]
-                row.append("<br>".join([where, f"KL {self.kl[i, prompt, col]:.3f} nats", *tops]))
-            cells.append(row)
-        return cells
+        Prompts longer than `max_pos` positions show their last `max_pos` (the title says so).
+        """
+        from analyses.lens.figures import lens_grid
+
+        return lens_grid(self, metric, prompt, max_pos)
 
     def target_figure(self, prompt: int = 0, position: int = -1):
-        """Probability and rank of each target token across layers at one real position."""
-        from plotly.subplots import make_subplots
+        """Probability and rank of each target token across layers at one real position.
 
-        if not self.target_ids:
-            raise InputError("No target tokens: pass target=' word' or token ids to logit_lens().")
-        col = int(self.attention_mask[prompt].bool().nonzero()[position, 0])
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True,
-                            subplot_titles=("probability", "rank (1 = top token)"))
-        for j, tid in enumerate(self.target_ids):
-            line = {"name": figure_label(self.token_str(tid)), "legendgroup": str(tid),
-                    "line": {"color": PALETTE[j % len(PALETTE)]}}
-            fig.add_scatter(x=self.layers, y=self.target_probs[:, prompt, col, j].tolist(), **line,
-                            row=1, col=1)
-            fig.add_scatter(x=self.layers, y=self.target_ranks[:, prompt, col, j].tolist(), **line,
-                            showlegend=False, row=2, col=1)
-        ticks = [m * 10**e for e in range(6) for m in (1, 2, 5)]  # 1, 2, 5, 10, 20, ...
-        fig.update_yaxes(type="log", autorange="reversed", tickvals=ticks, row=2, col=1)
-        fig.update_xaxes(tickvals=self.layers, ticktext=[layer_label(L) for L in self.layers])
-        fig.update_xaxes(title="layer", row=2, col=1)
-        token = figure_label(self.token_str(self.tokens[prompt, col]))
-        fig.update_layout(title=f"{self.lens} lens: target tokens after {token}", height=600)
-        return fig
+            >>> fig = logit_lens(interp.load("toy"), "x = 1; y = x", target=" x").target_figure()
+            >>> len(fig.data)                  # probability and rank of one target
+            2
+        """
+        from analyses.lens.figures import target_lines
+
+        return target_lines(self, prompt, position)
 
 
-def layer_label(layer: int) -> str:
-    """Axis label of a layer boundary: 'embed' for 0, else the number of blocks read.
-
-        >>> [layer_label(L) for L in range(3)]
-        ['embed', '1', '2']
-    """
-    return "embed" if layer == 0 else str(layer)
-
-
-def logit_lens(model: Model, x: Prompt | Tokens | Tensor, *, lens: str | Translator = "logit",
+def logit_lens(model: interp.Model, x: Prompt | interp.Tokens | Tensor, *, lens: str | Translator = "logit",
                target: Target = None, apply_ln: bool = True, layers: Sequence[int] | None = None,
                top_k: int = 5, chunk: int = 128) -> LensResult:
     """Run the model once and decode every layer boundary through a lens.
 
-        >>> result = logit_lens(model, ["Hello, I am", "The cat sat on the"], target=" mat")
-        >>> result.layer_means()[["layer", "kl", "cross_entropy"]]
+        >>> result = logit_lens(interp.load("toy"), ["x = 1", "def f(x): return"], target=" x")
+        >>> result.kl.shape                                    # (layer, batch, pos), left-padded
+        torch.Size([3, 2, 6])
+        >>> list(result.layer_means()["layer"])
+        [0, 1, 2]
 
     `lens` is "logit" or a TunedLens; `apply_ln=False` skips the final LayerNorm; `layers`
     picks boundaries (default all, 0..n_layers); `chunk` is the number of positions decoded at
     once, which bounds memory to a few (chunk, d_vocab) tensors.
     """
-    _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
+    with torch.no_grad():  # the model follows the caller's grad mode; a lens needs no graph
+        _, cache = model.run_with_cache(x, names=resid_names(model), stop_at_layer=model.n_layers)
     return lens_from_cache(model, cache, lens=lens, target=target, apply_ln=apply_ln, layers=layers,
                            top_k=top_k, chunk=chunk)
 
 
-def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Translator = "logit",
+def lens_from_cache(model: interp.Model, cache: ActivationCache, *, lens: str | Translator = "logit",
                     target: Target = None, apply_ln: bool = True,
                     layers: Sequence[int] | None = None, top_k: int = 5,
                     chunk: int = 128) -> LensResult:
     """The same as `logit_lens`, from a cache holding `resid_names(model)`.
 
+        >>> model = interp.load("toy")
         >>> _, cache = model.run_with_cache("Hello, I am", names=resid_names(model))
         >>> lens_from_cache(model, cache).kl.shape   # (layer, batch, pos)
+        torch.Size([3, 1, 7])
     """
+    if not 1 <= top_k <= model.d_vocab or chunk < 1:
+        raise InputError(f"top_k={top_k} must be in 1..{model.d_vocab} and chunk={chunk} at least 1 position: "
+                         "pass e.g. top_k=5, chunk=128.")
     translator, layers = as_translator(lens, model), _check_layers(layers, model.n_layers)
     targets = _target_ids(model, target)
     tokens = torch.tensor(cache.provenance.tokens)
@@ -307,7 +293,7 @@ def lens_from_cache(model: Model, cache: ActivationCache, *, lens: str | Transla
         provenance=cache.provenance)
 
 
-def _chunked_metrics(model: Model, cache: ActivationCache, translator: Translator,
+def _chunked_metrics(model: interp.Model, cache: ActivationCache, translator: Translator,
                      layers: list[int], mask: Tensor, nxt: Tensor, apply_ln: bool,
                      targets: list[int], top_k: int,
                      chunk: int) -> tuple[dict[str, Tensor], Tensor]:
@@ -378,7 +364,7 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
-def _target_ids(model: Model, target: Target) -> list[int]:
+def _target_ids(model: interp.Model, target: Target) -> list[int]:
     """Token ids of the target(s): strings must be exactly one token, ids in the vocabulary."""
     if target is None:
         return []
@@ -396,7 +382,7 @@ def _target_ids(model: Model, target: Target) -> list[int]:
     return out
 
 
-def _vocab(model: Model, id_tensors: list[Tensor]) -> dict[int, str]:
+def _vocab(model: interp.Model, id_tensors: list[Tensor]) -> dict[int, str]:
     """Readable strings of every id in the tensors (`#id` where the tokenizer has none)."""
     from interp.text import render_token
 
@@ -405,3 +391,4 @@ def _vocab(model: Model, id_tensors: list[Tensor]) -> dict[int, str]:
         return {i: f"#{i}" for i in ids}
     pieces = model.tokenizer.convert_ids_to_tokens(ids)
     return {i: f"#{i}" if p is None else render_token(p) for i, p in zip(ids, pieces, strict=True)}
+
