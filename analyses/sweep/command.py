@@ -17,10 +17,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from analyses.commands import DTYPES, _device, add_prompt_arguments, check_output_dir, read_prompts
 from analyses.sweep.registry import ANALYSES
 
 EXECUTORS = ("local", "ray")
-DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,13 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--analysis", required=True, choices=list(ANALYSES), help="what to run at each checkpoint")
     parser.add_argument("--revisions", "--revision", dest="revisions", default="all",
                         help="all (default), log (log-spaced), or a list: step0,step512,main")
-    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable) for analyses "
-                        "that take prompts (lens; attention scores on them instead of random tokens)")
-    parser.add_argument("--prompts-file", type=Path, default=None, metavar="FILE",
-                        help="a UTF-8 file with one prompt per line")
+    add_prompt_arguments(parser, required=False)  # for lens and rope; attention then scores heads on them
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="an analysis parameter, e.g. seq_len=40 (JSON values; repeatable)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--device", default=None, type=_device, help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: float32)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local (default: one process, next checkpoint loading while this one runs) or ray")
@@ -58,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Parse the options, run the sweep, write the table, the figures and what ran."""
     from analyses.export import save
 
-    _check_folder(args.out, "--out")
+    check_output_dir(args.out, ("sweep.csv", "sweep.html", "sweep.json"))
     store = args.store if args.store is not None else args.out / "store"
     _check_folder(store, "--store")
     with warnings.catch_warnings(record=True) as caught:
@@ -66,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
         table, figures, sweeps = _run_analysis(args, store)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
     written = [args.out / "sweep.csv", save(figures, args.out / "sweep.html")]
     written.append(_write_provenance(args.out / "sweep.json", args, sweeps, store))
@@ -117,23 +113,9 @@ def _params(args: argparse.Namespace) -> dict:
             params[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[name.strip()] = value
-    prompts = _prompts(args)
-    if prompts is not None:
-        params["prompts"] = prompts
+    if args.prompt is not None or args.prompts_file is not None:
+        params["prompts"] = read_prompts(args)
     return params
-
-
-def _prompts(args: argparse.Namespace) -> list[str] | None:
-    from interp.errors import InputError
-
-    prompts = list(args.prompt or [])
-    if args.prompts_file is not None:
-        try:
-            prompts += [line for line in args.prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"--prompts-file {args.prompts_file}: cannot be read ({err}); pass a UTF-8 file "
-                             "with one prompt per line.") from None
-    return prompts or None
 
 
 def _first_figure(result):

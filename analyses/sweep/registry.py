@@ -188,20 +188,11 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _import_first(*candidates: tuple[str, str]):
-    """The first (module, attribute) that imports: analyses move between modules as they grow."""
-    for module, attribute in candidates:
-        try:
-            return getattr(importlib.import_module(module), attribute)
-        except (ModuleNotFoundError, AttributeError):
-            continue
-    raise AnalysisUnavailableError(f"none of {[m for m, _ in candidates]} is importable.")
-
-
 def _attention(model, *, prompts=None, seq_len=50, batch=4, seed=0, exclude_first=False, exclude_current=False,
                error_measure="mul") -> pd.DataFrame:
     """Head detector scores, one row per (layer, head); on repeated random tokens unless `prompts` are given."""
-    detect_heads = _import_first(("analyses.attention", "detect_heads"), ("analyses.attention_maps", "detect_heads"))
+    from analyses.attention import detect_heads
+
     x = None if prompts is None else list(prompts)
     return detect_heads(model, x, seq_len=seq_len, batch=batch, seed=seed, exclude_first=exclude_first,
                         exclude_current=exclude_current, error_measure=error_measure).to_frame()
@@ -209,7 +200,8 @@ def _attention(model, *, prompts=None, seq_len=50, batch=4, seed=0, exclude_firs
 
 def _lens(model, *, prompts=DEFAULT_PROMPTS, apply_ln=True) -> pd.DataFrame:
     """Logit lens, one row per layer boundary: means over the prompts' real positions."""
-    logit_lens = _import_first(("analyses.lens", "logit_lens"), ("analyses.logit_lens", "logit_lens"))
+    from analyses.lens import logit_lens
+
     return logit_lens(model, list(prompts), apply_ln=apply_ln).layer_means()
 
 

@@ -19,10 +19,7 @@ PYTHIA_LOG = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 
 
 def detect(model):
     """The attention analysis written out, as the reference the sweep must reproduce."""
-    try:
-        from analyses.attention import detect_heads
-    except ImportError:
-        from analyses.attention_maps import detect_heads
+    from analyses.attention import detect_heads
 
     return detect_heads(model, seq_len=50, batch=4, seed=0).to_frame()
 

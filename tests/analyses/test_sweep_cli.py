@@ -15,27 +15,14 @@ import pytest
 
 import interp
 from analyses import cli
-from analyses.sweep import command
 
 ROOT = Path(__file__).resolve().parents[2]
-# `pythia-interp` itself; wires the sweep command in where the top-level parser does not list it yet.
-CLI = """
-import sys
-import analyses.cli as cli
-import analyses.sweep.command as command
-if not any(c in ("sweep", "analyses.sweep.command") for c in cli.COMMANDS):
-    sys.modules["analyses.commands.sweep"] = command
-    cli.COMMANDS = (*cli.COMMANDS, "sweep")
-sys.exit(cli.main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture
-def main(monkeypatch):
-    """cli.main with `sweep` available."""
-    if not any(c in ("sweep", "analyses.sweep.command") for c in cli.COMMANDS):
-        monkeypatch.setitem(sys.modules, "analyses.commands.sweep", command)
-        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "sweep"))
+def main():
+    """`pythia-interp` in this process."""
+    assert "analyses.sweep.command" in cli.COMMANDS
     return cli.main
 
 
@@ -117,7 +104,7 @@ def test_a_killed_sweep_resumes_without_recomputing(main, loads, tmp_path, capsy
     out, store = tmp_path / "run", tmp_path / "run" / "store"
     argv = ["sweep", "--model", "toy-2l", "--analysis", "attention", "--revisions", "all", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CLI, *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "analyses.cli", *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -139,3 +126,15 @@ def test_a_killed_sweep_resumes_without_recomputing(main, loads, tmp_path, capsy
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "finished results are not rewritten"
     assert f"read {len(finished)} from the store" in capsys.readouterr().out
     assert len(pd.read_csv(out / "sweep.csv")) == total * 6
+
+
+def test_prompts_reach_the_analysis_and_its_key(main, tmp_path):
+    (tmp_path / "prompts.txt").write_text("x = 1\n\ny = x + 1\n", encoding="utf-8")
+    store = tmp_path / "store"
+    base = ["sweep", "--analysis", "lens", "--revisions", "step0", "--store", str(store), "--no-progress"]
+    assert main([*base, "--prompt", "def f(x): return x", "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "b")]) == 0
+    keys = sorted(p.parent.name for p in store.glob("lens/*/_params.json"))
+    assert len(keys) == 2, "different prompts, different keys"
+    frame = pd.read_csv(tmp_path / "b" / "sweep.csv")
+    assert frame["layer"].tolist() == [0, 1, 2] and (frame["kl"].iloc[-1]) < 1e-5
