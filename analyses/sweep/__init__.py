@@ -8,7 +8,9 @@
 
 Modules: `core` (sweep, Sweep), `revisions` (which checkpoints), `registry` (analyses by name),
 `store` (Parquet results store), `integrity` (identical-weights check), `local` and
-`ray_executor` (executors), `work` (one checkpoint's work), `figures`, `command` (the CLI).
+`ray_executor` (executors), `work` (one checkpoint's work), `rope` and `circuits` (RoPE use,
+patching and circuits over training), `figures` and `circuit_figures`, `report` (the report's
+sections across training), `command` (the CLI).
 """
 
 from analyses.sweep.core import Sweep, sweep

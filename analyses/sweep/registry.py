@@ -221,7 +221,7 @@ register(Analysis("attention", _attention, {
 register(Analysis("lens", _lens, {"prompts": DEFAULT_PROMPTS, "apply_ln": True}, data=("prompts",),
                   figures=figures_from("lens_figures"),
                   description="logit lens per layer: KL to the model, cross-entropy, entropy, top-1 agreement"))
-register(Lazy("rope", ("analyses.rope",), "analyses.sweep.hooks:rope",
+register(Lazy("rope", ("analyses.rope",), "analyses.sweep.rope:rope",
               "RoPE use per head: rotary share, kernel argmax offset, dominant band, label"))
 register(Lazy("patch", ("analyses.patching",), "analyses.sweep.circuits:patch",
               "activation patching per head on the induction task"))

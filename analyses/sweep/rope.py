@@ -1,11 +1,13 @@
-"""Sweep adapters for analyses that live in other subpackages, built when first asked for (see registry.Lazy).
+"""RoPE use as a sweep analysis: `analyses.rope`'s head table at every checkpoint (built on first use).
 
     >>> from analyses.sweep.registry import ANALYSES
     >>> ANALYSES["rope"].requires, ANALYSES["rope"].build
-    (('analyses.rope',), 'analyses.sweep.hooks:rope')
+    (('analyses.rope',), 'analyses.sweep.rope:rope')
+    >>> rope().defaults
+    {'prompts': None, 'n_tokens': 256}
 
-Each function returns an `Analysis` whose `run(model, **params)` calls that subpackage's public
-functions only, and whose parameters (with their defaults) enter the store key.
+`run(model, **params)` calls only the public functions of `analyses.rope`; its parameters (with
+their defaults) enter the store key, the prompts as a hash.
 """
 
 from __future__ import annotations
