@@ -12,7 +12,7 @@ import pytest
 from analyses.export import find_browser
 from analyses.rope import command
 from interp import toy
-from tests.analyses.helpers_attention import REMOTE_REF
+from tests.analyses.helpers import REMOTE_REF
 
 
 def run_cli(argv: list[str]) -> int:
