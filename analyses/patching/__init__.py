@@ -1,0 +1,1 @@
+"""Patching and circuit discovery: activation, path, attribution and edge patching, and circuits."""

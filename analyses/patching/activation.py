@@ -1,0 +1,140 @@
+"""Activation patching: many patches per forward, stacked along the batch and chunked to a memory budget.
+
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> result = activation_patch(model, task, sites=["z"])       # every head at every position
+    >>> result.to_frame().columns.tolist()
+    ['site', 'layer', 'head', 'position', 'effect', 'effect_normalized']
+
+Each patch replaces one site's value (a head's z, q, k, v or attention pattern row, or a layer's
+resid_pre, attn_out or mlp_out) at one position, or at every position with `per_position=False`.
+Noising (default) patches corrupt values into the clean run; denoising clean values into the
+corrupt run. Effects follow the sign convention of `analyses.patching.metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from analyses.patching import runs
+from analyses.patching.errors import UnknownMethodError
+from analyses.patching.metrics import resolve
+from analyses.patching.results import NodeEffects
+
+# short name -> (site template, patched per head)
+NODE_SITES: dict[str, tuple[str, bool]] = {
+    "resid_pre": ("blocks.{L}.hook_resid_pre", False),
+    "attn_out": ("blocks.{L}.hook_attn_out", False),
+    "mlp_out": ("blocks.{L}.hook_mlp_out", False),
+    "z": ("blocks.{L}.attn.hook_z", True),
+    "q": ("blocks.{L}.attn.hook_q", True),
+    "k": ("blocks.{L}.attn.hook_k", True),
+    "v": ("blocks.{L}.attn.hook_v", True),
+    "pattern": ("blocks.{L}.attn.hook_pattern", True),
+}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch: a site kind at a layer, a head (head sites), and a position (None: every position)."""
+
+    site: str
+    layer: int
+    head: int | None
+    position: int | None
+
+    def name(self) -> str:
+        return NODE_SITES[self.site][0].replace("{L}", str(self.layer))
+
+
+def plan(model, n_pos: int, sites: Sequence[str], per_position: bool = True, layers: Iterable[int] | None = None,
+         heads: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
+    """Every patch of the chosen sites, layers, heads and positions, in (site, layer, head, position) order."""
+    for site in sites:
+        if site not in NODE_SITES:
+            raise UnknownMethodError(f"Unknown site {site!r} for activation patching: choose from {list(NODE_SITES)}.")
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    head_ids = list(range(model.n_heads)) if heads is None else list(heads)
+    pos_ids = [None] if not per_position else list(range(n_pos)) if positions is None else list(positions)
+    return [Patch(site, layer, head, pos) for site in sites for layer in layers
+            for head in (head_ids if NODE_SITES[site][1] else [None]) for pos in pos_ids]
+
+
+def activation_patch(model, task, sites: Sequence[str] = ("z",), *, metric=None, direction: str = "noising",
+                     per_position: bool = True, layers: Iterable[int] | None = None,
+                     heads: Iterable[int] | None = None, positions: Iterable[int] | None = None,
+                     ablation="corrupt", budget_mb: float = runs.DEFAULT_BUDGET_MB,
+                     progress: bool | None = None) -> NodeEffects:
+    """Effect on the metric of patching each site, batched; one dataclass whatever the options.
+
+    >>> activation_patch(model, task, sites=["resid_pre", "mlp_out"], per_position=False).effects.shape
+    torch.Size([4])
+    """
+    runs.check_choice(direction, runs.DIRECTIONS, "direction")
+    patches = plan(model, task.n_pos, sites, per_position, layers, heads, positions)
+    metric = resolve(metric, model, task)
+    base, other = (task.clean, task.corrupt) if direction == "noising" else (task.corrupt, task.clean)
+    names = sorted({p.name() for p in patches})
+    with torch.no_grad():
+        src = runs.sources(model, task, names, direction, ablation)
+        ref = {"base": runs.metric_rows(model, base, metric).mean(), "other": runs.metric_rows(model, other, metric).mean()}
+        effects = run_patches(model, base, metric, patches, src, budget_mb, progress) - ref["base"]
+    clean, corrupt = (ref["base"], ref["other"]) if direction == "noising" else (ref["other"], ref["base"])
+    return NodeEffects.build("activation", model, task, metric, patches, effects, float(clean), float(corrupt),
+                             direction, ablation)
+
+
+def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float = runs.DEFAULT_BUDGET_MB,
+                progress: bool | None = None) -> Tensor:
+    """Metric after each patch (patch,), computed in batched chunks without syncing per patch."""
+    n, n_pos = len(base), base.ids.shape[1]
+    out = torch.empty(len(patches), device=model.device)
+    row_bytes = runs.row_bytes(model, n_pos)
+    slices = runs.chunks(len(patches), n, row_bytes, budget_mb)
+    total = runs.n_chunks(len(patches), n, row_bytes, budget_mb)
+    for part in runs.progress(slices, total, progress, "activation patching"):
+        chunk = patches[part]
+        hooks = {name: _hook(mask, src[name]) for name, mask in _masks(chunk, n_pos, model.n_heads).items()}
+        with model.hooks(fwd=hooks):
+            values = runs.metric_rows(model, runs.tile(base, len(chunk)), metric)
+        out[part] = metric.per_patch(values)
+    return out
+
+
+def _masks(chunk: list[Patch], n_pos: int, n_heads: int) -> dict[str, Bool[Tensor, "patch ..."]]:
+    """Per site: which (patch, position[, head]) entries take the source value.
+
+    Head sites are (patch, pos, head), the pattern (patch, head, q_pos), the others (patch, pos).
+    """
+    masks: dict[str, Tensor] = {}
+    for j, p in enumerate(chunk):
+        name, per_head = p.name(), NODE_SITES[p.site][1]
+        if name not in masks:
+            shape = (len(chunk), n_heads, n_pos) if p.site == "pattern" else (
+                (len(chunk), n_pos, n_heads) if per_head else (len(chunk), n_pos))
+            masks[name] = torch.zeros(shape, dtype=torch.bool)
+        pos = slice(None) if p.position is None else p.position
+        if p.site == "pattern":
+            masks[name][j, p.head, pos] = True
+        elif per_head:
+            masks[name][j, pos, p.head] = True
+        else:
+            masks[name][j, pos] = True
+    return masks
+
+
+def _hook(mask: Tensor, source: Tensor):
+    """Replace the masked entries of each patch's rows by the source value (no host sync)."""
+    mask = mask.to(source.device)
+
+    def hook(x: Tensor, site) -> Tensor:
+        k = mask.shape[0]
+        xv = x.view(k, -1, *x.shape[1:])  # (patch, prompt, ...)
+        m = mask.view(k, 1, *mask.shape[1:], *([1] * (x.ndim - mask.ndim)))
+        return torch.where(m, source.to(x.dtype)[None], xv).view(x.shape)
+
+    return hook
