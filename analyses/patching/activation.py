@@ -81,28 +81,33 @@ def activation_patch(model, task, sites: Sequence[str] = ("z",), *, metric=None,
     names = sorted({p.name() for p in patches})
     with torch.no_grad():
         src = runs.sources(model, task, names, direction, ablation)
-        ref = {"base": runs.metric_rows(model, base, metric).mean(), "other": runs.metric_rows(model, other, metric).mean()}
-        effects = run_patches(model, base, metric, patches, src, budget_mb, progress) - ref["base"]
-    clean, corrupt = (ref["base"], ref["other"]) if direction == "noising" else (ref["other"], ref["base"])
+        effects, ref = run_patches(model, base, metric, patches, src, budget_mb, progress)
+        ref_other = runs.metric_rows(model, other, metric).mean()
+    clean, corrupt = (ref, ref_other) if direction == "noising" else (ref_other, ref)
     return NodeEffects.build("activation", model, task, metric, patches, effects, float(clean), float(corrupt),
                              direction, ablation)
 
 
 def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float = runs.DEFAULT_BUDGET_MB,
-                progress: bool | None = None) -> Tensor:
-    """Metric after each patch (patch,), computed in batched chunks without syncing per patch."""
+                progress: bool | None = None) -> tuple[Tensor, Tensor]:
+    """Effect of each patch (patch,) and the unpatched metric, in batched chunks without a sync per patch.
+
+    Each chunk carries one unpatched copy of the prompts, the reference of that chunk: rows of one
+    batch are computed alike, so a patch that changes nothing has an effect of exactly 0.
+    """
     n, n_pos = len(base), base.ids.shape[1]
     out = torch.empty(len(patches), device=model.device)
     row_bytes = runs.row_bytes(model, n_pos)
-    slices = runs.chunks(len(patches), n, row_bytes, budget_mb)
-    total = runs.n_chunks(len(patches), n, row_bytes, budget_mb)
-    for part in runs.progress(slices, total, progress, "activation patching"):
+    slices = list(runs.chunks(len(patches), n, row_bytes, budget_mb))
+    ref = None
+    for part in runs.progress(slices, len(slices), progress, "activation patching"):
         chunk = patches[part]
         hooks = {name: _hook(mask, src[name]) for name, mask in _masks(chunk, n_pos, model.n_heads).items()}
         with model.hooks(fwd=hooks):
-            values = runs.metric_rows(model, runs.tile(base, len(chunk)), metric)
-        out[part] = metric.per_patch(values)
-    return out
+            values = metric.per_patch(runs.metric_rows(model, runs.tile(base, len(chunk) + 1), metric))
+        out[part] = values[:-1] - values[-1]
+        ref = values[-1] if ref is None else ref
+    return out, ref
 
 
 def _masks(chunk: list[Patch], n_pos: int, n_heads: int) -> dict[str, Bool[Tensor, "patch ..."]]:
@@ -114,9 +119,10 @@ def _masks(chunk: list[Patch], n_pos: int, n_heads: int) -> dict[str, Bool[Tenso
     for j, p in enumerate(chunk):
         name, per_head = p.name(), NODE_SITES[p.site][1]
         if name not in masks:
-            shape = (len(chunk), n_heads, n_pos) if p.site == "pattern" else (
-                (len(chunk), n_pos, n_heads) if per_head else (len(chunk), n_pos))
-            masks[name] = torch.zeros(shape, dtype=torch.bool)
+            rows = len(chunk) + 1
+            shape = (rows, n_heads, n_pos) if p.site == "pattern" else (
+                (rows, n_pos, n_heads) if per_head else (rows, n_pos))
+            masks[name] = torch.zeros(shape, dtype=torch.bool)  # the last row stays unpatched
         pos = slice(None) if p.position is None else p.position
         if p.site == "pattern":
             masks[name][j, p.head, pos] = True
