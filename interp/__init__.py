@@ -3,8 +3,11 @@
     >>> import interp
     >>> model = interp.load("toy")
     >>> logits, cache = model.run_with_cache("Hello, I am")
+    >>> logits.shape[:2], cache["pattern", 0].shape[:2]
+    (torch.Size([1, 4]), torch.Size([1, 3]))
 """
 
+from interp.arch import Architecture
 from interp.cache import ActivationCache, Components, Provenance
 from interp.errors import (
     HookShapeError,
@@ -18,11 +21,12 @@ from interp.errors import (
     WeightsNotFoundError,
 )
 from interp.loading import load
-from interp.model import Model, Tokens
+from interp.model import Model
+from interp.tokens import Tokens
 from interp.sites import Site
 
 __all__ = [
-    "ActivationCache", "Components", "HookShapeError", "InputError", "InterpError", "Model", "Provenance",
+    "ActivationCache", "Architecture", "Components", "HookShapeError", "InputError", "InterpError", "Model", "Provenance",
     "Site", "SiteNotAvailableError", "Tokens", "UnknownModelError", "UnknownRevisionError", "UnknownSiteError",
     "UnsupportedModelError", "WeightsNotFoundError", "load",
 ]

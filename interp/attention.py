@@ -1,120 +1,104 @@
-"""An attention function registered with transformers' AttentionInterface that fires our inner sites.
+"""The attention tap: HF's eager attention, step for step in the model's dtype, with hook points inside.
 
-    >>> with attention_taps(hf_model, {0: {"pattern": [lambda p: print(p.shape)]}}):
-    ...     hf_model(input_ids)   # layer 0 computes eager attention and fires the hook
-    torch.Size([1, 4, 5, 5])
+    >>> import interp
+    >>> model = interp.load("toy")
+    >>> _, cache = model.run_with_cache("Hello, I am", names=["blocks.0.attn.hook_pattern"])
+    >>> cache["pattern", 0].shape                      # (batch, head, q_pos, k_pos)
+    torch.Size([1, 4, 4, 4])
 
-Only layers with hooks take this path; the others call the model's own implementation (sdpa),
-so nothing that was not asked for costs anything. Inside, the arithmetic is HF's eager attention
-step for step (scores in fp32), so read-only hooks leave the outputs bitwise unchanged in fp32.
+A tapped layer's `query_key_value` output, its rotary cos/sin and its mask are captured as the
+real module runs; just before the output projection, `eager_z` recomputes attention from them
+exactly as HF's eager function does (firing rot_q, rot_k, attn_scores and pattern on the way)
+and its z replaces the module's own. So a tapped layer *is* HF eager, bit for bit, in fp32, bf16
+and fp16; untapped layers keep their own implementation and mask. No attention implementation
+is switched and no config is touched.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 
-NAME = "pythia_interp"
-INSIDE = ("rot_q", "rot_k", "attn_scores", "pattern")
+from interp.arch import Architecture
+from interp.errors import InputError
 
-# A hook here takes the tensor and returns a replacement or None.
-InnerHook = Callable[[Tensor], Tensor | None]
+# fire(kind, tensor) -> tensor: runs the hooks of one inner site ("rot_q", "rot_k", "attn_scores", "pattern")
+Fire = Callable[[str, Tensor], Tensor]
 
 
 @dataclass
-class _Tap:
-    """Per attention module: the implementation to fall back to and the hooks to fire."""
+class Captured:
+    """What the real attention module was given, read by hooks as it ran."""
 
-    fallback: str
-    hooks: dict[str, list[InnerHook]] = field(default_factory=dict)
-    users: int = 0
-
-
-_TAPS: weakref.WeakKeyDictionary[nn.Module, _Tap] = weakref.WeakKeyDictionary()
+    fused: Tensor | None = None  # the final query_key_value output (after any q/k/v hooks)
+    mask: Tensor | None = None  # the mask the model built for its own implementation
+    position_embeddings: tuple[Tensor, Tensor] | None = None  # rotary (cos, sin), NeoX only
 
 
-def tapped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """HF eager attention that fires rot_q, rot_k, attn_scores and pattern hooks; else the fallback."""
-    tap = _TAPS.get(module)
-    if tap is None or not any(tap.hooks.values()):
-        fallback = _interface(tap.fallback if tap else "sdpa")
-        return fallback(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    # query, key, value: (batch, head, pos, d_head), rotary already applied by the module
-    query = _fire(tap, "rot_q", query, transpose=True)
-    key = _fire(tap, "rot_k", key, transpose=True)
-    scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling  # (batch, head, q_pos, k_pos)
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    scores = _fire(tap, "attn_scores", scores)
-    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    pattern = _fire(tap, "pattern", pattern)
-    pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
-    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()  # (batch, q_pos, head, d_head)
-    return out, pattern
+def capture_kwargs(captured: Captured, kwargs: dict) -> None:
+    """Keep the attention module's mask and rotary embeddings; refuse a filled KV cache."""
+    cache = kwargs.get("layer_past", kwargs.get("past_key_values"))
+    if cache is not None and cache.get_seq_length() > 0:
+        raise InputError(
+            "Attention internals (rot_q, rot_k, attn_scores, pattern) cannot be tapped while decoding with a KV "
+            "cache: call the model with use_cache=False (Model.generate does this for you inside hooks())."
+        )
+    captured.mask = kwargs.get("attention_mask")
+    captured.position_embeddings = kwargs.get("position_embeddings")
 
 
-def _fire(tap: _Tap, kind: str, x: Tensor, transpose: bool = False) -> Tensor:
-    """Run the hooks of one inner site; q/k are shown as (batch, pos, head, d_head) like TL."""
-    for hook in tap.hooks.get(kind, ()):
-        shown = x.transpose(1, 2) if transpose else x
-        new = hook(shown)
-        if new is not None:
-            x = new.transpose(1, 2) if transpose else new
-    return x
+def eager_z(
+    arch: Architecture, module: nn.Module, captured: Captured, n_heads: int, fire: Fire, fp32_scores: bool = False
+) -> Float[Tensor, "batch pos d_model"]:
+    """HF eager attention from the captured pieces, firing the inner hooks; returns z for the output projection."""
+    q, k, v = (arch.split_qkv(captured.fused, n_heads, i).transpose(1, 2) for i in range(3))  # (batch, head, pos, d)
+    if arch.positional == "rotary":
+        q, k = _rotate(arch, q, k, captured.position_embeddings)
+        q = fire("rot_q", q.transpose(1, 2)).transpose(1, 2)
+        k = fire("rot_k", k.transpose(1, 2)).transpose(1, 2)
+    if getattr(module, "reorder_and_upcast_attn", False):
+        fp32_scores = True  # GPT-2's optional upcast path takes the scores in fp32
+    qs, ks = (q.float(), k.float()) if fp32_scores else (q, k)
+    scores = torch.matmul(qs, ks.transpose(-1, -2)) * module.scaling  # (batch, head, q_pos, k_pos)
+    mask = additive_mask(captured.mask, scores)
+    if mask is not None:
+        scores = scores + mask
+    scores = fire("attn_scores", scores)
+    if arch.softmax_in_fp32:
+        pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    else:
+        pattern = nn.functional.softmax(scores, dim=-1).type(v.dtype)
+    pattern = fire("pattern", pattern)
+    pattern = nn.functional.dropout(pattern, p=_dropout(arch, module), training=module.training)
+    z = torch.matmul(pattern, v).transpose(1, 2).contiguous()  # (batch, pos, head, d_head)
+    return z.reshape(*z.shape[:2], -1)
 
 
-def _interface(name: str) -> Callable:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.gpt_neox.modeling_gpt_neox import eager_attention_forward
-
-    return eager_attention_forward if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
-
-
-def _register() -> None:
-    """Register the function and its (eager, additive) mask with transformers, once."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
-
-    if NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(NAME, tapped_attention)
-        AttentionMaskInterface.register(NAME, eager_mask)
+def additive_mask(mask: Tensor | None, scores: Tensor) -> Tensor | None:
+    """The float mask HF's eager attention adds: the model's own (eager), or its boolean one as 0 / min."""
+    if mask is not None and mask.dtype != torch.bool:
+        return mask.to(scores.dtype) if mask.dtype != scores.dtype else mask
+    if mask is None:  # the causal mask was left implicit (no padding): build it
+        q_len, k_len = scores.shape[-2:]
+        rows = torch.arange(q_len, device=scores.device)[:, None] + (k_len - q_len)
+        mask = (torch.arange(k_len, device=scores.device)[None, :] <= rows)[None, None]  # (1, 1, q_pos, k_pos)
+    zero = torch.zeros((), device=scores.device, dtype=scores.dtype)
+    return torch.where(mask, zero, torch.finfo(scores.dtype).min)
 
 
-@contextmanager
-def attention_taps(hf_model: nn.Module, hooks: dict[int, dict[str, list[InnerHook]]]):
-    """Route attention through `tapped_attention` and attach inner hooks per layer; undo on exit."""
-    _register()
-    config = hf_model.config
-    previous = config._attn_implementation
-    modules = [layer.attention for layer in hf_model.gpt_neox.layers]
-    attached: list[tuple[_Tap, str, InnerHook]] = []
-    try:
-        for layer, attention in enumerate(modules):
-            tap = _TAPS.setdefault(attention, _Tap(fallback=previous))
-            tap.users += 1
-            for kind, fns in hooks.get(layer, {}).items():
-                for fn in fns:
-                    tap.hooks.setdefault(kind, []).append(fn)
-                    attached.append((tap, kind, fn))
-        config._attn_implementation = NAME
-        yield
-    finally:
-        for tap, kind, fn in attached:
-            tap.hooks[kind].remove(fn)
-        for attention in modules:
-            tap = _TAPS.get(attention)
-            if tap is not None:
-                tap.users -= 1
-                if tap.users <= 0:
-                    del _TAPS[attention]
-        config._attn_implementation = previous
+def _rotate(arch: Architecture, q: Tensor, k: Tensor, position_embeddings) -> tuple[Tensor, Tensor]:
+    """Apply the model's own rotary function (the very code its attention ran)."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    cos, sin = position_embeddings
+    return apply_rotary_pos_emb(q, k, cos, sin)
 
 
-def active_taps(hf_model: nn.Module) -> int:
-    """How many attention modules of this model are tapped now (0 outside any context)."""
-    return sum(layer.attention in _TAPS for layer in hf_model.gpt_neox.layers)
+def _dropout(arch: Architecture, module: nn.Module) -> float:
+    if not module.training:
+        return 0.0
+    return module.attention_dropout if arch.kind == "neox" else module.attn_dropout.p

@@ -1,66 +1,40 @@
-"""Model: the real HF GPT-NeoX model plus its tokenizer, with tokens, caching and interventions.
+"""Model: the real HF model (Pythia or GPT-2) plus its tokenizer, with caching, gradients and interventions.
 
+    >>> import interp
     >>> model = interp.load("toy")
     >>> logits, cache = model.run_with_cache("Hello, I am", names=["blocks.0.attn.hook_pattern"])
-    >>> with model.hooks(fwd={"blocks.1.attn.hook_z": zero_head_3}):
+    >>> with model.hooks(fwd={"blocks.1.attn.hook_z": lambda z, hook: z * 0}):
     ...     ablated = model("Hello, I am")
+    >>> bool((ablated != logits).any())
+    True
 
-The wrapped `model.hf` is never modified: hooks exist only inside `hooks()` / `run_with_cache`.
+The wrapped `model.hf` is never modified: hooks exist only inside `hooks()`, `run_with_cache`
+and `run_with_cache_and_grads`, and forwards follow the caller's grad mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
-from transformers import GPTNeoXForCausalLM
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
 
+from interp import arch as arch_table
 from interp.cache import ActivationCache, Provenance
-from interp.errors import InputError, UnsupportedModelError
-from interp.hooks import HookFn, hooked
+from interp.errors import InputError
+from interp.hooks import Dims, Dispatcher, HookFn
 from interp.sites import Site, Sites
-from interp.text import render_token
+from interp.tokens import Prompt, Tokenizing, Tokens
 from interp.weights import WeightViews
 
-Prompt = str | Sequence[str]
+__all__ = ["Model", "Prompt", "Tokens"]
+
+Names = None | str | Iterable[str] | Callable[[str], bool]
 SiteKey = str | Callable[[str], bool]
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """A left-padded batch: ids, the mask of real tokens, and the rotary positions that follow."""
-
-    ids: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-
-    @property
-    def position_ids(self) -> Int[Tensor, "batch pos"]:
-        """Real tokens count from 0 whatever the padding; pads sit at 0."""
-        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-    @property
-    def padded(self) -> bool:
-        return not bool(self.attention_mask.all())
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.attention_mask.sum(-1).tolist()
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def to(self, device: str | torch.device) -> Tokens:
-        return Tokens(self.ids.to(device), self.attention_mask.to(device))
-
-    def hf_inputs(self) -> dict[str, Tensor]:
-        """Keyword arguments for the HF forward; masks and positions only when padded."""
-        if not self.padded:
-            return {"input_ids": self.ids}
-        return {"input_ids": self.ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
 
 class _Stop(Exception):
@@ -70,31 +44,35 @@ class _Stop(Exception):
         self.resid = resid
 
 
-class Model(WeightViews):
-    """A Pythia (GPT-NeoX) model you can see inside. Build with `interp.load` or `Model(hf, tokenizer)`."""
+class Model(Tokenizing, WeightViews):
+    """A Pythia (GPT-NeoX) or GPT-2 model you can see inside. Build with `interp.load` or `Model(hf, tokenizer)`."""
 
-    def __init__(self, hf: GPTNeoXForCausalLM, tokenizer=None, *, name: str | None = None,
-                 revision: str | None = None):
-        if not isinstance(hf, GPTNeoXForCausalLM):
-            raise UnsupportedModelError(
-                f"{type(hf).__name__} is not supported: pythia-interp hooks GPTNeoXForCausalLM models "
-                "(Pythia, GPT-NeoX-20B and other `model_type: gpt_neox` checkpoints)."
-            )
-        self.hf = hf.eval()
-        self.tokenizer = tokenizer
-        self.name = name or hf.config.name_or_path or "gpt_neox"
+    def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None, revision: str | None = None,
+                 tokenizer_source: str | None = None):
+        self.arch = arch_table.of(hf)
+        self.hf, self.tokenizer, self.tokenizer_source = hf, tokenizer, tokenizer_source
+        self.name = name or getattr(hf.config, "name_or_path", None) or self.arch.kind
         self.revision = revision
         cfg = hf.config
         self.n_layers, self.n_heads, self.d_model = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size
-        self.d_head, self.d_mlp, self.d_vocab = self.d_model // self.n_heads, cfg.intermediate_size, cfg.vocab_size
-        self.rotary_dim = int(self.d_head * cfg.rope_parameters.get("partial_rotary_factor", 1.0))
-        self.rotary_base = float(cfg.rope_parameters["rope_theta"])
-        self.sites = Sites(self.n_layers, self.n_heads, cfg.use_parallel_residual)
+        self.d_head, self.d_vocab = self.d_model // self.n_heads, cfg.vocab_size
+        self.d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.d_model
+        self.n_ctx = cfg.max_position_embeddings
+        self.parallel_residual = self.arch.parallel_residual(cfg)
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        rotary = self.arch.positional == "rotary"
+        self.rotary_dim = int(self.d_head * rope.get("partial_rotary_factor", 1.0)) if rotary else 0
+        self.rotary_base = float(rope.get("rope_theta", 10000.0)) if rotary else 0.0
+        self.sites = Sites(self.arch, self.n_layers, self.n_heads, self.parallel_residual)
+        self._hooks = Dispatcher(hf, Dims(self.arch, self.n_heads))
+        if hf.training:
+            warnings.warn(f"{type(hf).__name__} is in training mode, so dropout is active; call .eval() on it "
+                          "for deterministic activations (interp.load returns eval models).", stacklevel=2)
 
     def __repr__(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""
-        return (f"Model({self.name}{rev}: {self.n_layers} layers, {self.n_heads} heads x {self.d_head}, "
-                f"d_model {self.d_model}, {self.dtype}, {self.device})")
+        return (f"Model({self.name}{rev}: {self.arch.kind}, {self.n_layers} layers, {self.n_heads} heads x "
+                f"{self.d_head}, d_model {self.d_model}, {self.dtype}, {self.device})")
 
     @property
     def device(self) -> torch.device:
@@ -104,81 +82,9 @@ class Model(WeightViews):
     def dtype(self) -> torch.dtype:
         return self.hf.dtype
 
-    # ---- tokens ---------------------------------------------------------------------------
-
-    def to_tokens(self, text: Prompt, prepend_bos: bool = False) -> Tokens:
-        """Tokenize one prompt or a batch (left-padded); no BOS unless asked, as Pythia was trained."""
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or any(not t for t in texts):
-            raise InputError(f"Empty prompt in {texts!r}: give at least one non-empty string.")
-        tok = self._require_tokenizer()
-        rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if prepend_bos:
-            rows = [[self._bos_id()] + r for r in rows]
-        return self._pad(rows)
-
-    def to_str_tokens(self, tokens: str | Tokens | Tensor | Sequence[int]) -> list[str] | list[list[str]]:
-        """Readable token strings (`Ġthe` -> ' the', `Ċ` -> '\\n'); one list per prompt for a batch."""
-        if isinstance(tokens, str):
-            return self.to_str_tokens(self.to_tokens(tokens).ids[0])
-        ids = tokens.ids if isinstance(tokens, Tokens) else torch.as_tensor(tokens)
-        if ids.ndim == 2:
-            return [self.to_str_tokens(row) for row in ids]
-        pieces = self._require_tokenizer().convert_ids_to_tokens(ids.tolist())
-        return [render_token(p) for p in pieces]
-
-    def to_string(self, tokens: Tokens | Tensor | Sequence[int]) -> str | list[str]:
-        """Decode ids back to text, skipping padding."""
-        if isinstance(tokens, Tokens):
-            return [self.to_string(row[m.bool()]) for row, m in zip(tokens.ids, tokens.attention_mask, strict=True)]
-        return self._require_tokenizer().decode(torch.as_tensor(tokens).tolist())
-
-    def tokens(self, x: Prompt | Tokens | Tensor) -> Tokens:
-        """Coerce text, a batch of ids or Tokens to validated Tokens on the model's device."""
-        if isinstance(x, Tokens):
-            tokens = x
-        elif isinstance(x, Tensor):
-            ids = x[None] if x.ndim == 1 else x
-            tokens = Tokens(ids.long(), torch.ones_like(ids, dtype=torch.long))
-        elif isinstance(x, (list, tuple)) and x and isinstance(x[0], int):
-            return self.tokens(torch.tensor(x))
-        else:
-            tokens = self.to_tokens(x)
-        self._check(tokens)
-        return tokens.to(self.device)
-
-    def _check(self, tokens: Tokens) -> None:
-        """Refuse input the model cannot run, before anything is attached."""
-        if tokens.ids.ndim != 2 or tokens.ids.shape[1] == 0:
-            raise InputError(f"Token ids must be (batch, pos) with pos >= 1; got shape {tuple(tokens.ids.shape)}.")
-        n_ctx = self.hf.config.max_position_embeddings
-        if tokens.ids.shape[1] > n_ctx:
-            raise InputError(
-                f"Sequence of {tokens.ids.shape[1]} tokens is longer than this model's context "
-                f"(max_position_embeddings={n_ctx}); truncate or split it."
-            )
-        bad = tokens.ids[(tokens.ids < 0) | (tokens.ids >= self.d_vocab)]
-        if bad.numel():
-            raise InputError(f"Token id {bad[0].item()} is outside the vocabulary 0..{self.d_vocab - 1}.")
-
-    def _pad(self, rows: list[list[int]]) -> Tokens:
-        width, pad = max(map(len, rows)), self._pad_id()
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        return Tokens(ids, mask)
-
-    def _require_tokenizer(self):
-        if self.tokenizer is None:
-            raise InputError("This model has no tokenizer: pass token ids, or Model(hf_model, tokenizer).")
-        return self.tokenizer
-
-    def _bos_id(self) -> int:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else self.hf.config.bos_token_id
-
-    def _pad_id(self) -> int:
-        tok = self.tokenizer
-        return next(i for i in (tok.pad_token_id, tok.eos_token_id, self.hf.config.eos_token_id, 0) if i is not None)
+    def module(self, site: str) -> nn.Module:
+        """The HF module a site is read from, by site name or HF path, e.g. `module("ln_final.hook_out")`."""
+        return self.hf.get_submodule(self.sites.resolve(site).module)
 
     # ---- running --------------------------------------------------------------------------
 
@@ -186,89 +92,193 @@ class Model(WeightViews):
         return self.forward(x)
 
     def forward(self, x: Prompt | Tokens | Tensor) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits of the unmodified HF forward (plus any hooks of an enclosing `hooks()`)."""
+        """Logits of the real HF forward (plus the hooks of any enclosing `hooks()`), in the caller's grad mode."""
+        return self._run(self.tokens(x))
+
+    def loss(self, x: Prompt | Tokens | Tensor, per_token: bool = False) -> Tensor:
+        """Next-token cross-entropy: the mean over real tokens, or (batch, pos - 1) with `per_token` (0 at padding)."""
         tokens = self.tokens(x)
-        with torch.no_grad():
-            return self.hf(**tokens.hf_inputs(), use_cache=False).logits
+        if tokens.ids.shape[1] < 2:
+            raise InputError("The loss needs at least 2 tokens per prompt (it predicts token i+1 from 0..i).")
+        logits = self._run(tokens)
+        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens.ids[:, 1:], reduction="none")
+        real = tokens.attention_mask[:, :-1].bool() & tokens.attention_mask[:, 1:].bool()
+        losses = losses * real
+        return losses if per_token else losses.sum() / real.sum()
 
     def run_with_cache(
         self,
         x: Prompt | Tokens | Tensor,
-        names: None | str | Iterable[str] | Callable[[str], bool] = None,
+        names: Names = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         stop_at_layer: int | None = None,
+        fp32_scores: bool = False,
     ) -> tuple[Tensor, ActivationCache]:
-        """Forward once and cache the named sites (all standard sites when `names` is None).
+        """Forward once and cache the named sites (every standard site when `names` is None).
 
-        With `stop_at_layer=L` only blocks 0..L-1 run, and the first value returned is the
-        residual stream entering block L instead of the logits.
+        With `stop_at_layer=L` only blocks 0..L-1 run, and the first value returned is the residual
+        stream entering block L. `fp32_scores=True` takes tapped attention scores in fp32 (HF eager
+        takes them in the model's dtype, which is the default here too).
+
+            >>> import interp
+            >>> model = interp.load("toy")
+            >>> logits, cache = model.run_with_cache("Hello, I am", names=lambda n: "resid" in n)
+            >>> cache["resid_post", 1].shape
+            torch.Size([1, 4, 64])
         """
         tokens, sites = self.tokens(x), self.sites.select(names)
-        if stop_at_layer is not None and not 0 <= stop_at_layer <= self.n_layers:
-            raise InputError(f"stop_at_layer={stop_at_layer} must be in 0..{self.n_layers}.")
+        device, dtype = _check_target(device, dtype)
+        self._check_stop(stop_at_layer)
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: Site) -> None:
             store[hook.name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None)
 
-        with torch.no_grad(), self._hooked([(s, save) for s in sites]), ExitStack() as stack:
-            if stop_at_layer is not None:
-                stack.enter_context(self._stop_before(stop_at_layer))
-            try:
-                out = self.hf(**tokens.hf_inputs(), use_cache=False).logits
-            except _Stop as stop:
-                out = stop.resid
-        dtype_name = str(dtype or self.dtype).removeprefix("torch.")
-        return out, ActivationCache(_compact(store), self._provenance(tokens, dtype_name))
+        with self._hooks.attach([(s, save) for s in sites], fp32_scores=fp32_scores):
+            out = self._run(tokens, stop_at_layer)
+        return out, self._cache(store, tokens, dtype)
+
+    def run_with_cache_and_grads(
+        self,
+        x: Prompt | Tokens | Tensor,
+        metric: Callable[[Tensor], Tensor],
+        names: Names = None,
+        device: str | torch.device | None = None,
+    ) -> tuple[Tensor, ActivationCache, ActivationCache]:
+        """Forward and backward once: `(metric value, activations, d metric / d activation)` at every named site.
+
+        `metric(logits)` must return a scalar. No parameter gradient is computed or left on the model.
+
+            >>> import interp
+            >>> model = interp.load("toy")
+            >>> value, cache, grads = model.run_with_cache_and_grads(
+            ...     "Hello, I am", lambda logits: logits[0, -1].logsumexp(-1), names=lambda n: "resid" in n)
+            >>> grads["resid_pre", 0].shape == cache["resid_pre", 0].shape
+            True
+        """
+        tokens, sites = self.tokens(x), self.sites.select(names)
+        device, _ = _check_target(device, None)
+        acts: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+
+        def save(t: Tensor, hook: Site) -> None:
+            acts[hook.name] = t.detach().to(device)
+
+        def save_grad(g: Tensor, hook: Site) -> None:
+            grads[hook.name] = g.detach().to(device)
+
+        leaf: list[Tensor] = []
+
+        def graph_input(t: Tensor, hook: Site) -> Tensor:  # the embedding as a leaf: grads stop there
+            leaf.append(t.detach().requires_grad_(True))
+            return leaf[-1]
+
+        embed = self.sites.resolve("hook_embed")
+        with torch.enable_grad(), self._hooks.attach([(embed, graph_input)]), \
+                self._hooks.attach([(s, save) for s in sites], [(s, save_grad) for s in sites]):
+            value = metric(self._run(tokens))
+            if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
+                raise InputError(f"metric(logits) must return a scalar tensor computed from the logits; got "
+                                 f"{_describe(value)}.")
+            torch.autograd.grad(value.reshape(()), leaf, allow_unused=True)  # fires the site hooks, no weight grads
+        return value.detach(), self._cache(acts, tokens, None), self._cache(grads, tokens, None)
 
     @contextmanager
-    def hooks(self, fwd: dict[SiteKey, HookFn | list[HookFn]]):
-        """Attach hooks for the duration of the block; nestable; all removed on any exit.
+    def hooks(self, fwd: dict[SiteKey, HookFn | list[HookFn]] | None = None,
+              bwd: dict[SiteKey, HookFn | list[HookFn]] | None = None, fp32_scores: bool = False):
+        """Attach forward and backward hooks for the block; nestable; all removed on any exit, in any order.
 
+            >>> import interp
+            >>> model = interp.load("toy")
             >>> with model.hooks(fwd={"blocks.0.hook_mlp_out": lambda x, hook: x * 0}):
             ...     logits = model("Hello")
         """
-        pairs = []
-        for key, fns in fwd.items():
-            targets = self.sites.select(key) if callable(key) else [self.sites.resolve(key)]
-            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
-                pairs += [(site, fn) for site in targets]
-        with self._hooked(pairs):
+        with self._hooks.attach(self._pairs(fwd or {}), self._pairs(bwd or {}), fp32_scores=fp32_scores):
             yield self
 
     def generate(self, x: Prompt | Tokens, max_new_tokens: int = 20, **kwargs) -> Tokens:
         """Continue prompts with HF `generate` (greedy unless told); works inside `hooks()`."""
         tokens = self.tokens(x)
-        kwargs = {"do_sample": False, "pad_token_id": self._pad_id(), **kwargs}
+        if self.tokenizer is None and "pad_token_id" not in kwargs:
+            kwargs["pad_token_id"] = self.hf.config.eos_token_id or 0
+        kwargs = {"do_sample": False, "pad_token_id": kwargs.get("pad_token_id") or self._pad_id(), **kwargs}
+        if self._hooks.inside_layers():
+            kwargs["use_cache"] = False  # the attention tap recomputes from the whole sequence
         with torch.no_grad():
             ids = self.hf.generate(input_ids=tokens.ids, attention_mask=tokens.attention_mask,
                                    max_new_tokens=max_new_tokens, **kwargs)
         new = torch.ones_like(ids[:, tokens.ids.shape[1]:])
         return Tokens(ids, torch.cat([tokens.attention_mask, new], dim=1))
 
-    def _hooked(self, pairs: list[tuple[Site, HookFn]]):
-        return hooked(self.hf, pairs)
+    # ---- internals ------------------------------------------------------------------------
+
+    def _pairs(self, hooks: dict[SiteKey, HookFn | list[HookFn]]) -> list[tuple[Site, HookFn]]:
+        """Validate every key and function before anything is attached."""
+        pairs = []
+        for key, fns in hooks.items():
+            targets = self.sites.select(key) if callable(key) else [self.sites.resolve(key)]
+            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+                if not callable(fn):
+                    raise InputError(f"The hook for {key!r} is {fn!r}, not a function fn(tensor, hook).")
+                pairs += [(site, fn) for site in targets]
+        return pairs
+
+    def _run(self, tokens: Tokens, stop_at_layer: int | None = None) -> Tensor:
+        with ExitStack() as stack:
+            if stop_at_layer is not None:
+                stack.enter_context(self._stop_before(stop_at_layer))
+            try:
+                return self.hf(**tokens.hf_inputs(), use_cache=False).logits
+            except _Stop as stop:
+                return stop.resid
+
+    def _check_stop(self, stop_at_layer: int | None) -> None:
+        if stop_at_layer is not None and not (isinstance(stop_at_layer, int) and 0 <= stop_at_layer <= self.n_layers):
+            raise InputError(f"stop_at_layer={stop_at_layer!r} must be an int in 0..{self.n_layers} "
+                             f"(0 stops before block 0, {self.n_layers} before the final LayerNorm).")
 
     @contextmanager
     def _stop_before(self, layer: int):
-        module = self.hf.gpt_neox.layers[layer] if layer < self.n_layers else self.hf.gpt_neox.final_layer_norm
+        role, index = ("layer", layer) if layer < self.n_layers else ("ln_final", None)
+        module = self.arch.module(self.hf, role, index)
 
-        def stop(m, args):
-            raise _Stop(args[0].detach())
+        def stop(m, args, kwargs):
+            raise _Stop((args[0] if args else kwargs["hidden_states"]).detach())
 
-        handle = module.register_forward_pre_hook(stop, prepend=True)
+        handle = module.register_forward_pre_hook(stop, prepend=True, with_kwargs=True)
         try:
             yield
         finally:
             handle.remove()
 
+    def _cache(self, store: dict[str, Tensor], tokens: Tokens, dtype: torch.dtype | None) -> ActivationCache:
+        dtype_name = str(dtype or self.dtype).removeprefix("torch.")
+        return ActivationCache(_compact(store), self._provenance(tokens, dtype_name), self)
+
     def _provenance(self, tokens: Tokens, dtype: str) -> Provenance:
         return Provenance(
             model=self.name, revision=self.revision, dtype=dtype, n_layers=self.n_layers, n_heads=self.n_heads,
-            parallel_residual=self.hf.config.use_parallel_residual,
-            tokens=tokens.ids.tolist(), attention_mask=tokens.attention_mask.tolist(),
+            parallel_residual=self.parallel_residual, tokens=tokens.ids.tolist(),
+            attention_mask=tokens.attention_mask.tolist(), arch=self.arch.kind,
         )
+
+
+def _check_target(device, dtype) -> tuple:
+    """Validate where a cache goes, before any work."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise InputError(f"dtype={dtype!r} is not a floating torch dtype: caches hold activations, so use "
+                         "torch.float32, torch.bfloat16 or torch.float16 (integer tensors keep their own dtype).")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise InputError(f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from err
+    return device, dtype
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def _compact(store: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 import interp
 
@@ -39,6 +39,25 @@ def tiny_hf(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> GP
     return hf
 
 
+def tiny_gpt2(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> GPT2LMHeadModel:
+    """GPT-2's architecture at toy size (learned positions, sequential residual, Conv1D, tied embeddings)."""
+    torch.manual_seed(seed)
+    kwargs = dict(n_layer=3, n_head=2, n_embd=64, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(**{**kwargs, **overrides})
+    config._attn_implementation = attn_implementation
+    hf = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return hf
+
+
+def tiny(arch: str, seed: int = 0, attn_implementation: str = "sdpa"):
+    """A tiny seeded model of either architecture: "neox" or "gpt2"."""
+    return (tiny_hf if arch == "neox" else tiny_gpt2)(seed, attn_implementation)
+
+
 def word_tokenizer(vocab_size: int = 128) -> PreTrainedTokenizerFast:
     """Whitespace tokenizer over words `t0 ... t127` (t0 is end-of-text), for tests with text."""
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t1"))
@@ -53,12 +72,22 @@ def twin(hf: GPTNeoXForCausalLM, attn_implementation: str = "eager") -> GPTNeoXF
     return other.eval()
 
 
+def padded_ids(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch: row 0 full, row 1 with 4 pads."""
+    torch.manual_seed(seed)
+    ids = torch.randint(1, 128, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    ids[1, :4] = 0
+    return ids, mask
+
+
 def hook_state(hf: torch.nn.Module) -> dict:
     """Everything hooking could leave behind on a model."""
     return {
         "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in hf.named_modules()},
         "attn": hf.config._attn_implementation,
-        "taps": interp.attention.active_taps(hf),
+        "dispatched": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in hf.modules()),
     }
 
 

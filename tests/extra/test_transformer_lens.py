@@ -42,12 +42,10 @@ def test_every_shared_site_matches(pair):
                 "blocks.0.ln2.hook_normalized", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post",
                 "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post", "ln_final.hook_normalized"}
     assert expected <= set(shared), f"sites both should expose: missing {expected - set(shared)}"
-    for name in shared:
-        # TL's `hook_normalized` is before the LayerNorm's affine map; ours is the module's output (`hook_out`)
-        theirs = tl[name.replace("hook_normalized", "hook_out")]
-        torch.testing.assert_close(ours[name], theirs, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    for name in shared:  # hook_normalized and hook_scale have TL's meaning (before the affine map)
+        torch.testing.assert_close(ours[name], tl[name], atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     ln = model.hf.gpt_neox.layers[0].input_layernorm
-    torch.testing.assert_close(ours["ln1", 0], tl["blocks.0.ln1.hook_normalized"] * ln.weight + ln.bias,
+    torch.testing.assert_close(ours["ln1_out", 0], tl["blocks.0.ln1.hook_normalized"] * ln.weight + ln.bias,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours_logits, tl_logits, atol=1e-5, rtol=1e-5)
 

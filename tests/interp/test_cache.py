@@ -9,7 +9,10 @@ import interp
 
 
 def test_shorthand_and_stack(model, ids):
-    _, cache = model.run_with_cache(ids)
+    _, cache = model.run_with_cache(ids, names=lambda n: True)
+    _, logits_cache = model.run_with_cache(ids, names=["hook_logits"])
+    cache = {**cache, **logits_cache}
+    cache = interp.ActivationCache(cache, logits_cache.provenance)
     assert cache["resid_pre", 2] is cache["blocks.2.hook_resid_pre"]
     assert cache["scores", 0] is cache["blocks.0.attn.hook_attn_scores"]
     assert cache["resid_pre", -1] is cache["blocks.2.hook_resid_pre"]

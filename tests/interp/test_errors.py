@@ -62,14 +62,14 @@ def test_keyboard_interrupt_inside_the_context(model, ids, guard):
 
 
 def test_sequence_longer_than_the_context(model, guard):
-    with pytest.raises(interp.InputError, match="max_position_embeddings=64"):
+    with pytest.raises(interp.InputError, match="n_ctx=64"):
         model.run_with_cache(torch.ones(1, 65, dtype=torch.long))
 
 
 def test_empty_prompt_and_out_of_vocab_ids(model, guard):
-    with pytest.raises(interp.InputError, match="Empty prompt"):
+    with pytest.raises(interp.InputError, match="Empty or non-text prompt"):
         model.run_with_cache("")
-    with pytest.raises(interp.InputError, match="Empty prompt"):
+    with pytest.raises(interp.InputError, match="Empty or non-text prompt"):
         model.to_tokens(["t1", ""])
     with pytest.raises(interp.InputError, match="pos >= 1"):
         model(torch.ones(1, 0, dtype=torch.long))
@@ -82,12 +82,12 @@ def test_stop_at_layer_out_of_range(model, ids, guard):
         model.run_with_cache(ids, stop_at_layer=7)
 
 
-def test_non_neox_model_is_refused():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_unsupported_model_is_refused_naming_the_supported_ones():
+    from transformers import GPT2Config, GPT2Model
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(interp.UnsupportedModelError, match="GPTNeoXForCausalLM"):
-        interp.Model(gpt2)
+    bare = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))  # no LM head
+    with pytest.raises(interp.UnsupportedModelError, match="GPTNeoXForCausalLM and GPT2LMHeadModel"):
+        interp.Model(bare)
 
 
 def test_errors_say_what_to_do_next(model):
