@@ -110,14 +110,15 @@ def _key_change(pattern: Tensor, delta: Tensor, g: Tensor) -> Tensor:
     """sum_t g[t] . (softmax with key s's logit moved by delta[t, s] - pattern[t]), per key s: (batch, head, s).
 
     Moving one logit by delta rescales its weight a to a e^delta / D and every other weight by 1 / D,
-    D = 1 - a + a e^delta; computed in logs so saturated patterns stay finite.
+    D = 1 - a + a e^delta; computed in logs so saturated patterns stay finite, and as changes
+    (expm1) so an unmoved key gives exactly 0.
     """
     log_a = pattern.clamp_min(0).log()
     log_d = torch.logaddexp(torch.log1p(-pattern.clamp(max=1.0)), log_a + delta)
     log_d = torch.where(delta == 0, 0.0, log_d)  # an unmoved key changes nothing, exactly
-    new_self = (log_a + delta - log_d).exp()  # (b, h, t, s)
-    total = (g * pattern).sum(-1, keepdim=True)  # (b, h, t, 1)
-    changed = g * new_self + (total - g * pattern) * (-log_d).exp() - total
+    own = g * pattern  # (b, h, t, s)
+    total = own.sum(-1, keepdim=True)  # (b, h, t, 1)
+    changed = own * torch.expm1(delta - log_d) + (total - own) * torch.expm1(-log_d)
     return changed.sum(2)
 
 

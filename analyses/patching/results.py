@@ -232,3 +232,80 @@ def write_json(record: dict, path) -> None:
 
 def _num(v: float) -> float | None:
     return None if v != v else round(float(v), 8)
+
+
+@dataclass
+class Circuit:
+    """An edge set with its metric alone (complement ablated) and ablated (complement kept)."""
+
+    graph: Graph
+    keep: Tensor  # (edge,) bool
+    scores: Tensor  # (edge,) the scores it was chosen by (NaN if given by hand)
+    provenance: Provenance
+    value: float  # M with only the circuit's edges kept
+    without: float  # M with only the circuit's edges ablated
+    method: str = "given"
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def faithfulness(self) -> float:
+        """(M(circuit) - M(corrupt)) / (M(clean) - M(corrupt))."""
+        return float(self.provenance.normalize(self.value - self.provenance.corrupt))
+
+    @property
+    def completeness(self) -> float:
+        """(M(clean) - M(circuit ablated)) / (M(clean) - M(corrupt))."""
+        return float(self.provenance.normalize(self.provenance.clean - self.without))
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [e for e, k in zip(self.graph.edges, self.keep.tolist(), strict=True) if k]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The circuit's edges: sender, receiver, effect (the score that chose it), effect_normalized."""
+        idx = self.keep.nonzero().flatten()
+        values = self.scores[idx]
+        return pd.DataFrame({"sender": [self.graph.edges[i][0] for i in idx.tolist()],
+                             "receiver": [self.graph.edges[i][1] for i in idx.tolist()],
+                             "effect": values.numpy(), "effect_normalized": self.provenance.normalize(values).numpy()})
+
+    def figure(self):
+        """Interactive circuit graph: nodes in layer order, edge width by |score|."""
+        from analyses.patching.figures import circuit_figure
+
+        return circuit_figure(self)
+
+    def to_json(self) -> dict:
+        """The graph JSON (schema in the module docstring) with this circuit marked."""
+        summary = {"n_edges": self.n_edges, "value": _num(self.value), "without": _num(self.without),
+                   "faithfulness": _num(self.faithfulness), "completeness": _num(self.completeness)}
+        return graph_json(self.graph, self.scores, self.provenance, self.method, self.keep, summary)
+
+
+@dataclass
+class FaithfulnessCurve:
+    """The metric of the top-n circuits over circuit sizes n."""
+
+    method: str
+    sizes: list[int]
+    values: Tensor  # (point,)
+    provenance: Provenance
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per size: n_edges, value, faithfulness."""
+        return pd.DataFrame({"n_edges": self.sizes, "value": self.values.numpy(),
+                             "faithfulness": self.provenance.normalize(self.values - self.provenance.corrupt).numpy()})
+
+    def smallest(self, faithfulness: float = 0.8) -> int | None:
+        """The fewest edges whose top-n circuit reaches the given faithfulness."""
+        frame = self.to_frame()
+        hit = frame[frame.faithfulness >= faithfulness]
+        return int(hit.n_edges.iloc[0]) if len(hit) else None
+
+    def figure(self):
+        """Faithfulness against the number of edges kept (log x axis)."""
+        from analyses.patching.figures import curve_figure
+
+        return curve_figure(self)

@@ -1,0 +1,203 @@
+"""Circuits: exact evaluation of edge sets with per-edge masks, several circuits per forward.
+
+    >>> scores = eap(model, task)
+    >>> circuit = evaluate_circuit(model, task, scores.top(20), scores)    # keep 20 edges, ablate the rest
+    >>> circuit.faithfulness, circuit.completeness
+    >>> curve = faithfulness_curve(model, task, scores, points=32)        # one batched run
+
+Each receiver's input is its input in the running pass plus, for every ablated edge s -> r,
+(a_s,ablated - a_s,run): the sender's corrupt (or mean, or zero) output replaces what it sends along
+that edge only. Keeping every edge gives the clean run; keeping none gives the corrupt run. Masks
+are floats, so the same pass is differentiable in them: its gradient at "keep everything" is EAP.
+
+- faithfulness = (M(circuit) - M(corrupt)) / (M(clean) - M(corrupt)): the circuit alone, complement ablated;
+- completeness = (M(clean) - M(complement)) / (M(clean) - M(corrupt)): how much is lost when the
+  circuit's own edges are ablated and everything else is kept (1 for a complete circuit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from analyses.patching import runs
+from analyses.patching.attribution import receiver_sites, sender_sites
+from analyses.patching.errors import GraphError
+from analyses.patching.graph import Graph
+from analyses.patching.metrics import Metric, resolve
+from analyses.patching.results import Circuit, EdgeScores, FaithfulnessCurve, Provenance
+
+
+def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=None, ablation="corrupt",
+                  direction: str = "noising", budget_mb: float = runs.DEFAULT_BUDGET_MB,
+                  progress: bool | None = None) -> Float[Tensor, " circuit"]:
+    """Metric of the base run with each row's edges ablated in proportion to its mask (1 = ablated).
+
+    Differentiable in `ablate` when it requires grad (then computed in one chunk).
+
+    >>> graph = Graph.from_model(model)
+    >>> masked_values(model, task, torch.zeros(1, graph.n_edges))   # every edge kept: the clean metric
+    """
+    graph, metric = Graph.from_model(model), resolve(metric, model, task)
+    if ablate.ndim != 2 or ablate.shape[1] != graph.n_edges:
+        raise GraphError(f"ablate has shape {tuple(ablate.shape)}; expected (circuits, {graph.n_edges}), one "
+                         "column per edge of Graph.from_model(model), in graph.edges order.")
+    base = task.clean if direction == "noising" else task.corrupt
+    with torch.no_grad():
+        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+    if ablate.requires_grad:
+        return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
+    n = len(base)
+    row_bytes = runs.row_bytes(model, base.ids.shape[1]) + len(graph.senders) * base.ids.shape[1] * model.d_model * 8
+    slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
+    out = torch.empty(ablate.shape[0], device=model.device)
+    with torch.no_grad():
+        for part in runs.progress(slices, len(slices), progress, "circuits"):
+            out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric)
+    return out
+
+
+def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos d_model"]:
+    """Every sender's ablated output, in graph.senders order."""
+    rows = []
+    for node in graph.senders:
+        if node.kind == "embed":
+            rows.append(src["hook_embed"])
+        elif node.kind == "head":
+            rows.append(src[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head])
+        else:
+            rows.append(src[f"blocks.{node.layer}.hook_mlp_out"])
+    return torch.stack(rows)
+
+
+def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,
+                  differentiable: bool = False) -> Tensor:
+    """One batched pass: rows = circuit * prompt."""
+    k, n = ablate.shape[0], src.shape[1]
+    dense = torch.zeros(k, *graph.mask.shape, dtype=ablate.dtype, device=ablate.device)
+    s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
+    dense = dense.index_put((torch.arange(k)[:, None], s_idx[None], r_idx[None]), ablate)  # (k, sender, receiver)
+    state = _State(graph, dense, src, k, n)
+    fwd: dict[str, list] = {}
+    for name in sender_sites(model):
+        fwd.setdefault(name, []).append(state.record)
+    for name in receiver_sites(model):
+        fwd.setdefault(name, []).append(state.correct)
+    tokens = runs.tile(base, k)
+    with model.hooks(fwd=fwd):
+        if differentiable:
+            with torch.enable_grad():
+                values = metric(model(tokens))
+        else:
+            values = runs.metric_rows(model, tokens, metric)
+    return metric.per_patch(values)
+
+
+class _State:
+    """The running pass's sender outputs, and the corrections at each receiver."""
+
+    def __init__(self, graph: Graph, dense: Tensor, src: Tensor, k: int, n: int):
+        self.graph, self.dense, self.src, self.k, self.n = graph, dense, src, k, n
+        self.outputs: list[Tensor] = []  # (k, n, pos, d) per sender, in forward order
+        self.stacked: dict[int, Tensor] = {}
+
+    def record(self, x: Tensor, site) -> None:
+        if x.ndim == 4:  # per-head results (rows, pos, head, d_model)
+            self.outputs += list(x.view(self.k, self.n, *x.shape[1:]).unbind(-2))
+        else:
+            self.outputs.append(x.view(self.k, self.n, *x.shape[1:]))
+
+    def _differences(self, count: int) -> Tensor:
+        """(k, n, sender, pos, d): ablated minus running output of the first `count` senders."""
+        if count not in self.stacked:
+            run = torch.stack(self.outputs[:count], dim=2)
+            self.stacked[count] = self.src[:count].transpose(0, 1).to(run.dtype)[None] - run
+        return self.stacked[count]
+
+    def correct(self, x: Tensor, site) -> Tensor:
+        names = _receivers_of(site.name, x)
+        index = [self.graph.receiver_index(r) for r in names]
+        count = int(self.graph.mask[:, index[0]].sum())
+        diff = self._differences(count)
+        m = self.dense[:, :count, index].to(diff.dtype)  # (k, sender, receiver)
+        if x.ndim == 4:  # (rows, pos, head, d_model)
+            fix = torch.einsum("ksh,knspd->knphd", m, diff)
+        else:
+            fix = torch.einsum("ks,knspd->knpd", m[..., 0], diff)
+        return x + fix.reshape(x.shape).to(x.dtype)
+
+
+def _receivers_of(site: str, x: Tensor) -> list[str]:
+    parts = site.split(".")
+    if parts[-1] == "hook_resid_post":
+        return ["logits"]
+    if parts[-1] == "hook_mlp_in":
+        return [f"mlp{parts[1]}"]
+    kind = parts[-1][len("hook_")]
+    return [f"L{parts[1]}H{h}.{kind}" for h in range(x.shape[2])]
+
+
+# ---- circuits from scores -----------------------------------------------------------------
+
+
+def as_keep(graph: Graph, edges: Tensor | Sequence[tuple[str, str]]) -> Bool[Tensor, " edge"]:
+    """A keep mask over graph.edges from a bool mask or a list of (sender, receiver) names."""
+    if isinstance(edges, Tensor):
+        if edges.shape != (graph.n_edges,):
+            raise GraphError(f"A keep mask has one entry per edge ({graph.n_edges}); got shape {tuple(edges.shape)}.")
+        return edges.bool().cpu()
+    keep = torch.zeros(graph.n_edges, dtype=torch.bool)
+    for s, r in edges:
+        keep[graph.edge_index(s, r)] = True
+    return keep
+
+
+def evaluate_circuit(model, task, keep, scores: EdgeScores | None = None, *, metric=None, ablation="corrupt",
+                     budget_mb: float = runs.DEFAULT_BUDGET_MB) -> Circuit:
+    """Faithfulness and completeness of one circuit, from one batched pass (plus the two references).
+
+    >>> evaluate_circuit(model, task, [("L0H1", "L1H0.k"), ("L1H0", "logits")]).faithfulness
+    """
+    graph, metric = Graph.from_model(model), resolve(metric, model, task)
+    keep = as_keep(graph, keep)
+    rows = torch.stack([~keep, keep, torch.zeros_like(keep), torch.ones_like(keep)]).float()
+    values = masked_values(model, task, rows, metric=metric, ablation=ablation, budget_mb=budget_mb).cpu()
+    prov = Provenance.of(model, task, metric, float(values[2]), float(values[3]), "noising", ablation)
+    score = scores.scores if scores is not None else torch.full((graph.n_edges,), float("nan"))
+    return Circuit(graph, keep, score, prov, float(values[0]), float(values[1]),
+                   scores.method if scores is not None else "given")
+
+
+def sizes(n_edges: int, points: int = 32) -> list[int]:
+    """`points` circuit sizes from 0 to every edge, spaced evenly in log(1 + size)."""
+    raw = torch.logspace(0, math.log10(n_edges + 1), points) - 1
+    out = sorted({int(round(float(v))) for v in raw} | {0, n_edges})
+    while len(out) < min(points, n_edges + 1):  # rounding merged some small sizes: fill in the gaps
+        gaps = [b - a for a, b in zip(out, out[1:], strict=False)]
+        i = max(range(len(gaps)), key=gaps.__getitem__)
+        out.insert(i + 1, (out[i] + out[i + 1]) // 2)
+    return out[:points] if len(out) > points else out
+
+
+def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, metric=None, ablation="corrupt",
+                       budget_mb: float = runs.DEFAULT_BUDGET_MB, progress: bool | None = None) -> FaithfulnessCurve:
+    """The metric of the top-n circuits for `points` sizes n, evaluated together along the batch.
+
+    >>> faithfulness_curve(model, task, eap(model, task), points=8).to_frame().columns.tolist()
+    ['n_edges', 'value', 'faithfulness']
+    """
+    graph, metric = scores.graph, resolve(metric, model, task)
+    ns = sizes(graph.n_edges, points)
+    order = scores.ranking()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    keep = torch.stack([rank < n for n in ns])  # (points, edge)
+    values = masked_values(model, task, (~keep).float(), metric=metric, ablation=ablation, budget_mb=budget_mb,
+                           progress=progress).cpu()
+    clean, corrupt = float(values[ns.index(graph.n_edges)]), float(values[ns.index(0)])
+    prov = Provenance.of(model, task, metric, clean, corrupt, "noising", ablation)
+    return FaithfulnessCurve(scores.method, ns, values, prov)
