@@ -202,7 +202,4 @@ def parse_sender(name: str) -> tuple[str, int, int | None]:
 
 
 def _parallel(model) -> bool:
-    arch = getattr(model, "arch", None)
-    if arch is not None:
-        return bool(arch.parallel_residual)
-    return bool(model.hf.config.use_parallel_residual)
+    return bool(model.parallel_residual)

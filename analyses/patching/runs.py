@@ -19,7 +19,7 @@ from torch import Tensor
 from analyses.patching.errors import UnknownMethodError
 from analyses.patching.metrics import Metric
 from interp.cache import ActivationCache
-from interp.model import Tokens
+from interp.tokens import Tokens
 
 ABLATIONS = ("corrupt", "mean", "zero")
 DIRECTIONS = ("noising", "denoising")
@@ -27,15 +27,12 @@ DEFAULT_BUDGET_MB = 1024
 
 
 def module(model, site: str) -> torch.nn.Module:
-    """The module behind a site (the model's own `module()` where it has one)."""
-    if hasattr(model, "module"):
-        return model.module(site)
-    return model.hf.get_submodule(model.sites.resolve(site).module)
+    """The module behind a site."""
+    return model.module(site)
 
 
 def parallel_residual(model) -> bool:
-    arch = getattr(model, "arch", None)
-    return bool(arch.parallel_residual if arch is not None else model.hf.config.use_parallel_residual)
+    return bool(model.parallel_residual)
 
 
 def tile(tokens: Tokens, k: int) -> Tokens:

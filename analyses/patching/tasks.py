@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.patching.errors import TaskError
-from interp.model import Tokens
+from interp.tokens import Tokens
 
 Prompts = str | Sequence[str] | Tokens | Tensor
 Answers = str | int | Sequence[str] | Sequence[int] | Tensor
@@ -144,11 +144,12 @@ def greater_than(model, n_prompts: int = 8, seed: int = 0) -> Task:
     or below it. `answer` is a year above YY and `wrong` one below, for logit_diff.
     """
     years = _year_tokens(model)
+    centuries = _centuries(model, years)
     rng = random.Random(seed)
     clean, corrupt, answer, wrong = [], [], [], []
     signs = torch.zeros(n_prompts, model.d_vocab)
     for i in range(n_prompts):
-        century, yy, noun = rng.choice(range(11, 18)), rng.randint(2, 97), rng.choice(GT_NOUNS)
+        century, yy, noun = rng.choice(centuries), rng.randint(2, 97), rng.choice(GT_NOUNS)
         clean.append(f"The {noun} lasted from the year {century}{yy:02d} to the year {century}")
         corrupt.append(f"The {noun} lasted from the year {century}01 to the year {century}")
         answer.append(years[rng.randint(yy + 1, 99)])
@@ -221,6 +222,20 @@ def _single_token(model, text: str, what: str) -> int:
 
 def _is_single(model, text: str) -> bool:
     return model.tokenizer is not None and len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) == 1
+
+
+def _centuries(model, years: list[int]) -> list[int]:
+    """Centuries 11..17 whose years all split as ' XX' + 'YY' (e.g. ' 1361' is ' 136' + '1', so 13 is out)."""
+    good = []
+    for century in range(11, 18):
+        head = model.tokenizer(f" {century}", add_special_tokens=False)["input_ids"]
+        if all(model.tokenizer(f" {century}{yy:02d}", add_special_tokens=False)["input_ids"] == head + [years[yy]]
+               for yy in range(100)):
+            good.append(century)
+    if not good:
+        raise TaskError("No century 11..17 splits its years as ' XX' + 'YY' with this tokenizer: greater_than needs "
+                        "a Pythia (GPT-NeoX) tokenizer.")
+    return good
 
 
 def _year_tokens(model) -> list[int]:
