@@ -96,7 +96,7 @@ def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float
     batch are computed alike, so a patch that changes nothing has an effect of exactly 0.
     """
     n, n_pos = len(base), base.ids.shape[1]
-    out = torch.empty(len(patches), device=model.device)
+    out = torch.empty(len(patches), device=model.device, dtype=runs.value_dtype(model))
     row_bytes = runs.row_bytes(model, n_pos)
     slices = list(runs.chunks(len(patches), n, row_bytes, budget_mb))
     ref = None

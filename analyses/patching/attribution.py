@@ -61,7 +61,8 @@ def atp(model, task, sites: Sequence[str] = ("z",), *, metric=None, per_position
 
 def _dot(name: str, delta: Tensor, grad: Tensor) -> Tensor:
     """delta . grad summed over prompts and the feature axis: (pos, head), (head, q_pos) or (pos,)."""
-    prod = (delta.float() * grad.float()).sum(0)
+    dtype = torch.promote_types(delta.dtype, torch.float32)
+    prod = (delta.to(dtype) * grad.to(dtype)).sum(0)
     return prod.sum(-1)  # z/q/k/v: (pos, head); pattern: (head, q_pos) summing keys; others (pos,)
 
 
@@ -89,13 +90,13 @@ def _qk_exact(model, layers: set[int], cache, src, grads) -> dict[str, Tensor]:
     """Per layer: q and k scores with the pattern recomputed exactly, (pos, head) each."""
     rotary = getattr(model, "rotary_dim", 0) > 0
     q_name, k_name = ("rot_q", "rot_k") if rotary else ("q", "k")
-    out = {}
+    out, dt = {}, runs.value_dtype(model)
     for l in sorted(layers):
         at = f"blocks.{l}.attn."
-        q, k = cache[at + f"hook_{q_name}"].float(), cache[at + f"hook_{k_name}"].float()  # (batch, pos, head, d)
-        dq, dk = src[at + f"hook_{q_name}"].float() - q, src[at + f"hook_{k_name}"].float() - k
-        scores, pattern = cache[at + "hook_attn_scores"].float(), cache[at + "hook_pattern"].float()
-        g = grads[at + "hook_pattern"].float()  # (batch, head, q_pos, k_pos)
+        q, k = cache[at + f"hook_{q_name}"].to(dt), cache[at + f"hook_{k_name}"].to(dt)  # (batch, pos, head, d)
+        dq, dk = src[at + f"hook_{q_name}"].to(dt) - q, src[at + f"hook_{k_name}"].to(dt) - k
+        scores, pattern = cache[at + "hook_attn_scores"].to(dt), cache[at + "hook_pattern"].to(dt)
+        g = grads[at + "hook_pattern"].to(dt)  # (batch, head, q_pos, k_pos)
         scale = float(getattr(runs.module(model, at + "hook_pattern"), "scaling", model.d_head ** -0.5))
         allowed = pattern > 0
         delta_k = torch.einsum("bthd,bshd->bhts", q, dk) * scale * allowed
@@ -153,7 +154,7 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     with torch.no_grad():
         src = runs.sources(model, task, out_sites, direction, ablation)
     start = src["hook_embed"] if steps else None  # EAP-IG starts from the other run's embeddings
-    scores = torch.zeros(len(graph.senders), len(graph.receivers), device=model.device)
+    scores = torch.zeros(len(graph.senders), len(graph.receivers), device=model.device, dtype=runs.value_dtype(model))
     acts: dict[str, Tensor] = {}
     deltas: list[Tensor] = []
     leaf = _Leaf(start, steps, n)
@@ -170,7 +171,8 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
         other_value = runs.metric_rows(model, other, metric).mean()
     clean, corrupt = (clean, other_value) if direction == "noising" else (other_value, clean)
     prov = Provenance.of(model, task, metric, float(clean), float(corrupt), direction, ablation)
-    return EdgeScores("eap-ig" if steps else "eap", graph, scores[graph.mask].float().cpu(), prov)
+    return EdgeScores("eap-ig" if steps else "eap", graph, scores[graph.mask].cpu(), prov)
+
 
 
 def sender_sites(model) -> list[str]:
@@ -222,7 +224,7 @@ def _sender_deltas(graph: Graph, acts: dict, src) -> Tensor:
         else:
             name = f"blocks.{node.layer}.hook_mlp_out"
             rows.append(src[name] - acts[name])
-    return torch.stack(rows).float()
+    return torch.stack(rows).to(torch.promote_types(rows[0].dtype, torch.float32))
 
 
 def _scorer(model, graph: Graph, site: str, deltas: list[Tensor], scores: Tensor, n: int):
@@ -239,7 +241,7 @@ def _scorer(model, graph: Graph, site: str, deltas: list[Tensor], scores: Tensor
     count = int(graph.mask[:, index[0]].sum())  # the senders before a receiver are a prefix of the list
 
     def hook(grad: Tensor, hook_site) -> None:
-        g = grad.view(-1, n, *grad.shape[1:]).sum(0).float()  # sum over EAP-IG steps
+        g = grad.view(-1, n, *grad.shape[1:]).sum(0).to(scores.dtype)  # sum over EAP-IG steps
         d = deltas[0][:count]
         if g.ndim == 4:  # (prompt, pos, head, d_model)
             scores[:count, index] += torch.einsum("snpd,nphd->sh", d, g)

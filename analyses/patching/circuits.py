@@ -54,7 +54,7 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
     n = len(base)
     row_bytes = runs.row_bytes(model, base.ids.shape[1]) + len(graph.senders) * base.ids.shape[1] * model.d_model * 8
     slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
-    out = torch.empty(ablate.shape[0], device=model.device)
+    out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
     with torch.no_grad():
         for part in runs.progress(slices, len(slices), progress, "circuits"):
             out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric)
@@ -88,13 +88,20 @@ def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric
     for name in receiver_sites(model):
         fwd.setdefault(name, []).append(state.correct)
     tokens = runs.tile(base, k)
-    with model.hooks(fwd=fwd):
+    # A backward hook on each q/k/v input keeps every head's own projection in the graph even where the
+    # correction is 0 (the hooks take unchanged inputs the fast way, which gradients would not see).
+    bwd = {name: _no_change for name in receiver_sites(model) if name.endswith("_input")} if differentiable else {}
+    with model.hooks(fwd=fwd, bwd=bwd):
         if differentiable:
             with torch.enable_grad():
                 values = metric(model(tokens))
         else:
             values = runs.metric_rows(model, tokens, metric)
     return metric.per_patch(values)
+
+
+def _no_change(grad: Tensor, site) -> None:
+    return None
 
 
 class _State:

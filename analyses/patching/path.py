@@ -35,7 +35,7 @@ from analyses.patching import runs
 from analyses.patching.errors import GraphError
 from analyses.patching.graph import Graph, Node
 from analyses.patching.metrics import Metric, resolve
-from analyses.patching.results import PathEffects, Provenance
+from analyses.patching.results import PathEffects, Provenance, _at_least_fp32
 
 ENGINES = ("auto", "residual", "hooks")
 Group = tuple[str, ...]
@@ -84,7 +84,7 @@ def path_patch(model, task, senders: str | Sequence = "heads", receivers: str | 
     clean, corrupt = (ref, ref_other) if direction == "noising" else (ref_other, ref)
     prov = Provenance.of(model, task, metric, float(clean), float(corrupt), direction, ablation)
     return PathEffects(["+".join(g) for g in plan.senders], ["+".join(g) for g in plan.receivers],
-                       effects.float().cpu(), prov, mediate)
+                       _at_least_fp32(effects).cpu(), prov, mediate)
 
 
 # ---- planning -----------------------------------------------------------------------------
@@ -154,8 +154,9 @@ def _run(model, plan: Plan, base, metric: Metric, acts, pos_mask: Tensor, mediat
     batch are computed alike, so patching clean into clean gives exactly 0.
     """
     n, n_r = len(base), len(plan.receivers)
-    out = torch.full((len(plan.senders), n_r), float("nan"), device=model.device)
-    ref = torch.zeros(n_r, device=model.device)
+    dtype = runs.value_dtype(model)
+    out = torch.full((len(plan.senders), n_r), float("nan"), device=model.device, dtype=dtype)
+    ref = torch.zeros(n_r, device=model.device, dtype=dtype)
     row_bytes = runs.row_bytes(model, base.ids.shape[1]) * (1 + n_r // 8)
     slices = list(runs.chunks(len(plan.senders), n, row_bytes, budget_mb))
     logits_only = all(rg == ("logits",) for rg in plan.receivers)

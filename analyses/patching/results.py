@@ -73,8 +73,22 @@ class Provenance:
                 "metric_corrupt": self.corrupt}
 
 
+class _Metrics:
+    """M(clean) and M(corrupt) of a result's provenance."""
+
+    provenance: Provenance
+
+    @property
+    def clean(self) -> float:
+        return self.provenance.clean
+
+    @property
+    def corrupt(self) -> float:
+        return self.provenance.corrupt
+
+
 @dataclass
-class NodeEffects:
+class NodeEffects(_Metrics):
     """Effect of each patched site (activation patching) or its attribution score (AtP, AtP*)."""
 
     method: str
@@ -92,16 +106,8 @@ class NodeEffects:
               ablation="corrupt") -> NodeEffects:
         prov = Provenance.of(model, task, metric, clean, corrupt, direction, ablation)
         return cls(method, [p.site for p in patches], [p.layer for p in patches], [p.head for p in patches],
-                   [p.position for p in patches], effects.detach().float().cpu(), prov, model.n_layers,
+                   [p.position for p in patches], _at_least_fp32(effects.detach()).cpu(), prov, model.n_layers,
                    model.n_heads)
-
-    @property
-    def clean(self) -> float:
-        return self.provenance.clean
-
-    @property
-    def corrupt(self) -> float:
-        return self.provenance.corrupt
 
     def to_frame(self) -> pd.DataFrame:
         """One row per patch: site, layer, head, position, effect, effect_normalized."""
@@ -141,7 +147,7 @@ class NodeEffects:
 
 
 @dataclass
-class PathEffects:
+class PathEffects(_Metrics):
     """Path patching: the effect of each sender through each receiver (NaN where no path exists)."""
 
     senders: list[str]
@@ -172,7 +178,7 @@ class PathEffects:
 
 
 @dataclass
-class EdgeScores:
+class EdgeScores(_Metrics):
     """A score for every edge of the graph (EAP, EAP-IG, or exact per-edge effects)."""
 
     method: str
@@ -230,12 +236,16 @@ def write_json(record: dict, path) -> None:
     Path(path).write_text(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _num(v: float) -> float | None:
     return None if v != v else round(float(v), 8)
 
 
 @dataclass
-class Circuit:
+class Circuit(_Metrics):
     """An edge set with its metric alone (complement ablated) and ablated (complement kept)."""
 
     graph: Graph
@@ -285,7 +295,7 @@ class Circuit:
 
 
 @dataclass
-class FaithfulnessCurve:
+class FaithfulnessCurve(_Metrics):
     """The metric of the top-n circuits over circuit sizes n."""
 
     method: str

@@ -35,6 +35,11 @@ def parallel_residual(model) -> bool:
     return bool(model.parallel_residual)
 
 
+def value_dtype(model) -> torch.dtype:
+    """Metric values and scores are kept in fp32, or fp64 for a double-precision model."""
+    return torch.promote_types(model.dtype, torch.float32)
+
+
 def tile(tokens: Tokens, k: int) -> Tokens:
     """k copies of a batch along the batch axis, patch-major (row = copy * n + prompt)."""
     return Tokens(tokens.ids.repeat(k, 1), tokens.attention_mask.repeat(k, 1))
