@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from jaxtyping import Bool, Float
@@ -77,6 +78,19 @@ def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos 
 def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,
                   differentiable: bool = False) -> Tensor:
     """One batched pass: rows = circuit * prompt."""
+    tokens = runs.tile(base, ablate.shape[0])
+    with _masked(model, graph, ablate, src, differentiable):
+        if differentiable:
+            with torch.enable_grad():
+                values = metric(model(tokens))
+        else:
+            values = runs.metric_rows(model, tokens, metric)
+    return metric.per_patch(values)
+
+
+@contextmanager
+def _masked(model, graph: Graph, ablate: Tensor, src: Tensor, differentiable: bool = False):
+    """Hooks that record every sender's output and correct every receiver's input, for k circuits."""
     k, n = ablate.shape[0], src.shape[1]
     dense = torch.zeros(k, *graph.mask.shape, dtype=ablate.dtype, device=ablate.device)
     s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
@@ -87,17 +101,27 @@ def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric
         fwd.setdefault(name, []).append(state.record)
     for name in receiver_sites(model):
         fwd.setdefault(name, []).append(state.correct)
-    tokens = runs.tile(base, k)
     # A backward hook on each q/k/v input keeps every head's own projection in the graph even where the
     # correction is 0 (the hooks take unchanged inputs the fast way, which gradients would not see).
     bwd = {name: _no_change for name in receiver_sites(model) if name.endswith("_input")} if differentiable else {}
     with model.hooks(fwd=fwd, bwd=bwd):
-        if differentiable:
-            with torch.enable_grad():
-                values = metric(model(tokens))
-        else:
-            values = runs.metric_rows(model, tokens, metric)
-    return metric.per_patch(values)
+        yield
+
+
+def masked_logits(model, task, ablate: Float[Tensor, "circuit edge"], *, ablation="corrupt",
+                  direction: str = "noising") -> Float[Tensor, "circuit prompt pos d_vocab"]:
+    """Full logits of the base run with each row's edges ablated (1 = ablated), one pass for every row.
+
+    >>> masked_logits(model, task, torch.zeros(1, Graph.from_model(model).n_edges)).shape[:2]
+    torch.Size([1, 8])
+    """
+    graph = Graph.from_model(model)
+    base = task.clean if direction == "noising" else task.corrupt
+    with torch.no_grad():
+        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+        with _masked(model, graph, ablate.to(model.device), src):
+            logits = model(runs.tile(base, ablate.shape[0]))
+    return logits.view(ablate.shape[0], len(base), *logits.shape[1:])
 
 
 def _no_change(grad: Tensor, site) -> None:
