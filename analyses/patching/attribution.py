@@ -26,7 +26,7 @@ from torch import Tensor
 from analyses.patching import runs
 from analyses.patching.activation import NODE_SITES, Patch, plan
 from analyses.patching.graph import Graph
-from analyses.patching.metrics import Metric, resolve
+from analyses.patching.metrics import resolve
 from analyses.patching.results import EdgeScores, NodeEffects, Provenance
 
 
@@ -83,7 +83,7 @@ def _pick(values: Tensor, p: Patch) -> Tensor:
 def _qk_names(model, layers: set[int]) -> list[str]:
     rotary = getattr(model, "rotary_dim", 0) > 0
     q, k = ("rot_q", "rot_k") if rotary else ("q", "k")
-    return [f"blocks.{l}.attn.hook_{s}" for l in sorted(layers) for s in (q, k, "attn_scores", "pattern")]
+    return [f"blocks.{ly}.attn.hook_{s}" for ly in sorted(layers) for s in (q, k, "attn_scores", "pattern")]
 
 
 def _qk_exact(model, layers: set[int], cache, src, grads) -> dict[str, Tensor]:
@@ -91,8 +91,8 @@ def _qk_exact(model, layers: set[int], cache, src, grads) -> dict[str, Tensor]:
     rotary = getattr(model, "rotary_dim", 0) > 0
     q_name, k_name = ("rot_q", "rot_k") if rotary else ("q", "k")
     out, dt = {}, runs.value_dtype(model)
-    for l in sorted(layers):
-        at = f"blocks.{l}.attn."
+    for ly in sorted(layers):
+        at = f"blocks.{ly}.attn."
         q, k = cache[at + f"hook_{q_name}"].to(dt), cache[at + f"hook_{k_name}"].to(dt)  # (batch, pos, head, d)
         dq, dk = src[at + f"hook_{q_name}"].to(dt) - q, src[at + f"hook_{k_name}"].to(dt) - k
         scores, pattern = cache[at + "hook_attn_scores"].to(dt), cache[at + "hook_pattern"].to(dt)
@@ -177,15 +177,15 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
 
 def sender_sites(model) -> list[str]:
     """Sites holding every sender's output: the embedding, each layer's per-head results and MLP output."""
-    L = model.n_layers
-    return ["hook_embed", *(s for l in range(L) for s in (f"blocks.{l}.attn.hook_result", f"blocks.{l}.hook_mlp_out"))]
+    per_layer = (("blocks.{}.attn.hook_result", "blocks.{}.hook_mlp_out"))
+    return ["hook_embed", *(s.format(ly) for ly in range(model.n_layers) for s in per_layer)]
 
 
 def receiver_sites(model) -> list[str]:
     """Sites holding every receiver's input: q/k/v inputs, MLP inputs, the final residual."""
     L = model.n_layers
-    sites = [f"blocks.{l}.attn.hook_{x}_input" for l in range(L) for x in "qkv"]
-    return sites + [f"blocks.{l}.hook_mlp_in" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    sites = [f"blocks.{ly}.attn.hook_{x}_input" for ly in range(L) for x in "qkv"]
+    return sites + [f"blocks.{ly}.hook_mlp_in" for ly in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
 
 
 def _keep(acts: dict, name: str, n: int):

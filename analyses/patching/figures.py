@@ -61,8 +61,8 @@ def _grid(part, column: str, tokens: list[str]):
     """(z, y labels, x labels) of one site's rows."""
     heads = part["head"].notna().any()
     by_pos = part["position"].notna().any()
-    rows = [f"L{l}H{h}" for l, h in zip(part.layer, part["head"], strict=True)] if heads else \
-        [f"L{l}" for l in part.layer]
+    rows = [f"L{ly}H{h}" for ly, h in zip(part.layer, part["head"], strict=True)] if heads else \
+        [f"L{ly}" for ly in part.layer]
     row_names = list(dict.fromkeys(rows))
     if by_pos:
         cols = sorted(set(part.position.astype(int)))
@@ -75,9 +75,9 @@ def _grid(part, column: str, tokens: list[str]):
         layers = sorted(set(part.layer))
         n_heads = int(part["head"].max()) + 1
         z = np.full((len(layers), n_heads), np.nan)
-        for l, h, v in zip(part.layer, part["head"].astype(int), part[column], strict=True):
-            z[layers.index(l), h] = v
-        return z, [f"L{l}" for l in layers], [f"H{h}" for h in range(n_heads)]
+        for ly, h, v in zip(part.layer, part["head"].astype(int), part[column], strict=True):
+            z[layers.index(ly), h] = v
+        return z, [f"L{ly}" for ly in layers], [f"H{h}" for h in range(n_heads)]
     return part[column].to_numpy()[:, None], row_names, ["all positions"]
 
 

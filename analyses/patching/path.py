@@ -132,12 +132,12 @@ def _position_mask(positions: Sequence[int] | None, n_pos: int) -> Tensor:
 def _activations(model, task, direction: str, ablation, hooks_engine: bool) -> dict[str, dict[str, Tensor]]:
     """Base-run and source values of sender outputs, and the base residual at every read point."""
     L = model.n_layers
-    out_sites = ["hook_embed", *(f"blocks.{l}.hook_mlp_out" for l in range(L))]
-    out_sites += [f"blocks.{l}.attn.hook_{'z' if hooks_engine else 'result'}" for l in range(L)]
+    out_sites = ["hook_embed", *(f"blocks.{ly}.hook_mlp_out" for ly in range(L))]
+    out_sites += [f"blocks.{ly}.attn.hook_{'z' if hooks_engine else 'result'}" for ly in range(L)]
     base_tokens = task.clean if direction == "noising" else task.corrupt
-    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    resid = [f"blocks.{ly}.hook_resid_pre" for ly in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     if not runs.parallel_residual(model):
-        resid += [f"blocks.{l}.hook_resid_mid" for l in range(L)]
+        resid += [f"blocks.{ly}.hook_resid_mid" for ly in range(L)]
     _, base = model.run_with_cache(base_tokens, names=out_sites + resid)
     src = runs.sources(model, task, out_sites, direction, ablation)
     return {"base": dict(base), "src": {k: src[k] for k in out_sites}}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analyses.patching.activation import activation_patch
-from analyses.patching.attribution import atp, eap, eap_ig, receiver_sites
+from analyses.patching.attribution import atp, eap, eap_ig, receiver_sites, sender_sites
 from analyses.patching.circuits import masked_values
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import LogitDiff
@@ -38,11 +38,28 @@ def test_edge_masks_pass_gradcheck_and_their_gradient_at_zero_is_eap(arch):
     assert grad.abs().max() > 1e-3
 
 
+def output(cache, node):
+    """A sender's output from a cache."""
+    if node.kind == "embed":
+        return cache["hook_embed"]
+    if node.kind == "head":
+        return cache[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head]
+    return cache[f"blocks.{node.layer}.hook_mlp_out"]
+
+
+def grad_at(grads: dict, node, n_layers: int):
+    """The gradient at a receiver's input."""
+    if node.kind == "logits":
+        return grads[f"blocks.{n_layers - 1}.hook_resid_post"]
+    if node.kind == "mlp":
+        return grads[f"blocks.{node.layer}.hook_mlp_in"]
+    return grads[f"blocks.{node.layer}.attn.hook_{node.kind}_input"][:, :, node.head]
+
+
 def ig_reference(model, task, steps: int) -> torch.Tensor:
     """EAP-IG by hand: gradients at each receiver for inputs k/steps of the way from corrupt to clean."""
     graph = Graph.from_model(model)
-    L = model.n_layers
-    out_sites = ["hook_embed", *(s for l in range(L) for s in (f"blocks.{l}.attn.hook_result", f"blocks.{l}.hook_mlp_out"))]
+    out_sites = sender_sites(model)
     _, clean = model.run_with_cache(task.clean, names=out_sites)
     _, corrupt = model.run_with_cache(task.corrupt, names=out_sites)
     metric = LogitDiff.of(task)
@@ -55,25 +72,11 @@ def ig_reference(model, task, steps: int) -> torch.Tensor:
                                                          names=receiver_sites(model))
         for name in grads:
             mean_grads[name] = mean_grads.get(name, 0) + grads[name] / steps
-
-    def output(cache, node):
-        if node.kind == "embed":
-            return cache["hook_embed"]
-        if node.kind == "head":
-            return cache[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head]
-        return cache[f"blocks.{node.layer}.hook_mlp_out"]
-
-    def grad_of(node):
-        if node.kind == "logits":
-            return mean_grads[f"blocks.{L - 1}.hook_resid_post"]
-        if node.kind == "mlp":
-            return mean_grads[f"blocks.{node.layer}.hook_mlp_in"]
-        return mean_grads[f"blocks.{node.layer}.attn.hook_{node.kind}_input"][:, :, node.head]
-
+    L = model.n_layers
     scores = []
     for s, r in graph.edges:
         sender, receiver = graph.sender(s), graph.receiver(r)
-        scores.append(((output(corrupt, sender) - output(clean, sender)) * grad_of(receiver)).sum())
+        scores.append(((output(corrupt, sender) - output(clean, sender)) * grad_at(mean_grads, receiver, L)).sum())
     return torch.stack(scores)
 
 
@@ -94,8 +97,8 @@ def test_atp_matches_finite_differences(site):
     which puts a noise floor of about 1e-8 under any patched value, even in float64."""
     model = small("neox")
     task = random_task(model, n_prompts=2, n_pos=6)
-    names = [f"blocks.{l}.attn.hook_{site}" if site in ("z", "v", "pattern") else f"blocks.{l}.hook_{site}"
-             for l in range(model.n_layers)]
+    names = [f"blocks.{ly}.attn.hook_{site}" if site in ("z", "v", "pattern") else f"blocks.{ly}.hook_{site}"
+             for ly in range(model.n_layers)]
     _, cache = model.run_with_cache(task.clean, names=names)
     eps = 1e-4
     g = torch.Generator().manual_seed(0)
@@ -113,10 +116,10 @@ def test_atp_star_pattern_change_is_exact(site):
     model = small("neox")
     task = random_task(model, n_prompts=2, n_pos=6, changed=(1, 3))
     result = atp(model, task, sites=[site], qk_fix=True)
-    pattern_sites = [f"blocks.{l}.attn.hook_pattern" for l in range(model.n_layers)]
+    pattern_sites = [f"blocks.{ly}.attn.hook_pattern" for ly in range(model.n_layers)]
     metric = LogitDiff.of(task)
     _, clean, grads = model.run_with_cache_and_grads(task.clean, lambda lg: metric(lg).mean(), names=pattern_sites)
-    _, corrupt = model.run_with_cache(task.corrupt, names=[f"blocks.{l}.attn.hook_{site}" for l in range(2)])
+    _, corrupt = model.run_with_cache(task.corrupt, names=[f"blocks.{ly}.attn.hook_{site}" for ly in range(2)])
     for row in result.to_frame().sample(12, random_state=0).itertuples():
         name = f"blocks.{row.layer}.attn.hook_{site}"
 

@@ -9,7 +9,11 @@ import torch
 
 from analyses.patching.attribution import eap
 from analyses.patching.circuits import (
-    evaluate_circuit, faithfulness_curve, masked_logits, masked_values, sizes,
+    evaluate_circuit,
+    faithfulness_curve,
+    masked_logits,
+    masked_values,
+    sizes,
 )
 from analyses.patching.errors import GraphError
 from analyses.patching.graph import Graph
@@ -39,7 +43,8 @@ def test_no_edge_with_zero_or_mean_ablation_is_the_ablated_run(ablation, arch):
     model = tiny_model(arch)
     task = random_task(model)
     L = model.n_layers
-    names = ["hook_embed", *(f"blocks.{l}.attn.hook_z" for l in range(L)), *(f"blocks.{l}.hook_mlp_out" for l in range(L))]
+    names = ["hook_embed", *(f"blocks.{ly}.attn.hook_z" for ly in range(L)),
+             *(f"blocks.{ly}.hook_mlp_out" for ly in range(L))]
     _, clean = model.run_with_cache(task.clean, names=names)
 
     def ablate(x, hook):

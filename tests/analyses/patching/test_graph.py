@@ -15,10 +15,10 @@ from .helpers import tiny_model
 def brute_force_edges(n_layers: int, n_heads: int, parallel: bool) -> set[tuple[str, str]]:
     """Every (sender, receiver) pair where the receiver reads the residual after the sender wrote, by hand."""
     senders = [("embed", -1, "embed")]
-    for l in range(n_layers):
-        senders += [(f"L{l}H{h}", l, "head") for h in range(n_heads)] + [(f"mlp{l}", l, "mlp")]
-    receivers = [(f"L{l}H{h}.{x}", l, "head") for l in range(n_layers) for h in range(n_heads) for x in "qkv"]
-    receivers += [(f"mlp{l}", l, "mlp") for l in range(n_layers)] + [("logits", n_layers, "logits")]
+    for ly in range(n_layers):
+        senders += [(f"L{ly}H{h}", ly, "head") for h in range(n_heads)] + [(f"mlp{ly}", ly, "mlp")]
+    receivers = [(f"L{ly}H{h}.{x}", ly, "head") for ly in range(n_layers) for h in range(n_heads) for x in "qkv"]
+    receivers += [(f"mlp{ly}", ly, "mlp") for ly in range(n_layers)] + [("logits", n_layers, "logits")]
     edges = set()
     for s, sl, sk in senders:
         for r, rl, rk in receivers:
@@ -49,7 +49,7 @@ def test_attention_to_mlp_within_a_layer_only_on_sequential_models(arch, paralle
     model = tiny_model(arch)
     graph = Graph.from_model(model)
     assert graph.parallel_residual is parallel
-    within = [graph.has_edge(f"L{l}H{h}", f"mlp{l}") for l in range(model.n_layers) for h in range(model.n_heads)]
+    within = [graph.has_edge(f"L{ly}H{h}", f"mlp{ly}") for ly in range(model.n_layers) for h in range(model.n_heads)]
     assert all(within) if not parallel else not any(within)
     assert not graph.has_edge("mlp1", "mlp1") and not graph.has_edge("L1H0", "L1H1.q")
 

@@ -14,36 +14,46 @@ from analyses.patching.path import path_patch
 from .helpers import random_task, same, tiny_model
 
 
-def reference(model, task, sender: str, receiver: str, mediate: bool = True) -> float:
-    """Wang et al. by hand, one pair, separate forwards: record the receiver's input with the sender
-    corrupt and every other head frozen clean, then rerun clean with only that input patched."""
+def sender_hooks(model, task, sender: str, mediate: bool) -> dict:
+    """The first run's hooks: the sender corrupt, every other head frozen clean, MLPs free or frozen."""
     L = model.n_layers
-    names = ["hook_embed", *(f"blocks.{l}.attn.hook_z" for l in range(L)), *(f"blocks.{l}.hook_mlp_out" for l in range(L))]
+    names = ["hook_embed", *(f"blocks.{ly}.attn.hook_z" for ly in range(L)),
+             *(f"blocks.{ly}.hook_mlp_out" for ly in range(L))]
     _, clean = model.run_with_cache(task.clean, names=names)
     _, corrupt = model.run_with_cache(task.corrupt, names=names)
     hooks = {}
-    for l in range(L):
-        def freeze_heads(z, hook, l=l):
-            out = clean[f"blocks.{l}.attn.hook_z"].clone()
+    for ly in range(L):
+        def freeze_heads(z, hook, ly=ly):
+            out = clean[f"blocks.{ly}.attn.hook_z"].clone()
             for h in range(model.n_heads):
-                if sender == f"L{l}H{h}":
-                    out[:, :, h] = corrupt[f"blocks.{l}.attn.hook_z"][:, :, h]
+                if sender == f"L{ly}H{h}":
+                    out[:, :, h] = corrupt[f"blocks.{ly}.attn.hook_z"][:, :, h]
             return out
-        hooks[f"blocks.{l}.attn.hook_z"] = freeze_heads
-        if sender == f"mlp{l}":
-            hooks[f"blocks.{l}.hook_mlp_out"] = lambda x, hook, l=l: corrupt[f"blocks.{l}.hook_mlp_out"]
+        hooks[f"blocks.{ly}.attn.hook_z"] = freeze_heads
+        if sender == f"mlp{ly}":
+            hooks[f"blocks.{ly}.hook_mlp_out"] = lambda x, hook, ly=ly: corrupt[f"blocks.{ly}.hook_mlp_out"]
         elif not mediate:
-            hooks[f"blocks.{l}.hook_mlp_out"] = lambda x, hook, l=l: clean[f"blocks.{l}.hook_mlp_out"]
+            hooks[f"blocks.{ly}.hook_mlp_out"] = lambda x, hook, ly=ly: clean[f"blocks.{ly}.hook_mlp_out"]
     if sender == "embed":
         hooks["hook_embed"] = lambda x, hook: corrupt["hook_embed"]
+    return hooks
+
+
+def receiver_site(model, receiver: str) -> tuple[str, int | None]:
     if receiver == "logits":
-        site, head = f"blocks.{L - 1}.hook_resid_post", None
-    elif receiver.startswith("mlp"):
-        site, head = f"blocks.{receiver[3:]}.hook_mlp_in", None
-    else:
-        name, kind = receiver.split(".")
-        layer, head = (int(v) for v in name[1:].split("H"))
-        site = f"blocks.{layer}.attn.hook_{kind}_input"
+        return f"blocks.{model.n_layers - 1}.hook_resid_post", None
+    if receiver.startswith("mlp"):
+        return f"blocks.{receiver[3:]}.hook_mlp_in", None
+    name, kind = receiver.split(".")
+    layer, head = (int(v) for v in name[1:].split("H"))
+    return f"blocks.{layer}.attn.hook_{kind}_input", head
+
+
+def reference(model, task, sender: str, receiver: str, mediate: bool = True) -> float:
+    """Wang et al. by hand, one pair, separate forwards: record the receiver's input with the sender
+    corrupt and every other head frozen clean, then rerun clean with only that input patched."""
+    hooks = sender_hooks(model, task, sender, mediate)
+    site, head = receiver_site(model, receiver)
     recorded = {}
 
     def record(x, hook):
