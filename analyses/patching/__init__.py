@@ -1,11 +1,15 @@
 """Patching and circuit discovery: activation, path, attribution and edge patching, and circuits.
 
+    >>> import interp
     >>> from analyses import patching
+    >>> model = interp.load("toy")
     >>> task = patching.tasks.induction(model, n_prompts=8)
-    >>> patching.activation_patch(model, task, sites=["z"]).figure()
-    >>> patching.path_patch(model, task, senders="heads", receivers="logits").to_frame()
+    >>> heads = patching.activation_patch(model, task, sites=["z"]).figure()
+    >>> paths = patching.path_patch(model, task, senders="heads", receivers="logits").to_frame()
     >>> scores = patching.eap_ig(model, task, steps=5)
-    >>> patching.faithfulness_curve(model, task, scores).figure()
+    >>> curve = patching.faithfulness_curve(model, task, scores)
+    >>> curve.smallest(0.8) < scores.graph.n_edges
+    True
 
 Signs follow one convention, stated in `analyses.patching.metrics`.
 """

@@ -1,5 +1,8 @@
 """Activation patching: many patches per forward, stacked along the batch and chunked to a memory budget.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
     >>> task = tasks.induction(model, n_prompts=4)
     >>> result = activation_patch(model, task, sites=["z"])       # every head at every position
     >>> result.to_frame().columns.tolist()
@@ -71,6 +74,10 @@ def activation_patch(model, task, sites: Sequence[str] = ("z",), *, metric=None,
                      progress: bool | None = None) -> NodeEffects:
     """Effect on the metric of patching each site, batched; one dataclass whatever the options.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> activation_patch(model, task, sites=["resid_pre", "mlp_out"], per_position=False).effects.shape
     torch.Size([4])
     """

@@ -1,5 +1,9 @@
 """Attribution patching: AtP node scores, AtP*'s exact attention for queries and keys, EAP and EAP-IG edge scores.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> scores = atp(model, task, sites=["z", "k"])          # two forwards, one backward
     >>> edges = eap(model, task)                              # a score for every edge of the graph
     >>> edges_ig = eap_ig(model, task, steps=5)               # integrated gradients over the inputs
@@ -35,6 +39,11 @@ def atp(model, task, sites: Sequence[str] = ("z",), *, metric=None, per_position
         layers: Iterable[int] | None = None) -> NodeEffects:
     """AtP (or AtP* with `qk_fix`) scores, laid out as `activation_patch` lays out effects.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching import activation_patch
     >>> atp(model, task, sites=["z"]).effects.shape == activation_patch(model, task, sites=["z"]).effects.shape
     True
     """
@@ -129,6 +138,10 @@ def _key_change(pattern: Tensor, delta: Tensor, g: Tensor) -> Tensor:
 def eap(model, task, *, metric=None, direction: str = "noising", ablation="corrupt") -> EdgeScores:
     """EAP: a score for every edge from one forward and one backward on the clean run (plus one corrupt forward).
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> eap(model, task).scores.shape[0] == Graph.from_model(model).n_edges
     True
     """
@@ -138,6 +151,10 @@ def eap(model, task, *, metric=None, direction: str = "noising", ablation="corru
 def eap_ig(model, task, steps: int = 5, *, metric=None, direction: str = "noising") -> EdgeScores:
     """EAP-IG: EAP with gradients averaged over `steps` inputs interpolated from corrupt to clean embeddings.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> eap_ig(model, task, steps=3).method
     'eap-ig'
     """

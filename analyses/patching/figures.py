@@ -1,8 +1,12 @@
 """Plotly figures of patching results: effect heatmaps, sender x receiver matrices, circuit graphs, curves.
 
-    >>> activation_patch(model, task, sites=["z"]).figure()        # node_figure
-    >>> path_patch(model, task, "heads", "logits").figure()         # path_figure
-    >>> evaluate_circuit(model, task, scores.top(20), scores).figure()   # circuit_figure
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching import activation_patch, path_patch
+    >>> fig = activation_patch(model, task, sites=["z"]).figure()         # node_figure
+    >>> fig = path_patch(model, task, "heads", "logits").figure()         # path_figure
 
 Colours are diverging and centred on 0 (red: the patch lowers the metric, blue: raises it), on one
 scale across a figure's panels so they compare.

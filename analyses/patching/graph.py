@@ -85,6 +85,7 @@ class Graph:
     def from_model(cls, model) -> Graph:
         """The graph of a loaded model, from its dimensions and residual form.
 
+        >>> import interp
         >>> Graph.from_model(interp.load("toy")).n_edges
         69
         """

@@ -1,5 +1,8 @@
 """Metrics on logits, and the one sign convention every patching method follows.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
     >>> task = tasks.induction(model, n_prompts=4)
     >>> metric = LogitDiff.of(task)                 # answer - wrong at the last position
     >>> metric(model(task.clean)).shape             # one value per prompt
@@ -133,6 +136,10 @@ class FunctionMetric(Metric):
 def resolve(metric: str | Metric | Callable | None, model, task, positions: int | list[int] = -1) -> Metric:
     """A Metric from a name (logit_diff, prob_diff, kl), a Metric, a callable, or None (the task's default).
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> resolve("kl", model, task).name
     'kl'
     """

@@ -1,8 +1,12 @@
 """Exact path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023), senders batched along the batch.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> result = path_patch(model, task, senders="heads", receivers=["logits"])
-    >>> result["L0H1", "logits"]                      # effect of L0H1's direct and MLP-mediated paths
-    >>> path_patch(model, task, senders=["L0H1"], receivers=["L1H0.k", "L1H0.q"]).to_frame()
+    >>> effect = result["L1H0", "logits"]            # L1H0's direct path and its MLP-mediated paths
+    >>> frame = path_patch(model, task, senders=["L0H1"], receivers=["L1H0.k", "L1H0.q"]).to_frame()
 
 Noising (default): each sender takes its corrupt value (at every position, or at `positions`)
 inside the clean run while every other head is frozen to its clean output; MLPs recompute, so
@@ -67,6 +71,10 @@ def path_patch(model, task, senders: str | Sequence = "heads", receivers: str | 
                budget_mb: float = runs.DEFAULT_BUDGET_MB, progress: bool | None = None) -> PathEffects:
     """Effect of each sender group through each receiver group: a (sender, receiver) matrix.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
     >>> path_patch(model, task, senders=["L0H1"], receivers=[("L1H0.k", "L1H1.k", "L1H2.k")]).effects.shape
     torch.Size([1, 1])
     """

@@ -1,6 +1,6 @@
 """The residual engine of path patching: receivers' inputs from the clean residual plus sender differences.
 
-    >>> inputs = record_residual(model, plan, plan.senders, acts, pos_mask, mediate=True)
+    >>> inputs = record_residual(model, plan, plan.senders, acts, pos_mask, mediate=True)  # doctest: +SKIP
 
 With every head frozen, the residual stream at any point of the patched run is the base residual
 plus the senders' output differences plus, when MLPs mediate, each later MLP's change. MLPs act

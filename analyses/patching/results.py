@@ -1,8 +1,13 @@
 """Result dataclasses of the patching methods: node effects, sender x receiver effects, edge scores.
 
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching import activation_patch
     >>> result = activation_patch(model, task, sites=["z"])
-    >>> result.to_frame().head()           # site, layer, head, position, effect, effect_normalized
-    >>> result.figure()                    # layer x head (x position) heatmaps
+    >>> frame = result.to_frame()           # site, layer, head, position, effect, effect_normalized
+    >>> fig = result.figure()               # layer x head (x position) heatmaps
 
 Every result carries the metric on the clean and the corrupt run (`clean`, `corrupt`), so
 `effect_normalized = effect / (clean - corrupt)`; signs follow `analyses.patching.metrics`.

@@ -1,7 +1,13 @@
 """Shared plumbing of the patching methods: batched runs, ablation sources, metric values, chunking.
 
-    >>> rows = tile(task.clean, 3)          # three copies of the prompts, patch-major
-    >>> values = metric_rows(model, rows, metric)   # one metric value per row
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching.metrics import LogitDiff
+    >>> rows = tile(task.clean, 3)                              # three copies of the prompts, patch-major
+    >>> metric_rows(model, rows, LogitDiff.of(task)).shape      # one metric value per row
+    torch.Size([12])
 
 Every run goes through the model's own forward with `model.hooks(fwd=...)`; the final LayerNorm
 and unembedding run only at the metric's positions.

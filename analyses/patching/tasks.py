@@ -1,5 +1,7 @@
 """Tasks: clean and corrupt prompts that align token for token, with the answer and a wrong token.
 
+    >>> import interp
+    >>> model = interp.load("toy")
     >>> task = induction(model, n_prompts=8)          # repeated random tokens (any model)
     >>> task.clean.ids.shape == task.corrupt.ids.shape
     True
@@ -63,7 +65,8 @@ def make(model, clean: Prompts, corrupt: Prompts, answer: Answers, wrong: Answer
          metric: str = "logit_diff", signs: Tensor | None = None) -> Task:
     """A task from your own pairs; refuses prompts that do not align and answers that are not one token.
 
-    >>> make(model, clean=[[5, 6, 7]], corrupt=[[5, 9, 7]], answer=[6], wrong=[9]).n_prompts
+    >>> import interp
+    >>> make(interp.load("toy"), clean=[[5, 6, 7]], corrupt=[[5, 9, 7]], answer=[6], wrong=[9]).n_prompts
     1
     """
     clean_t, corrupt_t = _tokens(model, clean), _tokens(model, corrupt)
@@ -83,7 +86,8 @@ def induction(model, n_prompts: int = 8, length: int = 12, repeat: int = 8, seed
     token absent from the block, so the induction heads find nothing to key on. `wrong` is another
     token absent from the prompt.
 
-    >>> task = induction(model, n_prompts=2, length=6, repeat=3)
+    >>> import interp
+    >>> task = induction(interp.load("toy"), n_prompts=2, length=6, repeat=3)
     >>> task.n_pos, bool((task.clean.ids != task.corrupt.ids).sum(1).eq(1).all())
     (9, True)
     """
