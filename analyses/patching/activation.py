@@ -84,12 +84,11 @@ def activation_patch(model, task, sites: Sequence[str] = ("z",), *, metric=None,
     runs.check_choice(direction, runs.DIRECTIONS, "direction")
     patches = plan(model, task.n_pos, sites, per_position, layers, heads, positions)
     metric = resolve(metric, model, task)
-    base, other = (task.clean, task.corrupt) if direction == "noising" else (task.corrupt, task.clean)
+    base = task.clean if direction == "noising" else task.corrupt
     names = sorted({p.name() for p in patches})
     with torch.no_grad():
-        src = runs.sources(model, task, names, direction, ablation)
+        src, ref_other = runs.source_run(model, task, names, direction, ablation, metric)
         effects, ref = run_patches(model, base, metric, patches, src, budget_mb, progress)
-        ref_other = runs.metric_rows(model, other, metric).mean()
     clean, corrupt = (ref, ref_other) if direction == "noising" else (ref_other, ref)
     return NodeEffects.build("activation", model, task, metric, patches, effects, float(clean), float(corrupt),
                              direction, ablation)

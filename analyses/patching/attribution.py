@@ -50,18 +50,17 @@ def atp(model, task, sites: Sequence[str] = ("z",), *, metric=None, per_position
     runs.check_choice(direction, runs.DIRECTIONS, "direction")
     patches = plan(model, task.n_pos, sites, per_position, layers)
     metric = resolve(metric, model, task)
-    base, other = (task.clean, task.corrupt) if direction == "noising" else (task.corrupt, task.clean)
+    base = task.clean if direction == "noising" else task.corrupt
     names = sorted({p.name() for p in patches})
     fix = qk_fix and any(p.site in ("q", "k") for p in patches)
     extra = _qk_names(model, {p.layer for p in patches}) if fix else []
     value, cache, grads = model.run_with_cache_and_grads(base, lambda lg: metric(lg).mean(), names=names + extra)
     with torch.no_grad():
-        src = runs.sources(model, task, names + extra, direction, ablation)
+        src, other_value = runs.source_run(model, task, names + extra, direction, ablation, metric)
         per_site = {name: _dot(name, src[name] - cache[name], grads[name]) for name in names}
         if fix:
             per_site.update(_qk_exact(model, {p.layer for p in patches if p.site in ("q", "k")}, cache, src, grads))
         effects = torch.stack([_pick(per_site[p.name()], p) for p in patches])
-        other_value = runs.metric_rows(model, other, metric).mean()
     clean, corrupt = (value, other_value) if direction == "noising" else (other_value, value)
     method = "atp*" if qk_fix else "atp"
     return NodeEffects.build(method, model, task, metric, patches, effects, float(clean), float(corrupt),
@@ -166,10 +165,10 @@ def eap_ig(model, task, steps: int = 5, *, metric=None, direction: str = "noisin
 def _edge_attribution(model, task, metric, direction: str, ablation, steps: int) -> EdgeScores:
     runs.check_choice(direction, runs.DIRECTIONS, "direction")
     graph, metric = Graph.from_model(model), resolve(metric, model, task)
-    base, other = (task.clean, task.corrupt) if direction == "noising" else (task.corrupt, task.clean)
+    base = task.clean if direction == "noising" else task.corrupt
     n, out_sites = len(base), sender_sites(model)
     with torch.no_grad():
-        src = runs.sources(model, task, out_sites, direction, ablation)
+        src, other_value = runs.source_run(model, task, out_sites, direction, ablation, metric)
     start = src["hook_embed"] if steps else None  # EAP-IG starts from the other run's embeddings
     scores = torch.zeros(len(graph.senders), len(graph.receivers), device=model.device, dtype=runs.value_dtype(model))
     acts: dict[str, Tensor] = {}
@@ -177,19 +176,20 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     leaf = _Leaf(start, steps, n)
     fwd = {name: _keep(acts, name, n) for name in out_sites}
     fwd["hook_embed"] = [_keep(acts, "hook_embed", n), leaf]
-    bwd = {site: _scorer(model, graph, site, deltas, scores, n) for site in receiver_sites(model)}
+    final = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    fwd.setdefault(final, []).append(_keep(acts, "__final__", None))
+    scorer = _Scorer(model, graph, deltas, scores, n)
+    bwd = {site: scorer.hook(site) for site in receiver_sites(model)}
     with torch.enable_grad(), model.hooks(fwd=fwd, bwd=bwd):
-        logits = model(runs.tile(base, steps) if steps else base)
+        # the forward stops before the unembedding; the metric reads the kept final residual at its positions
+        model.run_with_cache(runs.tile(base, steps) if steps else base, names=[], stop_at_layer=model.n_layers)
         deltas.append(_sender_deltas(graph, acts, src))  # before the backward reaches any receiver
-        value = metric(logits).mean()
-        torch.autograd.grad(value, [leaf.tensor])
-    with torch.no_grad():
-        clean = metric.per_patch(metric(logits.detach()))[-1]  # the last rows are the unmoved base run
-        other_value = runs.metric_rows(model, other, metric).mean()
+        values = metric.values(runs.unembed(model, metric.gather(acts["__final__"])))
+        torch.autograd.grad(values.mean(), [leaf.tensor])
+    clean = metric.per_patch(values.detach())[-1]  # the last rows are the unmoved base run
     clean, corrupt = (clean, other_value) if direction == "noising" else (other_value, clean)
     prov = Provenance.of(model, task, metric, float(clean), float(corrupt), direction, ablation)
     return EdgeScores("eap-ig" if steps else "eap", graph, scores[graph.mask].cpu(), prov)
-
 
 
 def sender_sites(model) -> list[str]:
@@ -205,10 +205,11 @@ def receiver_sites(model) -> list[str]:
     return sites + [f"blocks.{ly}.hook_mlp_in" for ly in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
 
 
-def _keep(acts: dict, name: str, n: int):
-    """Keep a site's base-run value: the last n rows (for EAP-IG, the step that is the base run)."""
+def _keep(acts: dict, name: str, n: int | None):
+    """Keep a site's base-run value: the last n rows (for EAP-IG, the step that is the base run);
+    with n None, every row and its autograd history."""
     def hook(x: Tensor, site) -> None:
-        acts[name] = x[-n:].detach()
+        acts[name] = x if n is None else x[-n:].detach()
 
     return hook
 
@@ -244,25 +245,40 @@ def _sender_deltas(graph: Graph, acts: dict, src) -> Tensor:
     return torch.stack(rows).to(torch.promote_types(rows[0].dtype, torch.float32))
 
 
-def _scorer(model, graph: Graph, site: str, deltas: list[Tensor], scores: Tensor, n: int):
-    """A backward hook adding delta . grad into the scores of every edge that ends at this site's receivers."""
-    parts = site.split(".")
-    if parts[-1] == "hook_resid_post":
-        names = ["logits"]
-    elif parts[-1] == "hook_mlp_in":
-        names = [f"mlp{parts[1]}"]
-    else:
-        kind = parts[-1][len("hook_")]
-        names = [f"L{parts[1]}H{h}.{kind}" for h in range(model.n_heads)]
-    index = [graph.receiver_index(r) for r in names]
-    count = int(graph.mask[:, index[0]].sum())  # the senders before a receiver are a prefix of the list
+class _Scorer:
+    """Backward hooks that collect the gradients at every receiver of a layer, then add delta . grad into the
+    scores of all edges ending there with one matmul, (sender, prompt * pos * d) @ (prompt * pos * d, receiver)."""
 
-    def hook(grad: Tensor, hook_site) -> None:
-        g = grad.view(-1, n, *grad.shape[1:]).sum(0).to(scores.dtype)  # sum over EAP-IG steps
-        d = deltas[0][:count]
-        if g.ndim == 4:  # (prompt, pos, head, d_model)
-            scores[:count, index] += torch.einsum("snpd,nphd->sh", d, g)
+    def __init__(self, model, graph: Graph, deltas: list[Tensor], scores: Tensor, n: int):
+        self.graph, self.deltas, self.scores, self.n, self.n_heads = graph, deltas, scores, n, model.n_heads
+        counts = graph.mask.sum(0)  # senders before each receiver: a prefix of the sender list
+        self.groups = {int(c): (counts == c).nonzero().flatten().tolist() for c in counts.unique()}
+        self.pending: dict[int, dict[int, Tensor]] = {}
+
+    def hook(self, site_name: str):
+        parts = site_name.split(".")
+        if parts[-1] == "hook_resid_post":
+            names = ["logits"]
+        elif parts[-1] == "hook_mlp_in":
+            names = [f"mlp{parts[1]}"]
         else:
-            scores[:count, index[0]] += torch.einsum("snpd,npd->s", d, g)
+            names = [f"L{parts[1]}H{h}.{parts[-1][len('hook_')]}" for h in range(self.n_heads)]
+        index = [self.graph.receiver_index(r) for r in names]
+        count = int(self.graph.mask[:, index[0]].sum())
 
-    return hook
+        def hook(grad: Tensor, site) -> None:
+            g = grad.view(-1, self.n, *grad.shape[1:]).sum(0).to(self.scores.dtype)  # sum over EAP-IG steps
+            if g.ndim == 4:  # (prompt, pos, head, d_model) -> one row per head
+                g = g.permute(2, 0, 1, 3)
+            got = self.pending.setdefault(count, {})
+            got.update(zip(index, g.reshape(len(index), -1), strict=True))
+            if len(got) == len(self.groups[count]):
+                self._flush(count)
+
+        return hook
+
+    def _flush(self, count: int) -> None:
+        receivers = self.groups[count]
+        got = self.pending.pop(count)
+        grads = torch.stack([got[r] for r in receivers])  # (receiver, prompt * pos * d_model)
+        self.scores[:count, receivers] += self.deltas[0][:count].flatten(1) @ grads.T

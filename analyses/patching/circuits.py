@@ -65,7 +65,8 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
     if ablate.requires_grad:
         return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
     n = len(base)
-    row_bytes = runs.row_bytes(model, base.ids.shape[1]) + len(graph.senders) * base.ids.shape[1] * model.d_model * 8
+    width = (len(graph.senders) + 8 * model.n_heads) * base.ids.shape[1] * model.d_model  # differences; q/k/v copies
+    row_bytes = runs.row_bytes(model, base.ids.shape[1]) + width * torch.finfo(model.dtype).bits // 8
     slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
     out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
     with torch.no_grad():
@@ -107,7 +108,7 @@ def _masked(model, graph: Graph, ablate: Tensor, src: Tensor, differentiable: bo
     dense = torch.zeros(k, *graph.mask.shape, dtype=ablate.dtype, device=ablate.device)
     s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
     dense = dense.index_put((torch.arange(k)[:, None], s_idx[None], r_idx[None]), ablate)  # (k, sender, receiver)
-    state = _State(graph, dense, src, k, n)
+    state = _State(graph, dense, src, k, n, differentiable)
     fwd: dict[str, list] = {}
     for name in sender_sites(model):
         fwd.setdefault(name, []).append(state.record)
@@ -145,37 +146,48 @@ def _no_change(grad: Tensor, site) -> None:
 
 
 class _State:
-    """The running pass's sender outputs, and the corrections at each receiver."""
+    """The running pass's sender differences (ablated minus running output), and the corrections at receivers.
 
-    def __init__(self, graph: Graph, dense: Tensor, src: Tensor, k: int, n: int):
-        self.graph, self.dense, self.src, self.k, self.n = graph, dense, src, k, n
-        self.outputs: list[Tensor] = []  # (k, n, pos, d) per sender, in forward order
-        self.stacked: dict[int, Tensor] = {}
+    Without gradients the differences go into one buffer as each sender fires, (circuit, sender, prompt *
+    pos * d_model), and a receiver's correction is one batched matmul over its senders' prefix.
+    """
+
+    def __init__(self, graph: Graph, dense: Tensor, src: Tensor, k: int, n: int, differentiable: bool):
+        self.graph, self.dense, self.k, self.n = graph, dense, k, n
+        self.src = src.flatten(1)  # (sender, prompt * pos * d_model)
+        self.count = 0
+        self.diffs: list[Tensor] = []
+        self.fixes: dict[int, tuple[Tensor, dict[int, int]]] = {}  # the latest layer's corrections
+        self.buffer = None if differentiable else torch.empty(k, *self.src.shape, dtype=src.dtype, device=src.device)
 
     def record(self, x: Tensor, site) -> None:
-        if x.ndim == 4:  # per-head results (rows, pos, head, d_model)
-            self.outputs += list(x.view(self.k, self.n, *x.shape[1:]).unbind(-2))
-        else:
-            self.outputs.append(x.view(self.k, self.n, *x.shape[1:]))
-
-    def _differences(self, count: int) -> Tensor:
-        """(k, n, sender, pos, d): ablated minus running output of the first `count` senders."""
-        if count not in self.stacked:
-            run = torch.stack(self.outputs[:count], dim=2)
-            self.stacked[count] = self.src[:count].transpose(0, 1).to(run.dtype)[None] - run
-        return self.stacked[count]
+        outputs = x.unbind(-2) if x.ndim == 4 else (x,)  # per-head results (rows, pos, head, d_model)
+        for out in outputs:
+            diff = self.src[self.count].to(out.dtype)[None] - out.reshape(self.k, -1)  # (k, prompt * pos * d)
+            if self.buffer is None:
+                self.diffs.append(diff)
+            else:
+                self.buffer[:, self.count] = diff
+            self.count += 1
 
     def correct(self, x: Tensor, site) -> Tensor:
-        names = _receivers_of(site.name, x)
-        index = [self.graph.receiver_index(r) for r in names]
+        index = [self.graph.receiver_index(r) for r in _receivers_of(site.name, x)]
         count = int(self.graph.mask[:, index[0]].sum())
-        diff = self._differences(count)
-        m = self.dense[:, :count, index].to(diff.dtype)  # (k, sender, receiver)
+        fixes, position = self._fixes(count)
+        fix = fixes[:, [position[i] for i in index]]  # (k, receiver, prompt * pos * d_model)
         if x.ndim == 4:  # (rows, pos, head, d_model)
-            fix = torch.einsum("ksh,knspd->knphd", m, diff)
-        else:
-            fix = torch.einsum("ks,knspd->knpd", m[..., 0], diff)
+            fix = fix.view(self.k, len(index), self.n, x.shape[1], x.shape[-1]).permute(0, 2, 3, 1, 4)
         return x + fix.reshape(x.shape).to(x.dtype)
+
+    def _fixes(self, count: int) -> tuple[Tensor, dict[int, int]]:
+        """Corrections of every receiver that reads the first `count` senders, in one batched matmul."""
+        if count not in self.fixes:
+            receivers = (self.graph.mask.sum(0) == count).nonzero().flatten()
+            diffs = self.buffer[:, :count] if self.buffer is not None else torch.stack(self.diffs[:count], dim=1)
+            m = self.dense[:, :count, receivers].to(diffs.dtype)  # (k, sender, receiver)
+            self.fixes = {count: (torch.bmm(m.transpose(1, 2), diffs),
+                                  {int(r): i for i, r in enumerate(receivers.tolist())})}
+        return self.fixes[count]
 
 
 def _receivers_of(site: str, x: Tensor) -> list[str]:

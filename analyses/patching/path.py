@@ -82,10 +82,9 @@ def path_patch(model, task, senders: str | Sequence = "heads", receivers: str | 
     runs.check_choice(engine, ENGINES, "engine")
     plan = make_plan(Graph.from_model(model), senders, receivers)
     metric = resolve(metric, model, task)
-    base, other = (task.clean, task.corrupt) if direction == "noising" else (task.corrupt, task.clean)
+    base = task.clean if direction == "noising" else task.corrupt
     with torch.no_grad():
-        ref_other = runs.metric_rows(model, other, metric).mean()
-        acts = _activations(model, task, direction, ablation, engine == "hooks")
+        acts, ref_other = _activations(model, task, direction, ablation, engine == "hooks", metric)
         effects, ref = _run(model, plan, base, metric, acts, _position_mask(positions, task.n_pos), mediate,
                           engine, budget_mb, progress)
     ref = ref[0]
@@ -137,8 +136,8 @@ def _position_mask(positions: Sequence[int] | None, n_pos: int) -> Tensor:
 # ---- activations both engines read --------------------------------------------------------
 
 
-def _activations(model, task, direction: str, ablation, hooks_engine: bool) -> dict[str, dict[str, Tensor]]:
-    """Base-run and source values of sender outputs, and the base residual at every read point."""
+def _activations(model, task, direction: str, ablation, hooks_engine: bool, metric: Metric):
+    """Base-run and source values of sender outputs, the base residual at every read point; M of the other run."""
     L = model.n_layers
     out_sites = ["hook_embed", *(f"blocks.{ly}.hook_mlp_out" for ly in range(L))]
     out_sites += [f"blocks.{ly}.attn.hook_{'z' if hooks_engine else 'result'}" for ly in range(L)]
@@ -147,8 +146,8 @@ def _activations(model, task, direction: str, ablation, hooks_engine: bool) -> d
     if not runs.parallel_residual(model):
         resid += [f"blocks.{ly}.hook_resid_mid" for ly in range(L)]
     _, base = model.run_with_cache(base_tokens, names=out_sites + resid)
-    src = runs.sources(model, task, out_sites, direction, ablation)
-    return {"base": dict(base), "src": {k: src[k] for k in out_sites}}
+    src, other_value = runs.source_run(model, task, out_sites, direction, ablation, metric)
+    return {"base": dict(base), "src": {k: src[k] for k in out_sites}}, other_value
 
 
 # ---- the run ------------------------------------------------------------------------------

@@ -67,6 +67,18 @@ def metric_rows(model, tokens: Tokens, metric: Metric) -> Float[Tensor, " row"]:
     return metric.values(unembed(model, metric.gather(final_resid(model, tokens))))
 
 
+def source_run(model, task, names: list[str], direction: str, ablation,
+               metric: Metric) -> tuple[ActivationCache, Tensor]:
+    """The patched-in values (as `sources`) and M of the other run, from one forward where they share it."""
+    if isinstance(ablation, str) and ablation == "corrupt":
+        check_choice(direction, DIRECTIONS, "direction")
+        other = task.corrupt if direction == "noising" else task.clean
+        resid, cache = model.run_with_cache(other, names=names, stop_at_layer=model.n_layers)
+        return cache, metric.values(unembed(model, metric.gather(resid))).mean()
+    src = sources(model, task, names, direction, ablation)
+    return src, metric_rows(model, task.corrupt if direction == "noising" else task.clean, metric).mean()
+
+
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise UnknownMethodError(f"Unknown {what} {value!r}: choose one of {', '.join(choices)}.")
