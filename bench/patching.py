@@ -10,7 +10,8 @@ Rows (1 prompt x 64 tokens; the corrupt prompt differs at one token; metric: log
    (given the corrupt cache and the clean tokens, so that it noises too); the numbers must agree;
 2. exact path patching of all 144 heads -> logits, against the plain loop (two forwards per sender);
 3. EAP over all 32,347 edges, against one forward;
-4. a 32-point faithfulness curve (exact, every circuit evaluated), against one forward.
+4. a 32-point faithfulness curve (exact, every circuit evaluated), against one forward;
+5. on the toy suite: how AtP, AtP*, EAP and EAP-IG correlate with exact activation and edge patching.
 
 The slow contenders run on a subset of patches and their per-patch time is scaled up; the subset's
 values are compared with ours. Each contender runs in a forked child so its peak memory (resident
@@ -203,10 +204,13 @@ def path_loop(model, task, senders):
                 return new
 
             recorded = {}
-            with model.hooks(fwd={**{n: freeze for n in z_names},
-                                  final: lambda x, hook: recorded.__setitem__("x", x.clone())}):
+
+            def record(x, hook, recorded=recorded):
+                recorded["x"] = x.clone()
+
+            with model.hooks(fwd={**{n: freeze for n in z_names}, final: record}):
                 model(task.clean)
-            with model.hooks(fwd={final: lambda x, hook: recorded["x"]}):
+            with model.hooks(fwd={final: lambda x, hook, recorded=recorded: recorded["x"]}):
                 out.append(float(metric(model(task.clean)).mean() - before))
     return torch.tensor(out)
 
@@ -305,6 +309,38 @@ def path_rows(model, task, args, fwd_t):
         f"{per_loop / fwd_t:.0f} forwards", f"ours {per_loop / ours_t:5.1f}x faster", f"max |diff| {err:.1e}", loop_mb)
 
 
+def _plan(model, task, sites):
+    from analyses.patching.activation import plan
+
+    return plan(model, task.n_pos, sites)
+
+
+def toy_correlations() -> None:
+    """Pearson correlation of attribution scores with exact patching on the toy suite's induction task."""
+    import numpy as np
+
+    import interp
+    from analyses.patching import activation_patch, atp, eap, eap_ig, masked_values, tasks
+
+    print("5. toy suite, induction (8 prompts): correlation of attribution with exact patching")
+    for name in ("toy-2l", "toy-4l"):
+        model = interp.load(name)
+        task = tasks.induction(model, n_prompts=8)
+        sites = ["z", "q", "k", "v", "pattern", "resid_pre", "attn_out", "mlp_out"]
+        exact = activation_patch(model, task, sites=sites, progress=False).effects
+        plain, star = atp(model, task, sites=sites).effects, atp(model, task, sites=sites, qk_fix=True).effects
+        first = eap(model, task)
+        edge_exact = masked_values(model, task, torch.eye(first.graph.n_edges)) - first.clean  # one edge ablated each
+        qk = torch.tensor([p.site in ("q", "k") for p in _plan(model, task, sites)])
+        cells = {"AtP (all sites)": np.corrcoef(plain, exact)[0, 1], "AtP* (all sites)": np.corrcoef(star, exact)[0, 1],
+                 "AtP (q, k)": np.corrcoef(plain[qk], exact[qk])[0, 1],
+                 "AtP* (q, k)": np.corrcoef(star[qk], exact[qk])[0, 1],
+                 "EAP (all edges)": np.corrcoef(first.scores, edge_exact)[0, 1]}
+        for steps in (5, 20):
+            cells[f"EAP-IG {steps} steps"] = np.corrcoef(eap_ig(model, task, steps=steps).scores, edge_exact)[0, 1]
+        print(f"  {name}: " + ", ".join(f"{k} r = {v:.3f}" for k, v in cells.items()))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -335,6 +371,7 @@ def main(argv=None) -> None:
     print("4. faithfulness curve, 32 circuit sizes, each evaluated exactly")
     row("ours (all 32 circuits along the batch)", curve_t, f"{curve_t / fwd_t:.1f} forwards", "target <= 8", "",
         curve_mb)
+    toy_correlations()
 
 
 if __name__ == "__main__":
