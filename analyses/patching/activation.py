@@ -23,10 +23,11 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from analyses.patching import runs
+from analyses.patching import runs, suffix
 from analyses.patching.errors import UnknownMethodError
 from analyses.patching.metrics import resolve
 from analyses.patching.results import NodeEffects
+from analyses.patching.suffix import suffix_values
 
 # short name -> (site template, patched per head)
 NODE_SITES: dict[str, tuple[str, bool]] = {
@@ -98,25 +99,49 @@ def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float
                 progress: bool | None = None) -> tuple[Tensor, Tensor]:
     """Effect of each patch (patch,) and the unpatched metric, in batched chunks without a sync per patch.
 
-    Each chunk carries one unpatched copy of the prompts, the reference of that chunk: rows of one
-    batch are computed alike, so a patch that changes nothing has an effect of exactly 0.
+    Patches are grouped by position; when the metric reads only the last position, each group runs
+    from its position on (`analyses.patching.suffix`). Each chunk carries one unpatched copy of the
+    prompts, the reference of that chunk: rows of one batch are computed alike, so a patch that
+    changes nothing has an effect of exactly 0.
     """
     n, n_pos = len(base), base.ids.shape[1]
+    shared = suffix.applies({p.site for p in patches}, metric, n_pos)
+    kv = suffix.prefix(model, base) if shared else None
     out = torch.empty(len(patches), device=model.device, dtype=runs.value_dtype(model))
-    row_bytes = runs.row_bytes(model, n_pos)
-    slices = list(runs.chunks(len(patches), n, row_bytes, budget_mb))
+    work = list(_work(model, patches, n, n_pos, budget_mb, shared))
     ref = None
-    for part in runs.progress(slices, len(slices), progress, "activation patching"):
-        chunk = patches[part]
-        hooks = {name: _hook(mask, src[name]) for name, mask in _masks(chunk, n_pos, model.n_heads).items()}
-        with model.hooks(fwd=hooks):
-            values = metric.per_patch(runs.metric_rows(model, runs.tile(base, len(chunk) + 1), metric))
-        out[part] = values[:-1] - values[-1]
+    for start, index in runs.progress(work, len(work), progress, "activation patching"):
+        chunk = [patches[i] for i in index]
+        masks = _masks(chunk, n_pos - start, model.n_heads, start)
+        hooks = {name: _hook(mask, src[name][:, start:] if _positional(name) else src[name])
+                 for name, mask in masks.items()}
+        if shared:
+            values = suffix_values(model, base, kv, start, len(chunk) + 1, hooks, metric)
+        else:
+            with model.hooks(fwd=hooks):
+                values = runs.metric_rows(model, runs.tile(base, len(chunk) + 1), metric)
+        values = metric.per_patch(values)
+        out[torch.tensor(index, device=out.device)] = values[:-1] - values[-1]
         ref = values[-1] if ref is None else ref
     return out, ref
 
 
-def _masks(chunk: list[Patch], n_pos: int, n_heads: int) -> dict[str, Bool[Tensor, "patch ..."]]:
+def _work(model, patches: list[Patch], n: int, n_pos: int, budget_mb: float, shared: bool):
+    """(start position, patch indices) per chunk: grouped by position when runs share prefixes."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(patches):
+        groups.setdefault(p.position or 0 if shared else 0, []).append(i)
+    for start, index in sorted(groups.items()):
+        row_bytes = runs.row_bytes(model, n_pos - start) + (suffix.cache_bytes(model, n_pos) if shared else 0)
+        for part in runs.chunks(len(index), n, row_bytes, budget_mb):
+            yield start, index[part]
+
+
+def _positional(name: str) -> bool:
+    return not name.endswith("hook_pattern")
+
+
+def _masks(chunk: list[Patch], n_pos: int, n_heads: int, start: int = 0) -> dict[str, Bool[Tensor, "patch ..."]]:
     """Per site: which (patch, position[, head]) entries take the source value.
 
     Head sites are (patch, pos, head), the pattern (patch, head, q_pos), the others (patch, pos).
@@ -129,7 +154,7 @@ def _masks(chunk: list[Patch], n_pos: int, n_heads: int) -> dict[str, Bool[Tenso
             shape = (rows, n_heads, n_pos) if p.site == "pattern" else (
                 (rows, n_pos, n_heads) if per_head else (rows, n_pos))
             masks[name] = torch.zeros(shape, dtype=torch.bool)  # the last row stays unpatched
-        pos = slice(None) if p.position is None else p.position
+        pos = slice(None) if p.position is None else p.position - start
         if p.site == "pattern":
             masks[name][j, p.head, pos] = True
         elif per_head:

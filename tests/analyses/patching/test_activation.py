@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analyses.patching import suffix
 from analyses.patching.activation import NODE_SITES, activation_patch
 from analyses.patching.errors import UnknownMethodError
 from analyses.patching.metrics import LogitDiff
@@ -43,15 +44,19 @@ def reference(model, task, site: str, layer: int, head, position, direction="noi
     return float(after - before)
 
 
+@pytest.mark.parametrize("sites", [SITES, [s for s in SITES if s != "pattern"]], ids=["full runs", "suffix runs"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
-def test_batched_equals_one_forward_per_patch(arch, padded):
+def test_batched_equals_one_forward_per_patch(arch, padded, sites):
+    """Without the pattern, patches run from their position on, sharing the prefix's keys and values."""
     model = tiny_model(arch)
     task = random_task(model, padded=padded)
-    result = activation_patch(model, task, sites=SITES, budget_mb=1)  # a small budget: many chunks
+    assert suffix.applies(set(sites), LogitDiff.of(task), task.n_pos) == ("pattern" not in sites)
+    result = activation_patch(model, task, sites=sites, budget_mb=1)  # a small budget: many chunks
     frame = result.to_frame()
-    assert len(frame) == model.n_layers * (3 * task.n_pos + 5 * model.n_heads * task.n_pos)
-    picks = frame.sample(40, random_state=0)
+    per_head = sum(NODE_SITES[s][1] for s in sites)
+    assert len(frame) == model.n_layers * task.n_pos * (len(sites) - per_head + per_head * model.n_heads)
+    picks = frame.sample(30, random_state=0)
     for row in picks.itertuples():
         head = None if pd.isna(row.head) else int(row.head)
         expected = reference(model, task, row.site, row.layer, head, int(row.position))
@@ -85,11 +90,12 @@ def test_mean_ablation_takes_the_mean_over_prompts():
     assert abs(float(result.effects[0]) - float(after - before)) < 1e-5
 
 
+@pytest.mark.parametrize("sites", [SITES, ["z", "resid_pre", "k"]], ids=["full runs", "suffix runs"])
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
-def test_clean_into_clean_changes_nothing_exactly(arch, direction):
+def test_clean_into_clean_changes_nothing_exactly(arch, direction, sites):
     model = tiny_model(arch)
-    result = activation_patch(model, same(random_task(model, padded=True)), sites=SITES, direction=direction)
+    result = activation_patch(model, same(random_task(model, padded=True)), sites=sites, direction=direction)
     assert result.effects.abs().max() == 0
 
 
