@@ -107,13 +107,17 @@ def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float
     n, n_pos = len(base), base.ids.shape[1]
     shared = suffix.applies({p.site for p in patches}, metric, n_pos)
     kv = suffix.prefix(model, base) if shared else None
+    if shared:  # suffix runs add (source - base): the base's own values there may differ by float rounding
+        names = sorted({p.name() for p in patches})
+        _, base_cache = model.run_with_cache(base, names=names, stop_at_layer=model.n_layers)
+        src = {name: src[name] - base_cache[name] for name in names}
     out = torch.empty(len(patches), device=model.device, dtype=runs.value_dtype(model))
     work = list(_work(model, patches, n, n_pos, budget_mb, shared))
     ref = None
     for start, index in runs.progress(work, len(work), progress, "activation patching"):
         chunk = [patches[i] for i in index]
         masks = _masks(chunk, n_pos - start, model.n_heads, start)
-        hooks = {name: _hook(mask, src[name][:, start:] if _positional(name) else src[name])
+        hooks = {name: _hook(mask, src[name][:, start:] if _positional(name) else src[name], shared)
                  for name, mask in masks.items()}
         if shared:
             values = suffix_values(model, base, kv, start, len(chunk) + 1, hooks, metric)
@@ -164,14 +168,16 @@ def _masks(chunk: list[Patch], n_pos: int, n_heads: int, start: int = 0) -> dict
     return masks
 
 
-def _hook(mask: Tensor, source: Tensor):
-    """Replace the masked entries of each patch's rows by the source value (no host sync)."""
+def _hook(mask: Tensor, source: Tensor, additive: bool = False):
+    """Replace the masked entries of each patch's rows by the source value, or add it (no host sync)."""
     mask = mask.to(source.device)
 
     def hook(x: Tensor, site) -> Tensor:
         k = mask.shape[0]
         xv = x.view(k, -1, *x.shape[1:])  # (patch, prompt, ...)
         m = mask.view(k, 1, *mask.shape[1:], *([1] * (x.ndim - mask.ndim)))
-        return torch.where(m, source.to(x.dtype)[None], xv).view(x.shape)
+        value = source.to(x.dtype)[None]
+        new = xv + torch.where(m, value, 0) if additive else torch.where(m, value, xv)
+        return new.view(x.shape)
 
     return hook
