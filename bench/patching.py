@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
-import resource
 import statistics
-import threading
 import time
 
 import torch
@@ -63,15 +61,20 @@ def timed(fn, repeat: int = 1):
     return statistics.median(times), out
 
 
-def in_child(fn, *args):
-    """Run fn(*args) in a forked child: (seconds, result, peak MiB above the child's start)."""
+def in_child(fn, *args, repeat: int = 1, reference=None):
+    """Run fn(*args) in a forked child: (seconds, result, peak MiB above the child's start).
+
+    With `reference=(model, task)` the child first times one plain forward (median of 3) and the
+    seconds come back as a multiple of it, so load that drifts between children cancels out.
+    """
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
 
     def target():
+        unit = timed(lambda: forward(*reference), repeat=3)[0] if reference is not None else 1.0
         sampler = _Peak()
-        seconds, out = timed(lambda: fn(*args))
-        child.send((seconds, _plain(out), sampler.stop() / 2**20))
+        seconds, out = timed(lambda: fn(*args), repeat=repeat)
+        child.send((seconds / unit, _plain(out), sampler.stop() / 2**20))
 
     proc = ctx.Process(target=target)
     proc.start()
@@ -81,33 +84,27 @@ def in_child(fn, *args):
 
 
 class _Peak:
-    """Samples this process's resident set every 2 ms: the peak above where it started, in bytes."""
+    """The kernel's high-water mark of this process's resident set, reset at start: the peak above the start."""
 
     def __init__(self):
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KiB and more get fresh pages, so they show
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KiB and more get fresh pages, so they count
         libc.malloc_trim(0)
-        self.start = self.peak = _rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while self.running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        self.start = _status("VmRSS")
 
     def stop(self) -> int:
-        self.running = False
-        self.thread.join()
-        return max(self.peak, _rss()) - self.start
+        return _status("VmHWM") - self.start
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _status(field: str) -> int:
+    """A /proc/self/status field, in bytes."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def _plain(x):
@@ -227,12 +224,15 @@ def ours_eap(model, task):
 
 
 def ours_curve(model, task, budget_mb=1024):
+    """(forwards, seconds, values) of the curve alone; the forward is timed just before it."""
     from analyses.patching import eap, faithfulness_curve
 
     scores = eap(model, task)
+    unit = timed(lambda: forward(model, task), repeat=3)[0]
     start = time.perf_counter()
     curve = faithfulness_curve(model, task, scores, points=32, budget_mb=budget_mb, progress=False)
-    return time.perf_counter() - start, curve.values
+    seconds = time.perf_counter() - start
+    return seconds / unit, seconds, curve.values
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -296,14 +296,15 @@ def activation_rows(model, task, args):
 
 
 def path_rows(model, task, args, fwd_t):
-    ours_t, effects, ours_mb = in_child(ours_path, model, task)
+    ours_f, effects, ours_mb = in_child(ours_path, model, task, repeat=3, reference=(model, task))
+    ours_t = ours_f * fwd_t
     heads = [(ly, h) for ly in range(model.n_layers) for h in range(model.n_heads)]
     subset = heads if args.full else heads[:: max(1, len(heads) // args.baseline_senders)]
     loop_t, loop_vals, loop_mb = in_child(path_loop, model, task, subset)
     idx = [heads.index(s) for s in subset]
     err = (loop_vals - effects[idx].float()).abs().max()
     print(f"2. exact path patching, {len(heads)} heads -> logits (MLPs mediate)")
-    row("ours (residual engine)", ours_t, f"{ours_t / fwd_t:.1f} forwards", "", "", ours_mb)
+    row("ours (residual engine)", ours_t, f"{ours_f:.1f} forwards", "", "", ours_mb)
     per_loop = loop_t / len(subset) * len(heads)
     row(f"plain loop ({len(subset)} senders timed, scaled to {len(heads)})", per_loop,
         f"{per_loop / fwd_t:.0f} forwards", f"ours {per_loop / ours_t:5.1f}x faster", f"max |diff| {err:.1e}", loop_mb)
@@ -363,13 +364,13 @@ def main(argv=None) -> None:
     print(f"  {'contender':<52} {'time':>11} {'':<14} {'ratio':<16} {'peak':>11}  check")
     activation_rows(model, task, args)
     path_rows(model, task, args, fwd_t)
-    eap_t, scores, eap_mb = in_child(ours_eap, model, task)
-    print(f"3. EAP over all {len(scores)} edges")
-    row("ours (2 forwards + 1 backward, scores in backward hooks)", eap_t, f"{eap_t / fwd_t:.2f} forwards",
+    eap_f, scores, eap_mb = in_child(ours_eap, model, task, repeat=3, reference=(model, task))
+    print(f"3. EAP over all {len(scores)} edges (median of 3, in units of a forward timed just before)")
+    row("ours (2 forwards + 1 backward, scores in backward hooks)", eap_f * fwd_t, f"{eap_f:.2f} forwards",
         "target <= 3.5", "", eap_mb)
-    _, (curve_t, values), curve_mb = in_child(ours_curve, model, task, args.budget_mb)
+    _, (curve_f, curve_t, values), curve_mb = in_child(ours_curve, model, task, args.budget_mb)
     print("4. faithfulness curve, 32 circuit sizes, each evaluated exactly")
-    row("ours (all 32 circuits along the batch)", curve_t, f"{curve_t / fwd_t:.1f} forwards", "target <= 8", "",
+    row("ours (all 32 circuits along the batch)", curve_t, f"{curve_f:.1f} forwards", "target <= 8", "",
         curve_mb)
     toy_correlations()
 

@@ -178,8 +178,12 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     fwd["hook_embed"] = [_keep(acts, "hook_embed", n), leaf]
     final = f"blocks.{model.n_layers - 1}.hook_resid_post"
     fwd.setdefault(final, []).append(_keep(acts, "__final__", None))
-    scorer = _Scorer(model, graph, deltas, scores, n)
-    bwd = {site: scorer.hook(site) for site in receiver_sites(model)}
+    for layer in range(model.n_layers):  # ln1's statistics, to take q/k/v gradients back to each head's input
+        for stat in ("normalized", "scale"):
+            name = f"blocks.{layer}.ln1.hook_{stat}"
+            fwd[name] = _keep(acts, name, None, detach=True)
+    scorer = _Scorer(model, graph, deltas, scores, n, acts)
+    bwd = {site: scorer.hook(site) for site in gradient_sites(model)}
     with torch.enable_grad(), model.hooks(fwd=fwd, bwd=bwd):
         # the forward stops before the unembedding; the metric reads the kept final residual at its positions
         model.run_with_cache(runs.tile(base, steps) if steps else base, names=[], stop_at_layer=model.n_layers)
@@ -205,11 +209,19 @@ def receiver_sites(model) -> list[str]:
     return sites + [f"blocks.{ly}.hook_mlp_in" for ly in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
 
 
-def _keep(acts: dict, name: str, n: int | None):
+def gradient_sites(model) -> list[str]:
+    """Where EAP reads gradients: each layer's q, k, v (taken back to each head's input through ln1), MLP inputs,
+    and the final residual. Cheaper than the per-head input sites, which copy the residual for every head."""
+    L = model.n_layers
+    sites = [f"blocks.{ly}.attn.hook_{x}" for ly in range(L) for x in "qkv"]
+    return sites + [f"blocks.{ly}.hook_mlp_in" for ly in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+
+
+def _keep(acts: dict, name: str, n: int | None, detach: bool = False):
     """Keep a site's base-run value: the last n rows (for EAP-IG, the step that is the base run);
-    with n None, every row and its autograd history."""
+    with n None, every row (and its autograd history unless `detach`)."""
     def hook(x: Tensor, site) -> None:
-        acts[name] = x if n is None else x[-n:].detach()
+        acts[name] = (x.detach() if detach else x) if n is None else x[-n:].detach()
 
     return hook
 
@@ -247,35 +259,55 @@ def _sender_deltas(graph: Graph, acts: dict, src) -> Tensor:
 
 class _Scorer:
     """Backward hooks that collect the gradients at every receiver of a layer, then add delta . grad into the
-    scores of all edges ending there with one matmul, (sender, prompt * pos * d) @ (prompt * pos * d, receiver)."""
+    scores of all edges ending there with one matmul, (sender, prompt * pos * d) @ (prompt * pos * d, receiver).
 
-    def __init__(self, model, graph: Graph, deltas: list[Tensor], scores: Tensor, n: int):
-        self.graph, self.deltas, self.scores, self.n, self.n_heads = graph, deltas, scores, n, model.n_heads
+    A head's q (k, v) gradient is taken back to that head's own input through ln1 by hand: input grad =
+    (u - mean(u) - x_hat * mean(u * x_hat)) / scale with u = gamma * (W_Q[h] @ grad), the LayerNorm backward.
+    """
+
+    def __init__(self, model, graph: Graph, deltas: list[Tensor], scores: Tensor, n: int, acts: dict):
+        self.model, self.graph, self.deltas, self.scores, self.n, self.acts = model, graph, deltas, scores, n, acts
+        self.weights = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}  # (layer, head, d_model, d_head)
         counts = graph.mask.sum(0)  # senders before each receiver: a prefix of the sender list
         self.groups = {int(c): (counts == c).nonzero().flatten().tolist() for c in counts.unique()}
         self.pending: dict[int, dict[int, Tensor]] = {}
 
     def hook(self, site_name: str):
         parts = site_name.split(".")
-        if parts[-1] == "hook_resid_post":
+        kind = parts[-1][len("hook_"):]
+        if kind == "resid_post":
             names = ["logits"]
-        elif parts[-1] == "hook_mlp_in":
+        elif kind == "mlp_in":
             names = [f"mlp{parts[1]}"]
         else:
-            names = [f"L{parts[1]}H{h}.{parts[-1][len('hook_')]}" for h in range(self.n_heads)]
+            names = [f"L{parts[1]}H{h}.{kind}" for h in range(self.model.n_heads)]
         index = [self.graph.receiver_index(r) for r in names]
         count = int(self.graph.mask[:, index[0]].sum())
 
         def hook(grad: Tensor, site) -> None:
-            g = grad.view(-1, self.n, *grad.shape[1:]).sum(0).to(self.scores.dtype)  # sum over EAP-IG steps
-            if g.ndim == 4:  # (prompt, pos, head, d_model) -> one row per head
-                g = g.permute(2, 0, 1, 3)
+            g = grad.to(self.scores.dtype)
+            if kind in ("q", "k", "v"):
+                g = self._head_inputs(int(parts[1]), kind, g).permute(2, 0, 1, 3)  # (head, row, pos, d_model)
+                g = g.reshape(len(index), -1, self.n, *g.shape[2:]).sum(1)  # sum over EAP-IG steps
+            else:
+                g = g.view(-1, self.n, *g.shape[1:]).sum(0)[None]
             got = self.pending.setdefault(count, {})
             got.update(zip(index, g.reshape(len(index), -1), strict=True))
             if len(got) == len(self.groups[count]):
                 self._flush(count)
 
         return hook
+
+    def _head_inputs(self, layer: int, kind: str, grad: Tensor) -> Tensor:
+        """(row, pos, head, d_head) gradients at q, k or v -> (row, pos, head, d_model) at each head's input."""
+        w = self.weights[kind][layer].to(grad.dtype)
+        ln = runs.module(self.model, f"blocks.{layer}.ln1.hook_normalized")
+        u = torch.einsum("rphe,hde->rphd", grad, w)
+        if ln.weight is not None:
+            u = u * ln.weight.to(grad.dtype)
+        x_hat = self.acts[f"blocks.{layer}.ln1.hook_normalized"].to(grad.dtype)[:, :, None]  # (row, pos, 1, d)
+        scale = self.acts[f"blocks.{layer}.ln1.hook_scale"].to(grad.dtype)[:, :, None]  # (row, pos, 1, 1)
+        return (u - u.mean(-1, keepdim=True) - x_hat * (u * x_hat).mean(-1, keepdim=True)) / scale
 
     def _flush(self, count: int) -> None:
         receivers = self.groups[count]
