@@ -30,7 +30,7 @@ from analyses.sweep.revisions import Checkpoint, checkpoints, model_names
 from analyses.sweep.store import Key, ResultStore
 from analyses.sweep.work import Job, quiet_loading
 from interp.errors import InputError
-from interp.loading import DTYPES
+from interp.options import DTYPES
 
 EXECUTORS = ("local", "ray")
 
