@@ -49,7 +49,8 @@ def test_report_sections_and_files(toy, tmp_path):
     scores = pd.read_csv(tmp_path / "head_scores.csv")
     assert {"layer", "head", "induction", "prev_token"} <= set(scores.columns)
     record = json.loads((tmp_path / "report.json").read_text())
-    assert record["model"] == "toy-2l" and record["revision"] == "main" and len(record["prompts"]) == 1
+    final = interp.suite.revisions("toy")[-1]
+    assert record["model"] == "toy-2l" and record["revision"] == final and len(record["prompts"]) == 1
     assert set(pd.read_csv(tmp_path / "sweep.csv")["revision"]) == {"step0", "main"}
 
 

@@ -50,7 +50,7 @@ def test_cli_writes_scores_provenance_and_an_offline_page(saved_model, tmp_path,
         "mean_distance",
     } <= set(frame.columns) and len(frame) == 6
     record = json.loads((out / "attention.json").read_text())
-    assert record["model"] == saved_model.name and record["revision"] == "main"
+    assert record["model"] == saved_model.name and record["revision"] is None, "a directory has no revision"
     assert record["tokens"] == [[5, 17, 3, 5, 17, 3]] and record["head_scores"]["exclude_current"] is True
     html = (out / "attention.html").read_text()
     assert html.count("Plotly.newPlot") == 3 and not REMOTE_REF.search(html), "offline page of 3 figures"
@@ -74,7 +74,8 @@ def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys):
         )
         == 2
     )
-    assert "no directory there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "nope") in err and "save_pretrained" in err
 
 
 @pytest.mark.browser
@@ -92,7 +93,8 @@ def test_cli_on_the_default_toy_model_writes_every_file(tmp_path):
         "head_scores.csv",
     ]
     record = json.loads((out / "attention.json").read_text())
-    assert record["model"] == "toy-2l" and record["revision"] == "main" and len(record["tokens"][0]) > 5
+    final = toy.revisions("toy-2l")[-1]
+    assert record["model"] == "toy-2l" and record["revision"] == final and len(record["tokens"][0]) > 5
     frame = pd.read_csv(out / "head_scores.csv").set_index("name")
     assert frame["induction"].idxmax() in {f"L{L}H{h}" for L, h in toy.HEADS["toy-2l"]["induction"]}
     assert pixel_std(out / "attention.png") > 10, "the PNG is blank"
