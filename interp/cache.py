@@ -164,9 +164,9 @@ class ActivationCache(Mapping[str, Tensor]):
         model = self._model("logit_attrs")
         ln = model.module("ln_final.hook_out")
         w_u = model.W_U * (ln.weight.detach()[:, None] if ln.weight is not None else 1)  # (d_model, d_vocab)
-        directions = w_u[:, torch.as_tensor(tokens)].T  # (batch, d_model) or (d_model,)
+        directions = w_u[:, torch.as_tensor(tokens)].movedim(0, -1)  # (batch, d_model) or (d_model,)
         if incorrect_tokens is not None:
-            directions = directions - w_u[:, torch.as_tensor(incorrect_tokens)].T
+            directions = directions - w_u[:, torch.as_tensor(incorrect_tokens)].movedim(0, -1)
         at = stack.values[:, :, pos]  # (component, batch, d_model)
         return (at * directions.to(device=at.device, dtype=at.dtype)).sum(-1)
 

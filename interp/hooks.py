@@ -121,6 +121,8 @@ class Dispatcher:
         for role, kind in NEEDS[site.tap]:
             role = role or site.spec.role
             out.append((self.arch.path(role, site.layer), kind, role, site.layer))
+        if site.spec.role == "pos_embed":  # the embedding's output says how many rows the batch has
+            out.append((self.arch.path("embed"), "fwd", "embed", None))
         return out
 
     def _acquire(self, path: str, kind: str, role: str, layer: int | None) -> None:
@@ -171,8 +173,18 @@ class Dispatcher:
                     "Run it with gradients enabled (model.run_with_cache_and_grads does)."
                 )
             if x.requires_grad:
-                x.register_hook(partial(_backward, entry.bwd[site], site))
+                x.register_hook(partial(self._backward, entry, site))
         return x, x is not original or original._version != version
+
+    def _backward(self, entry: Entry, site: Site, grad: Tensor) -> Tensor | None:
+        """A backward hook runs only while its context is open (a backward after the block sees none)."""
+        if entry not in self.entries:
+            return None
+        for fn in entry.bwd[site]:
+            new = apply_hook(fn, site, grad)
+            if new is not None:
+                grad = new
+        return grad
 
     def _fire_all(self, pairs, x: Tensor) -> tuple[Tensor, bool]:
         changed = False
@@ -212,6 +224,10 @@ class Dispatcher:
     def _fwd(self, role: str, layer: int | None, module: nn.Module, args: tuple, kwargs: dict, out):
         """Forward hook of one module: outputs, q/k/v, per-head results, LayerNorm and resid_mid replacements."""
         tensor = out[0] if isinstance(out, tuple) else out
+        if role == "embed":
+            self._state()["batch"] = tensor.shape[0]
+        if role == "pos_embed" and tensor.shape[0] != self._state().get("batch", tensor.shape[0]):
+            tensor = tensor.expand(self._state()["batch"], *tensor.shape[1:]).clone()  # (batch, pos, d_model) as TL
         if role == "qkv":
             tensor = self._qkv(layer, tensor)
         elif role == "out":
@@ -342,12 +358,6 @@ def _group(pairs) -> dict[Site, list[HookFn]]:
     return grouped
 
 
-def _backward(fns: list[HookFn], site: Site, grad: Tensor) -> Tensor:
-    for fn in fns:
-        new = apply_hook(fn, site, grad)
-        if new is not None:
-            grad = new
-    return grad
 
 
 def apply_hook(fn: HookFn, site: Site, x: Tensor) -> Tensor | None:

@@ -36,12 +36,9 @@ from interp.errors import (
     WeightsNotFoundError,
 )
 from interp.model import Model
+from interp.options import device_of as _device
+from interp.options import dtype_of
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "gpt2": "GPT2LMHeadModel"}  # config.model_type -> HF class
 SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
@@ -88,7 +85,7 @@ def load(
         >>> interp.load("toy", revision="step0", dtype="bf16").dtype
         torch.bfloat16
     """
-    torch_dtype, torch_device = _dtype(dtype), _device(device)
+    torch_dtype, torch_device = dtype_of(dtype) or torch.float32, _device(device)
     _check_attn(attn_implementation)
     source = _locate(name_or_path, revision)
     config = _config(source)
@@ -293,51 +290,6 @@ def _try_tokenizer(where: str, revision: str | None):
 
 
 # ---- options ------------------------------------------------------------------------------------
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    key = dtype.lower().removeprefix("torch.") if isinstance(dtype, str) else None
-    if key in DTYPES:
-        return DTYPES[key]
-    raise InvalidOptionError(
-        f"dtype={dtype!r} is not supported: use torch.float32, torch.bfloat16 or torch.float16, or one of the"
-        f" strings {sorted(DTYPES)}."
-    )
-
-
-def _device(device: str | torch.device | None) -> torch.device | None:
-    """Parse and check a device before any weight is read."""
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        parsed = None
-    if parsed is not None and _available(parsed):
-        return parsed
-    here = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count())), *(["mps"] if _mps() else [])]
-    raise InvalidOptionError(
-        f"device={device!r} is not a device this machine has: use one of {here} (e.g. device='cuda' or 'cpu')."
-    )
-
-
-def _available(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    if device.type == "mps":
-        return _mps()
-    backend = getattr(torch, device.type, None) if device.type != "meta" else None
-    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
-        return False
-    return device.index is None or device.index < backend.device_count()
-
-
-def _mps() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def _check_attn(attn_implementation: str) -> None:

@@ -117,7 +117,7 @@ class Tokenizing:
     def _check(self, tokens: Tokens) -> None:
         """Refuse input the model cannot run, before anything is attached."""
         ids, mask = tokens.ids, tokens.attention_mask
-        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape != mask.shape:
+        if ids.ndim != 2 or 0 in ids.shape or ids.shape != mask.shape:
             raise InputError(f"Token ids must be (batch, pos) with pos >= 1 and a mask of the same shape; got ids "
                              f"{tuple(ids.shape)} and mask {tuple(mask.shape)}.")
         if ids.shape[1] > self.n_ctx:
@@ -126,6 +126,9 @@ class Tokenizing:
         bad = ids[(ids < 0) | (ids >= self.d_vocab)]
         if bad.numel():
             raise InputError(f"Token id {bad[0].item()} is outside the vocabulary 0..{self.d_vocab - 1}.")
+        if ((mask != 0) & (mask != 1)).any() or not mask.any(-1).all():
+            raise InputError("attention_mask must hold 0 (pad) and 1 (token), with at least one token per row; "
+                             f"got {mask.tolist()[:2]}... Build it with model.to_tokens(prompts).")
         if (mask.diff(dim=-1) < 0).any() or not mask[:, -1].all():
             raise InputError("Tokens are right-padded (a 0 after a 1 in attention_mask): pythia-interp left-pads so "
                              "that the last position is every prompt's last token. Use model.to_tokens(prompts).")

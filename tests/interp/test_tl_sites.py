@@ -163,3 +163,55 @@ def test_weight_views_are_built_once_and_follow_edits(model):
     with torch.no_grad():
         model.arch.module(model.hf, "qkv", 0).weight.mul_(2)
     assert torch.allclose(model.W_Q[0], 2 * first[0]), "an in-place edit of a parameter is seen"
+
+
+def test_a_filter_reaches_the_named_only_sites(model, ids):
+    _, cache = model.run_with_cache(ids, names=lambda n: n.endswith(("hook_result", "hook_q_input", "hook_logits")))
+    assert {"blocks.0.attn.hook_result", "blocks.0.attn.hook_q_input", "hook_logits"} <= set(cache)
+    _, default = model.run_with_cache(ids)
+    assert not any(n.endswith(("hook_result", "hook_q_input", "hook_logits")) for n in default)
+
+
+def test_stop_at_layer_counts_from_the_end_and_drops_what_cannot_fire(model, ids):
+    resid, cache = model.run_with_cache(ids, stop_at_layer=-1, names=lambda n: "resid" in n)
+    _, full = model.run_with_cache(ids, names=lambda n: "resid" in n)
+    assert torch.equal(resid, full["resid_pre", -1])
+    assert f"blocks.{model.n_layers - 1}.hook_resid_post" not in cache and "blocks.0.hook_resid_post" in cache
+
+
+def test_transformer_lens_spellings(model, ids):
+    def ablate(z, hook):
+        z[:, :, 0] = 0
+        return z
+
+    with torch.no_grad():
+        with model.hooks(fwd={"blocks.1.attn.hook_z": ablate}):
+            expected = model(ids)
+        assert torch.equal(model.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_z", ablate)]), expected)
+        with model.hooks(fwd=[("blocks.1.attn.hook_z", ablate)]):
+            assert torch.equal(model(ids), expected)
+
+
+def test_backward_hooks_do_not_outlive_their_context(model, ids):
+    seen = []
+    with model.hooks(bwd={"blocks.0.hook_resid_post": lambda g, hook: seen.append(1)}):
+        loss = model(ids)[:, -1, 3].sum()
+    loss.backward()
+    assert seen == [], "a backward after the block sees no hook"
+    model.hf.zero_grad(set_to_none=True)
+
+
+def test_pos_embed_is_shown_per_prompt_like_transformer_lens(ids):
+    model = interp.Model(tiny("gpt2"))
+    _, cache = model.run_with_cache(ids, names=["hook_pos_embed", "hook_embed"])
+    assert cache["pos_embed"].shape == cache["embed"].shape == (2, ids.shape[1], model.d_model)
+
+    def move_second_prompt(x, hook):
+        x[1] = 0
+        return x
+
+    with torch.no_grad():
+        with model.hooks(fwd={"hook_pos_embed": move_second_prompt}):
+            edited = model(ids)
+        plain = model(ids)
+    assert torch.equal(edited[0], plain[0]) and not torch.equal(edited[1], plain[1])

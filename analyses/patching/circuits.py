@@ -1,0 +1,275 @@
+"""Circuits: exact evaluation of edge sets with per-edge masks, several circuits per forward.
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching import eap
+    >>> scores = eap(model, task)
+    >>> circuit = evaluate_circuit(model, task, scores.top(20), scores)    # keep 20 edges, ablate the rest
+    >>> circuit.faithfulness > 0.8
+    True
+    >>> curve = faithfulness_curve(model, task, scores, points=32)        # one batched run
+
+Each receiver's input is its input in the running pass plus, for every ablated edge s -> r,
+(a_s,ablated - a_s,run): the sender's corrupt (or mean, or zero) output replaces what it sends along
+that edge only. Keeping every edge gives the clean run; keeping none gives the corrupt run. Masks
+are floats, so the same pass is differentiable in them: its gradient at "keep everything" is EAP.
+
+- faithfulness = (M(circuit) - M(corrupt)) / (M(clean) - M(corrupt)): the circuit alone, complement ablated;
+- completeness = (M(clean) - M(complement)) / (M(clean) - M(corrupt)): how much is lost when the
+  circuit's own edges are ablated and everything else is kept (1 for a complete circuit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from analyses.patching import runs
+from analyses.patching.attribution import receiver_sites, sender_sites
+from analyses.patching.errors import GraphError
+from analyses.patching.graph import Graph
+from analyses.patching.metrics import Metric, resolve
+from analyses.patching.results import Circuit, EdgeScores, FaithfulnessCurve, Provenance
+
+
+def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=None, ablation="corrupt",
+                  direction: str = "noising", budget_mb: float = runs.DEFAULT_BUDGET_MB,
+                  progress: bool | None = None) -> Float[Tensor, " circuit"]:
+    """Metric of the base run with each row's edges ablated in proportion to its mask (1 = ablated).
+
+    Differentiable in `ablate` when it requires grad (then computed in one chunk).
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> graph = Graph.from_model(model)
+    >>> kept, ablated = masked_values(model, task, torch.stack([torch.zeros(graph.n_edges), torch.ones(graph.n_edges)]))
+    >>> bool(kept > 5 > ablated)    # every edge kept: the clean metric; none: the corrupt one
+    True
+    """
+    graph, metric = Graph.from_model(model), resolve(metric, model, task)
+    if ablate.ndim != 2 or ablate.shape[1] != graph.n_edges:
+        raise GraphError(f"ablate has shape {tuple(ablate.shape)}; expected (circuits, {graph.n_edges}), one "
+                         "column per edge of Graph.from_model(model), in graph.edges order.")
+    base = task.clean if direction == "noising" else task.corrupt
+    with torch.no_grad():
+        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+    if ablate.requires_grad:
+        return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
+    n = len(base)
+    width = (len(graph.senders) + 8 * model.n_heads) * base.ids.shape[1] * model.d_model  # differences; q/k/v copies
+    row_bytes = runs.row_bytes(model, base.ids.shape[1]) + width * torch.finfo(model.dtype).bits // 8
+    slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
+    out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
+    with torch.no_grad():
+        for part in runs.progress(slices, len(slices), progress, "circuits"):
+            out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric)
+    return out
+
+
+def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos d_model"]:
+    """Every sender's ablated output, in graph.senders order."""
+    rows = []
+    for node in graph.senders:
+        if node.kind == "embed":
+            rows.append(src["hook_embed"])
+        elif node.kind == "head":
+            rows.append(src[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head])
+        else:
+            rows.append(src[f"blocks.{node.layer}.hook_mlp_out"])
+    return torch.stack(rows)
+
+
+def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,
+                  differentiable: bool = False) -> Tensor:
+    """One batched pass: rows = circuit * prompt."""
+    tokens = runs.tile(base, ablate.shape[0])
+    with _masked(model, graph, ablate, src, differentiable):
+        if differentiable:
+            with torch.enable_grad():
+                values = metric(model(tokens))
+        else:
+            values = runs.metric_rows(model, tokens, metric)
+    return metric.per_patch(values)
+
+
+@contextmanager
+def _masked(model, graph: Graph, ablate: Tensor, src: Tensor, differentiable: bool = False):
+    """Hooks that record every sender's output and correct every receiver's input, for k circuits."""
+    k, n = ablate.shape[0], src.shape[1]
+    dense = torch.zeros(k, *graph.mask.shape, dtype=ablate.dtype, device=ablate.device)
+    s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
+    dense = dense.index_put((torch.arange(k)[:, None], s_idx[None], r_idx[None]), ablate)  # (k, sender, receiver)
+    state = _State(graph, dense, src, k, n, differentiable)
+    fwd: dict[str, list] = {}
+    for name in sender_sites(model):
+        fwd.setdefault(name, []).append(state.record)
+    for name in receiver_sites(model):
+        fwd.setdefault(name, []).append(state.correct)
+    # A backward hook on each q/k/v input keeps every head's own projection in the graph even where the
+    # correction is 0 (the hooks take unchanged inputs the fast way, which gradients would not see).
+    bwd = {name: _no_change for name in receiver_sites(model) if name.endswith("_input")} if differentiable else {}
+    with model.hooks(fwd=fwd, bwd=bwd):
+        yield
+
+
+def masked_logits(model, task, ablate: Float[Tensor, "circuit edge"], *, ablation="corrupt",
+                  direction: str = "noising") -> Float[Tensor, "circuit prompt pos d_vocab"]:
+    """Full logits of the base run with each row's edges ablated (1 = ablated), one pass for every row.
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> masked_logits(model, task, torch.zeros(1, Graph.from_model(model).n_edges)).shape[:2]
+    torch.Size([1, 4])
+    """
+    graph = Graph.from_model(model)
+    base = task.clean if direction == "noising" else task.corrupt
+    with torch.no_grad():
+        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+        with _masked(model, graph, ablate.to(model.device), src):
+            logits = model(runs.tile(base, ablate.shape[0]))
+    return logits.view(ablate.shape[0], len(base), *logits.shape[1:])
+
+
+def _no_change(grad: Tensor, site) -> None:
+    return None
+
+
+class _State:
+    """The running pass's sender differences (ablated minus running output), and the corrections at receivers.
+
+    Without gradients the differences go into one buffer as each sender fires, (circuit, sender, prompt *
+    pos * d_model), and a receiver's correction is one batched matmul over its senders' prefix.
+    """
+
+    def __init__(self, graph: Graph, dense: Tensor, src: Tensor, k: int, n: int, differentiable: bool):
+        self.graph, self.dense, self.k, self.n = graph, dense, k, n
+        self.src = src.flatten(1)  # (sender, prompt * pos * d_model)
+        self.count = 0
+        self.diffs: list[Tensor] = []
+        self.fixes: dict[int, tuple[Tensor, dict[int, int]]] = {}  # the latest layer's corrections
+        self.buffer = None if differentiable else torch.empty(k, *self.src.shape, dtype=src.dtype, device=src.device)
+
+    def record(self, x: Tensor, site) -> None:
+        outputs = x.unbind(-2) if x.ndim == 4 else (x,)  # per-head results (rows, pos, head, d_model)
+        for out in outputs:
+            diff = self.src[self.count].to(out.dtype)[None] - out.reshape(self.k, -1)  # (k, prompt * pos * d)
+            if self.buffer is None:
+                self.diffs.append(diff)
+            else:
+                self.buffer[:, self.count] = diff
+            self.count += 1
+
+    def correct(self, x: Tensor, site) -> Tensor:
+        index = [self.graph.receiver_index(r) for r in _receivers_of(site.name, x)]
+        count = int(self.graph.mask[:, index[0]].sum())
+        fixes, position = self._fixes(count)
+        fix = fixes[:, [position[i] for i in index]]  # (k, receiver, prompt * pos * d_model)
+        if x.ndim == 4:  # (rows, pos, head, d_model)
+            fix = fix.view(self.k, len(index), self.n, x.shape[1], x.shape[-1]).permute(0, 2, 3, 1, 4)
+        return x + fix.reshape(x.shape).to(x.dtype)
+
+    def _fixes(self, count: int) -> tuple[Tensor, dict[int, int]]:
+        """Corrections of every receiver that reads the first `count` senders, in one batched matmul."""
+        if count not in self.fixes:
+            receivers = (self.graph.mask.sum(0) == count).nonzero().flatten()
+            diffs = self.buffer[:, :count] if self.buffer is not None else torch.stack(self.diffs[:count], dim=1)
+            m = self.dense[:, :count, receivers].to(diffs.dtype)  # (k, sender, receiver)
+            self.fixes = {count: (torch.bmm(m.transpose(1, 2), diffs),
+                                  {int(r): i for i, r in enumerate(receivers.tolist())})}
+        return self.fixes[count]
+
+
+def _receivers_of(site: str, x: Tensor) -> list[str]:
+    parts = site.split(".")
+    if parts[-1] == "hook_resid_post":
+        return ["logits"]
+    if parts[-1] == "hook_mlp_in":
+        return [f"mlp{parts[1]}"]
+    kind = parts[-1][len("hook_")]
+    return [f"L{parts[1]}H{h}.{kind}" for h in range(x.shape[2])]
+
+
+# ---- circuits from scores -----------------------------------------------------------------
+
+
+def as_keep(graph: Graph, edges: Tensor | Sequence[tuple[str, str]]) -> Bool[Tensor, " edge"]:
+    """A keep mask over graph.edges from a bool mask or a list of (sender, receiver) names."""
+    if isinstance(edges, Tensor):
+        if edges.shape != (graph.n_edges,):
+            raise GraphError(f"A keep mask has one entry per edge ({graph.n_edges}); got shape {tuple(edges.shape)}.")
+        return edges.bool().cpu()
+    keep = torch.zeros(graph.n_edges, dtype=torch.bool)
+    for s, r in edges:
+        keep[graph.edge_index(s, r)] = True
+    return keep
+
+
+def evaluate_circuit(model, task, keep, scores: EdgeScores | None = None, *, metric=None, ablation="corrupt",
+                     budget_mb: float = runs.DEFAULT_BUDGET_MB) -> Circuit:
+    """Faithfulness and completeness of one circuit, from one batched pass (plus the two references).
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> heads = ["L1H0", "L1H1", "L1H2"]                   # the toy model's induction heads
+    >>> edges = [("embed", "L0H1.v"), *((("L0H1", h + ".k")) for h in heads), *((h, "logits") for h in heads)]
+    >>> circuit = evaluate_circuit(model, task, edges)    # 7 of 69 edges
+    >>> circuit.faithfulness > 0.9 and circuit.completeness > 0.9
+    True
+    """
+    graph, metric = Graph.from_model(model), resolve(metric, model, task)
+    keep = as_keep(graph, keep)
+    rows = torch.stack([~keep, keep, torch.zeros_like(keep), torch.ones_like(keep)]).float()
+    values = masked_values(model, task, rows, metric=metric, ablation=ablation, budget_mb=budget_mb).cpu()
+    prov = Provenance.of(model, task, metric, float(values[2]), float(values[3]), "noising", ablation)
+    score = scores.scores if scores is not None else torch.full((graph.n_edges,), float("nan"))
+    return Circuit(graph, keep, score, prov, float(values[0]), float(values[1]),
+                   scores.method if scores is not None else "given")
+
+
+def sizes(n_edges: int, points: int = 32) -> list[int]:
+    """`points` circuit sizes from 0 to every edge, spaced evenly in log(1 + size)."""
+    raw = torch.logspace(0, math.log10(n_edges + 1), points) - 1
+    out = sorted({int(round(float(v))) for v in raw} | {0, n_edges})
+    while len(out) < min(points, n_edges + 1):  # rounding merged some small sizes: fill in the gaps
+        gaps = [b - a for a, b in zip(out, out[1:], strict=False)]
+        i = max(range(len(gaps)), key=gaps.__getitem__)
+        out.insert(i + 1, (out[i] + out[i + 1]) // 2)
+    return out[:points] if len(out) > points else out
+
+
+def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, metric=None, ablation="corrupt",
+                       budget_mb: float = runs.DEFAULT_BUDGET_MB, progress: bool | None = None) -> FaithfulnessCurve:
+    """The metric of the top-n circuits for `points` sizes n, evaluated together along the batch.
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> from analyses.patching import eap
+    >>> faithfulness_curve(model, task, eap(model, task), points=8).to_frame().columns.tolist()
+    ['n_edges', 'value', 'faithfulness']
+    """
+    graph, metric = scores.graph, resolve(metric, model, task)
+    ns = sizes(graph.n_edges, points)
+    order = scores.ranking()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    keep = torch.stack([rank < n for n in ns])  # (points, edge)
+    values = masked_values(model, task, (~keep).float(), metric=metric, ablation=ablation, budget_mb=budget_mb,
+                           progress=progress).cpu()
+    clean, corrupt = float(values[ns.index(graph.n_edges)]), float(values[ns.index(0)])
+    prov = Provenance.of(model, task, metric, clean, corrupt, "noising", ablation)
+    return FaithfulnessCurve(scores.method, ns, values, prov)

@@ -1,0 +1,130 @@
+"""Circuits: all edges give the clean logits, none the ablated ones; batching, single edges, curves, figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analyses.patching.attribution import eap
+from analyses.patching.circuits import (
+    evaluate_circuit,
+    faithfulness_curve,
+    masked_logits,
+    masked_values,
+    sizes,
+)
+from analyses.patching.errors import GraphError
+from analyses.patching.graph import Graph
+from analyses.patching.path import path_patch
+from analyses.patching.results import SCHEMA
+
+from .helpers import random_task, tiny_model
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_every_edge_gives_clean_logits_and_none_the_corrupt_ones(arch, padded):
+    model = tiny_model(arch)
+    task = random_task(model, padded=padded, changed=(3, 5, 7))
+    n_edges = Graph.from_model(model).n_edges
+    logits = masked_logits(model, task, torch.stack([torch.zeros(n_edges), torch.ones(n_edges)]))
+    real = task.clean.attention_mask.bool()
+    assert torch.allclose(logits[0][real], model(task.clean)[real], atol=1e-5)
+    assert torch.allclose(logits[1][real], model(task.corrupt)[real], atol=1e-4)
+    assert not torch.allclose(model(task.clean)[real], model(task.corrupt)[real], atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_no_edge_with_zero_or_mean_ablation_is_the_ablated_run(ablation, arch):
+    """Every edge ablated: each node reads only ablated outputs, as when every sender is ablated at once."""
+    model = tiny_model(arch)
+    task = random_task(model)
+    L = model.n_layers
+    names = ["hook_embed", *(f"blocks.{ly}.attn.hook_z" for ly in range(L)),
+             *(f"blocks.{ly}.hook_mlp_out" for ly in range(L))]
+    _, clean = model.run_with_cache(task.clean, names=names)
+
+    def ablate(x, hook):
+        value = clean[hook.name]
+        return torch.zeros_like(value) if ablation == "zero" else value.mean(0, keepdim=True).expand_as(value).clone()
+
+    with model.hooks(fwd={name: ablate for name in names}):
+        expected = model(task.clean)
+    logits = masked_logits(model, task, torch.ones(1, Graph.from_model(model).n_edges), ablation=ablation)[0]
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_circuits_in_one_batch_equal_one_at_a_time():
+    model = tiny_model()
+    task = random_task(model)
+    g = torch.Generator().manual_seed(0)
+    n_edges = Graph.from_model(model).n_edges
+    masks = (torch.rand(5, n_edges, generator=g) < 0.5).float()
+    together = masked_values(model, task, masks)
+    alone = torch.cat([masked_values(model, task, m[None]) for m in masks])
+    tiny_chunks = masked_values(model, task, masks, budget_mb=0.001)
+    assert torch.allclose(together, alone, atol=1e-5) and torch.allclose(together, tiny_chunks, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_one_ablated_edge_is_unmediated_path_patching(arch):
+    """With every other edge kept, ablating s -> r feeds r clean + (corrupt_s - clean_s): path patching with
+    MLPs frozen."""
+    model = tiny_model(arch)
+    task = random_task(model, changed=(2, 6))
+    graph = Graph.from_model(model)
+    pairs = [("L0H1", "L2H0.k"), ("embed", "mlp1"), ("mlp0", "logits"), ("L1H0", "L2H1.v")]
+    masks = torch.zeros(len(pairs), graph.n_edges)
+    for i, (s, r) in enumerate(pairs):
+        masks[i, graph.edge_index(s, r)] = 1
+    values = masked_values(model, task, masks)
+    for (s, r), value in zip(pairs, values, strict=True):
+        result = path_patch(model, task, [s], [r], mediate=False)
+        assert abs(float(value) - result.clean - result[s, r]) < 1e-5
+
+
+def test_circuit_scores_faithfulness_and_completeness():
+    model = tiny_model()
+    task = random_task(model, changed=(2, 6))
+    scores = eap(model, task)
+    everything = evaluate_circuit(model, task, torch.ones(scores.graph.n_edges, dtype=torch.bool), scores)
+    assert everything.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert everything.completeness == pytest.approx(1.0, abs=1e-4)
+    nothing = evaluate_circuit(model, task, [], scores)
+    assert nothing.faithfulness == pytest.approx(0.0, abs=1e-4) and nothing.completeness == pytest.approx(0.0, abs=1e-4)
+    some = evaluate_circuit(model, task, [("L0H1", "L2H0.k"), ("L2H0", "logits")])
+    assert some.n_edges == 2 and set(some.edges()) == {("L0H1", "L2H0.k"), ("L2H0", "logits")}
+    with pytest.raises(GraphError, match="no edge L2H0 -> L0H1.q"):
+        evaluate_circuit(model, task, [("L2H0", "L0H1.q")])
+
+
+def test_faithfulness_curve_sizes_and_ends():
+    assert sizes(100, 8)[0] == 0 and sizes(100, 8)[-1] == 100 and len(sizes(100, 8)) == 8
+    assert sizes(32347, 32) == sorted(set(sizes(32347, 32))) and len(sizes(32347, 32)) == 32
+    assert sizes(5, 32) == [0, 1, 2, 3, 4, 5]
+    model = tiny_model()
+    task = random_task(model, changed=(2, 6))
+    scores = eap(model, task)
+    curve = faithfulness_curve(model, task, scores, points=8)
+    frame = curve.to_frame()
+    assert frame.faithfulness.iloc[0] == pytest.approx(0.0) and frame.faithfulness.iloc[-1] == pytest.approx(1.0)
+    top3 = evaluate_circuit(model, task, scores.top(frame.n_edges.iloc[2]), scores)
+    assert frame.value.iloc[2] == pytest.approx(top3.value, abs=1e-5)
+
+
+def test_circuit_json_figure_and_frame():
+    model = tiny_model()
+    task = random_task(model)
+    scores = eap(model, task)
+    circuit = evaluate_circuit(model, task, scores.top(6), scores)
+    record = json.loads(json.dumps(circuit.to_json()))
+    assert record["schema"] == SCHEMA and record["circuit"]["n_edges"] == 6
+    assert [e["sender"] for e in record["edges"] if e["in_circuit"]] == circuit.to_frame().sender.tolist()
+    fig = circuit.figure()
+    edge_traces = [t for t in fig.data if t.mode == "lines" and t.x[0] is not None]
+    assert len(edge_traces) == 6
+    widths = sorted(t.line.width for t in edge_traces)
+    assert widths[-1] > widths[0]  # width follows |score|
