@@ -7,8 +7,6 @@ import json
 import pandas as pd
 import pytest
 
-import interp
-
 from analyses.export import find_browser
 from interp import toy
 from tests.analyses.helpers import REMOTE_REF, pixel_std, tiny_model
