@@ -75,25 +75,16 @@ def build_report(model: interp.Model, prompts: str | list[str] = DEFAULT_PROMPT,
         more, more_tables = importlib.import_module(name).sections(model, prompts)
         sections += more
         tables |= more_tables
-    if sweep_name is not None and sweep_revisions:
-        section, tables["sweep"] = _sweep_section(model, sweep_name, sweep_revisions)
-        sections.append(section)
+    if sweep_name is not None and sweep_revisions:  # across training: the sweep subpackage's sections
+        from analyses.sweep.report import sections as across_training
+
+        more, more_tables = across_training(sweep_name, sweep_revisions, dtype=model.dtype, progress=False)
+        sections += more
+        tables |= more_tables
     provenance = {"model": model.name, "revision": model.revision, "dtype": str(model.dtype), "prompts": prompts,
                   "tokens": [model.to_tokens(p).ids[0].tolist() for p in prompts],
                   "sweep_revisions": sweep_revisions or []}
     return Report(f"pythia-interp report: {model.name}@{model.revision}", sections, tables, provenance)
-
-
-def _sweep_section(model: interp.Model, name: str, revisions: list[str]) -> tuple[Section, pd.DataFrame]:
-    """Induction score of every head at each checkpoint."""
-    from analyses.attention import detect_heads
-    from analyses.sweep import sweep
-
-    across = sweep(name, lambda m: detect_heads(m).to_frame(), revisions, dtype=model.dtype)
-    section = Section("Induction across training", "Induction score of every head at each saved checkpoint: the "
-                      "step where it jumps is where induction heads formed.",
-                      across.figure("induction", by=["layer", "head"]))
-    return section, across.to_frame()
 
 
 _PAGE = """<!DOCTYPE html>

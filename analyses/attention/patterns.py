@@ -70,7 +70,12 @@ class AttentionPatterns:
         return self.pattern.shape[2]
 
     def row(self, batch: int = 0) -> tuple[Float[Tensor, "layer head q_pos k_pos"], list[int]]:
-        """One prompt's patterns over its real tokens, and its token ids."""
+        """One prompt's patterns over its real tokens, and its token ids.
+
+        >>> pattern, ids = patterns(interp.load("toy"), ["x = 1", "y"]).row(1)   # the unpadded second prompt
+        >>> pattern.shape, len(ids)
+        (torch.Size([2, 3, 1, 1]), 1)
+        """
         if not -len(self.str_tokens) <= batch < len(self.str_tokens):
             raise InputError(
                 f"batch={batch} is out of range: these patterns hold {len(self.str_tokens)} "
@@ -81,7 +86,11 @@ class AttentionPatterns:
         return self.pattern[:, batch, :, -n:, -n:], ids[-n:]
 
     def layer_index(self, layer: int) -> int:
-        """Position on the first axis of a model layer (negative counts from the last held)."""
+        """Position on the first axis of a model layer (negative counts from the last held).
+
+        >>> patterns(interp.load("toy"), "x = 1", layers=[1]).layer_index(1)
+        0
+        """
         layers = self.layers
         if layer < 0 and -len(layers) <= layer:
             return len(layers) + layer

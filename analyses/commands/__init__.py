@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 from interp.errors import InputError, InterpError
+from interp.options import DTYPES as DTYPE_NAMES
 
-DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+DTYPES = tuple(DTYPE_NAMES)  # the strings interp.load takes
 
 
 class OutputPathError(InterpError, OSError):
@@ -150,15 +151,11 @@ def provenance_record(prov, prompts: str | list[str], str_tokens: list[str] | li
 
 
 def _device(text: str) -> str:
-    """A torch device this machine has, or an argparse error naming the choices."""
-    import torch
+    """A device this machine has (checked as interp.load checks it), or an argparse error naming the choices."""
+    from interp.options import device_of
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: no MPS device here; use --device cpu")
+        device_of(text)
+    except InterpError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text

@@ -152,7 +152,12 @@ class LensResult:
         return (self.top_ids[..., 0] == self.final_top1) & self.attention_mask.bool()
 
     def token_str(self, token_id: int) -> str:
-        """Readable string of a token id (`#id` when the tokenizer has none)."""
+        """Readable string of a token id (`#id` when the tokenizer has none).
+
+            >>> result = logit_lens(interp.load("toy"), "x = 1")
+            >>> result.token_str(result.tokens[0, 1])
+            ' ='
+        """
         return self.vocab.get(int(token_id), f"#{int(token_id)}")
 
     def values(self, metric: str) -> Float[Tensor, "layer batch pos"]:

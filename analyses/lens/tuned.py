@@ -77,7 +77,11 @@ class TunedLens(nn.Module):
 
     @classmethod
     def for_model(cls, model: interp.Model) -> TunedLens:
-        """An untrained (identity) lens shaped for `model`."""
+        """An untrained (identity) lens shaped for `model`.
+
+            >>> TunedLens.for_model(interp.load("toy")).weight.shape     # (layer, d_model, d_model)
+            torch.Size([2, 96, 96])
+        """
         return cls(LensInfo(model.name, model.revision, model.d_model, model.n_layers))
 
     def __repr__(self) -> str:
@@ -102,7 +106,13 @@ class TunedLens(nn.Module):
                 "train_tuned_lens(model, text).")
 
     def save(self, path: str | Path) -> Path:
-        """Write `path/tuned_lens.safetensors` and `path/tuned_lens.json` (provenance)."""
+        """Write `path/tuned_lens.safetensors` and `path/tuned_lens.json` (provenance).
+
+            >>> import tempfile
+            >>> path = TunedLens.for_model(interp.load("toy")).save(tempfile.mkdtemp())
+            >>> sorted(p.name for p in path.iterdir())
+            ['tuned_lens.json', 'tuned_lens.safetensors']
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -115,7 +125,17 @@ class TunedLens(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
-        """Read a lens written by `save` (the directory, or its .safetensors file)."""
+        """Read a lens written by `save` (the directory, or its .safetensors file).
+
+            >>> import tempfile
+            >>> path = TunedLens.for_model(interp.load("toy")).save(tempfile.mkdtemp())
+            >>> TunedLens.load(path).info.model
+            'toy-2l'
+            >>> TunedLens.load(path / "nothing-here")
+            Traceback (most recent call last):
+            ...
+            analyses.lens.tuned.LensNotFoundError: No tuned lens at ...
+        """
         from safetensors import safe_open
         from safetensors.torch import load_file
 

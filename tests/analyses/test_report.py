@@ -41,17 +41,19 @@ def test_step_of():
 
 def test_report_sections_and_files(toy, tmp_path):
     report = build_report(toy, sweep_revisions=["step0", "main"], sweep_name="toy")
-    assert [s.title for s in report.sections][0] == "Head detectors" and len(report.sections) == 4
+    titles = [s.title for s in report.sections]
+    assert titles[0] == "Head detectors" and titles[2] == "Logit lens", titles
+    assert titles[3] == "Heads across training", "the sweep subpackage's sections follow the model's"
     page = report.save(tmp_path)
     html = page.read_text()
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']https?://", html), "the page must load nothing"
-    assert html.count("<section>") == 4 and "L1H" in html
+    assert html.count("<section>") == len(titles) and "L1H" in html
     scores = pd.read_csv(tmp_path / "head_scores.csv")
     assert {"layer", "head", "induction", "prev_token"} <= set(scores.columns)
     record = json.loads((tmp_path / "report.json").read_text())
-    assert record["model"] == "toy-2l" and record["revision"] == interp.suite.revisions("toy")[-1]
-    assert len(record["prompts"]) == 1
-    assert set(pd.read_csv(tmp_path / "sweep.csv")["revision"]) == {"step0", "main"}
+    final = interp.suite.revisions("toy")[-1]
+    assert record["model"] == "toy-2l" and record["revision"] == final and len(record["prompts"]) == 1
+    assert set(pd.read_csv(tmp_path / "sweep.csv")["step"]) == {0, int(final[4:])}
 
 
 def test_report_cli(tmp_path, capsys):

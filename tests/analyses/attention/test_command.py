@@ -7,8 +7,6 @@ import json
 import pandas as pd
 import pytest
 
-import interp
-
 from analyses.export import find_browser
 from interp import toy
 from tests.analyses.helpers import REMOTE_REF, pixel_std, tiny_model
@@ -76,7 +74,8 @@ def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys):
         )
         == 2
     )
-    assert "save_pretrained" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "nope") in err and "save_pretrained" in err
 
 
 @pytest.mark.browser
@@ -94,7 +93,8 @@ def test_cli_on_the_default_toy_model_writes_every_file(tmp_path):
         "head_scores.csv",
     ]
     record = json.loads((out / "attention.json").read_text())
-    assert record["model"] == "toy-2l" and record["revision"] == interp.suite.revisions("toy")[-1], "the step loaded, not main" and len(record["tokens"][0]) > 5
+    final = toy.revisions("toy-2l")[-1]
+    assert record["model"] == "toy-2l" and record["revision"] == final and len(record["tokens"][0]) > 5
     frame = pd.read_csv(out / "head_scores.csv").set_index("name")
     assert frame["induction"].idxmax() in {f"L{L}H{h}" for L, h in toy.HEADS["toy-2l"]["induction"]}
     assert pixel_std(out / "attention.png") > 10, "the PNG is blank"
