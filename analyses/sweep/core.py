@@ -30,7 +30,7 @@ from analyses.sweep.revisions import Checkpoint, checkpoints, model_names
 from analyses.sweep.store import Key, ResultStore
 from analyses.sweep.work import Job, quiet_loading
 from interp.errors import InputError
-from interp.options import DTYPES
+from interp.options import dtype_of
 
 EXECUTORS = ("local", "ray")
 
@@ -128,15 +128,12 @@ def _plan(models, analysis, revisions, params, dtype, executor) -> _Plan:
 
 
 def dtype_name(dtype: str | torch.dtype | None) -> str:
-    """Canonical dtype name ("float32", "float16", "bfloat16"); None is float32, interp.load's default."""
-    if dtype is None:
-        return "float32"
-    if isinstance(dtype, torch.dtype):
-        return str(dtype).removeprefix("torch.")
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in DTYPES:
-        raise InputError(f"dtype={dtype!r} is not one of {', '.join(sorted(DTYPES))}.")
-    return str(DTYPES[key]).removeprefix("torch.")
+    """Canonical dtype name ("float32", "float16", "bfloat16"); None is float32, interp.load's default.
+
+    >>> dtype_name("bf16"), dtype_name(torch.float16), dtype_name(None)
+    ('bfloat16', 'float16', 'float32')
+    """
+    return str(dtype_of(dtype) or torch.float32).removeprefix("torch.")
 
 
 def _execute(todo: list[Job], executor: str, prefetch: bool, address: str | None, options: Mapping,
