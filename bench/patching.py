@@ -71,6 +71,9 @@ def in_child(fn, *args, repeat: int = 1, reference=None):
     parent, child = ctx.Pipe()
 
     def target():
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks >= 64 KiB get (and free) own pages
         unit = timed(lambda: forward(*reference), repeat=3)[0] if reference is not None else 1.0
         sampler = _Peak()
         seconds, out = timed(lambda: fn(*args), repeat=repeat)
@@ -89,9 +92,7 @@ class _Peak:
     def __init__(self):
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KiB and more get fresh pages, so they count
-        libc.malloc_trim(0)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident set
         self.start = _status("VmRSS")
