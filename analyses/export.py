@@ -1,8 +1,12 @@
 """Write a figure, or any result with `.figure()`, to a file that works offline.
 
-    >>> from analyses.export import save
-    >>> save(fig, "out/attention.html")   # self-contained: plotly.js inline, nothing fetched
-    >>> save(fig, "out/attention.png")    # rendered by kaleido in a local Chrome/Chromium
+    >>> import plotly.graph_objects as go, tempfile
+    >>> fig = go.Figure(go.Heatmap(z=[[0, 1], [1, 0]]))
+    >>> out = tempfile.mkdtemp()
+    >>> save(fig, f"{out}/figure.html").name      # self-contained: plotly.js inline, nothing fetched
+    'figure.html'
+    >>> save(fig, f"{out}/figure.png").name       # doctest: +SKIP
+    'figure.png'
 
 `.html` embeds plotly.js and references no network resource; `.json` is plotly's figure JSON;
 `.png`, `.svg` and `.pdf` are rendered by kaleido (pip package) driving a local Chrome or
@@ -12,6 +16,7 @@ Chromium, found through `BROWSER_PATH`, then `PATH`, then the usual install loca
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from interp.errors import InterpError
@@ -22,6 +27,20 @@ INSTALL_BROWSER = (
     "install one (`apt-get install chromium` on Debian/Ubuntu, or `kaleido_get_chrome` after "
     "`pip install kaleido`) or point BROWSER_PATH at a Chrome/Chromium executable"
 )
+
+
+@dataclass
+class Section:
+    """A part of a page: a heading, a paragraph, and optionally a figure and/or a table.
+
+    >>> Section("Heads", "Scores per head.").title
+    'Heads'
+    """
+
+    title: str
+    text: str
+    figure: object | None = None
+    table: object | None = None  # a pandas DataFrame
 
 
 class ExportError(InterpError, ValueError):
@@ -35,8 +54,11 @@ class RendererNotFoundError(InterpError, RuntimeError):
 def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
     """Write `obj` (a plotly Figure or a result with `.figure()`) to `path`, format by suffix.
 
-    >>> save(patterns(model, "The cat sat").figure(0, 1), "head.png")
-    PosixPath('head.png')
+    >>> import interp, tempfile
+    >>> from analyses.attention import patterns
+    >>> pats = patterns(interp.load("toy"), "The cat sat")
+    >>> save([pats, pats.figure(0, 1)], f"{tempfile.mkdtemp()}/attention.html").suffix
+    '.html'
 
     A list of figures/results makes one `.html` page (plotly.js embedded once). `scale`
     multiplies the pixel size of `.png` output (2 gives crisp paper figures).
@@ -54,6 +76,9 @@ def save(obj, path: str | Path, *, scale: float = 2.0) -> Path:
             f"{len(figs)} figures cannot go into one {suffix} file: save them one by one, "
             "or together as a single .html page."
         )
+    if path.is_dir():
+        raise ExportError(f"Cannot save to {str(path)!r}: it is a folder. Pass a file path, e.g. "
+                          f"{str(path / ('figure' + suffix))!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
         path.write_text(html_page(figs, title=path.stem), encoding="utf-8")
@@ -83,7 +108,9 @@ def html_page(figs: list, title: str = "pythia-interp") -> str:
 def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
     """Bytes of `fig` as png, svg or pdf, rendered offline by kaleido in a local browser.
 
-    >>> png = render(fig, "png")
+    >>> import plotly.graph_objects as go
+    >>> render(go.Figure(go.Bar(y=[1, 2])), "png")[:4]   # doctest: +SKIP
+    b'\x89PNG'
     """
     kaleido = _kaleido()
     layout = fig.layout
@@ -94,14 +121,14 @@ def render(fig, fmt: str, *, scale: float = 2.0) -> bytes:
         "scale": scale if fmt == "png" else 1,
     }
     # mathjax=False keeps kaleido from loading MathJax off a CDN; plotly.js comes from plotly.py
-    kopts = {"mathjax": False, "path": _require_browser()}
+    kopts = {"mathjax": False, "path": require_renderer()}
     return kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
 
 
 def find_browser() -> str | None:
     """Path of the Chrome/Chromium kaleido will drive, or None: `BROWSER_PATH`, PATH, usual places.
 
-    >>> find_browser()
+    >>> find_browser()                                   # doctest: +SKIP
     '/usr/bin/chromium'
     """
     override = os.environ.get("BROWSER_PATH")
@@ -116,8 +143,13 @@ def find_browser() -> str | None:
     return Chromium.find_browser(skip_local=False)
 
 
-def _require_browser() -> str:
-    """The browser path, or an error that says how to get one."""
+def require_renderer() -> str:
+    """The browser kaleido will drive, or a RendererNotFoundError naming what to install.
+
+    >>> require_renderer()  # doctest: +SKIP
+    '/usr/bin/chromium'
+    """
+    _kaleido()
     path = find_browser()
     if path is not None:
         return path
@@ -150,5 +182,5 @@ def _as_figure(obj):
         return fig
     raise ExportError(
         f"Cannot save a {type(obj).__name__}: pass a plotly Figure or a result with a .figure() "
-        "method (e.g. the AttentionPatterns from analyses.attention_maps.patterns)."
+        "method (e.g. the AttentionPatterns from analyses.attention.patterns)."
     )

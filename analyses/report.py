@@ -1,13 +1,18 @@
 """The HTML report: heads, attention, logit lens and how heads formed across checkpoints, on one page.
 
-    >>> report = build_report(interp.load("toy"), prompt="The value of x. The value of")
-    >>> report.save("report/")            # report.html (self-contained) + CSV tables + report.json
+    >>> import interp, tempfile
+    >>> report = build_report(interp.load("toy"), "The value of x. The value of")
+    >>> page = report.save(tempfile.mkdtemp())      # report.html (self-contained), CSV tables, report.json
+    >>> page.name, [s.title for s in report.sections][:1]
+    ('report.html', ['Head detectors'])
 
-Every section comes from an analysis function; the report only lays them out.
+Every section comes from an analysis subpackage (its `report.sections(model, prompts)`); the
+report only lays them out.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass, field
 from html import escape
@@ -16,24 +21,14 @@ from pathlib import Path
 import pandas as pd
 
 import interp
-from analyses.attention_maps import detect_heads, patterns
-from analyses.logit_lens import logit_lens
-from analyses.sweep import sweep
+from analyses.export import Section
 
 DEFAULT_PROMPT = (
     "The return value of the function is the value of the last expression. "
     "The return value of the function is"
 )
-
-
-@dataclass
-class Section:
-    """A heading, a paragraph, and optionally a figure and/or a table."""
-
-    title: str
-    text: str
-    figure: object | None = None
-    table: pd.DataFrame | None = None
+# Modules with `sections(model, prompts) -> (sections, tables)`, in page order.
+SECTIONS = ("analyses.attention.report", "analyses.lens.report")
 
 
 @dataclass
@@ -71,54 +66,42 @@ class Report:
         return page
 
 
-def build_report(model: interp.Model, prompt: str = DEFAULT_PROMPT, sweep_revisions: list[str] | None = None,
-                 sweep_name: str | None = None) -> Report:
+def build_report(model: interp.Model, prompts: str | list[str] = DEFAULT_PROMPT,
+                 sweep_revisions: list[str] | None = None, sweep_name: str | None = None) -> Report:
     """Run the analyses on `model` and lay them out; sweep `sweep_name` over `sweep_revisions` if given."""
-    heads = detect_heads(model)
-    scores = heads.to_frame()
-    layer, head = heads.top("induction", k=1)[0]
-    lens = logit_lens(model, prompt)
-    sections = [
-        Section("Head detectors", "Scores per head on repeated random tokens, with TransformerLens's "
-                "definitions: the mean over every query position of the attention a detector expects, so a "
-                "perfect induction head scores about 1/2 on one repeat (no earlier copy in the first half). "
-                "Hover a cell for its head.", heads.figure("induction"), _top_heads(scores)),
-        Section(f"Attention of L{layer}H{head}, the strongest induction head",
-                "Query tokens down, key tokens across; a repeated phrase lights up the diagonal just after "
-                "each earlier occurrence.", patterns(model, prompt, layers=[layer]).figure(layer=layer, head=head)),
-        Section("Logit lens", "Each layer boundary decoded through the final LayerNorm and unembedding; colour is "
-                "KL(final || layer) in nats, text the top-1 token.", lens.figure("kl")),
-    ]
-    tables = {"head_scores": scores, "logit_lens": lens.to_frame()}
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    sections, tables = [], {}
+    for name in SECTIONS:
+        more, more_tables = importlib.import_module(name).sections(model, prompts)
+        sections += more
+        tables |= more_tables
     if sweep_name is not None and sweep_revisions:
-        across = sweep(sweep_name, lambda m: detect_heads(m).to_frame(), sweep_revisions,
-                       dtype=model.dtype)
-        sections.append(Section("Induction across training", "Induction score of every head at each saved "
-                                "checkpoint: the step where it jumps is where induction heads formed.",
-                                across.figure("induction", by=["layer", "head"])))
-        tables["sweep"] = across.to_frame()
-    provenance = {"model": model.name, "revision": model.revision, "dtype": str(model.dtype),
-                  "prompt": prompt, "tokens": model.to_tokens(prompt).ids[0].tolist(),
+        section, tables["sweep"] = _sweep_section(model, sweep_name, sweep_revisions)
+        sections.append(section)
+    provenance = {"model": model.name, "revision": model.revision, "dtype": str(model.dtype), "prompts": prompts,
+                  "tokens": [model.to_tokens(p).ids[0].tolist() for p in prompts],
                   "sweep_revisions": sweep_revisions or []}
     return Report(f"pythia-interp report: {model.name}@{model.revision}", sections, tables, provenance)
 
 
-def _top_heads(scores: pd.DataFrame, k: int = 3) -> pd.DataFrame:
-    """The k best heads per detector, as 'L1H2 (0.91)' strings."""
-    rows = []
-    for detector in ("induction", "prev_token", "duplicate_token", "first_token"):
-        best = scores.nlargest(k, detector)
-        rows.append({"detector": detector, **{f"#{i + 1}": f"L{r['layer']}H{r['head']} ({r[detector]:.2f})"
-                                               for i, (_, r) in enumerate(best.iterrows())}})
-    return pd.DataFrame(rows)
+def _sweep_section(model: interp.Model, name: str, revisions: list[str]) -> tuple[Section, pd.DataFrame]:
+    """Induction score of every head at each checkpoint."""
+    from analyses.attention import detect_heads
+    from analyses.sweep import sweep
+
+    across = sweep(name, lambda m: detect_heads(m).to_frame(), revisions, dtype=model.dtype)
+    section = Section("Induction across training", "Induction score of every head at each saved checkpoint: the "
+                      "step where it jumps is where induction heads formed.",
+                      across.figure("induction", by=["layer", "head"]))
+    return section, across.to_frame()
 
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8" /><title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-section {{ margin-bottom: 3em; }} h2 {{ border-bottom: 1px solid #ddd; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+section {{ margin-bottom: 3em; overflow-x: auto; }} h2 {{ border-bottom: 1px solid #ddd; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 0.2em 0.8em; text-align: left; }}
 tr:nth-child(even) {{ background: #f6f6f6; }}
 </style></head>

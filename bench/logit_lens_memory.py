@@ -36,7 +36,7 @@ def child(mode: str, size: str, pos: int, chunk: int) -> dict:
     from transformers import GPTNeoXForCausalLM
 
     import interp
-    from analyses.logit_lens import logit_lens, resid_names
+    from analyses.lens import logit_lens, resid_names
 
     torch.manual_seed(0)
     model = interp.Model(GPTNeoXForCausalLM(interp.suite.config(size)).eval(), name=size)
@@ -47,7 +47,8 @@ def child(mode: str, size: str, pos: int, chunk: int) -> dict:
     elif mode == "naive":
         naive(model, ids)
     else:
-        model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
+        with torch.no_grad():  # as the lens runs it: no autograd graph
+            model.run_with_cache(ids, names=resid_names(model), stop_at_layer=model.n_layers)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"extra": peak - before, "seconds": time.perf_counter() - start}
 
@@ -56,7 +57,7 @@ def naive(model, ids) -> dict:
     """Every layer's full log-probabilities in one tensor, then the metrics from it."""
     import torch
 
-    from analyses.logit_lens import Readout, resid_names
+    from analyses.lens import Readout, resid_names
 
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names=resid_names(model))

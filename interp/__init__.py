@@ -1,10 +1,10 @@
 """pythia-interp core: load any Pythia checkpoint and see inside the real HF model.
 
-    >>> import interp
-    >>> model = interp.load("toy")
-    >>> logits, cache = model.run_with_cache("Hello, I am")
-    >>> logits.shape[:2], cache["pattern", 0].shape[:2]
-    (torch.Size([1, 4]), torch.Size([1, 3]))
+>>> import interp
+>>> model = interp.load("toy")
+>>> logits, cache = model.run_with_cache("Hello, I am")
+>>> logits.shape[:2], cache["pattern", 0].shape[:2]
+(torch.Size([1, 7]), torch.Size([1, 3]))
 """
 
 from interp.arch import Architecture
@@ -13,7 +13,9 @@ from interp.errors import (
     HookShapeError,
     InputError,
     InterpError,
+    InvalidOptionError,
     SiteNotAvailableError,
+    TokenizerWarning,
     UnknownModelError,
     UnknownRevisionError,
     UnknownSiteError,
@@ -22,11 +24,27 @@ from interp.errors import (
 )
 from interp.loading import load
 from interp.model import Model
-from interp.tokens import Tokens
 from interp.sites import Site
+from interp.tokens import Tokens
 
 __all__ = [
-    "ActivationCache", "Architecture", "Components", "HookShapeError", "InputError", "InterpError", "Model", "Provenance",
-    "Site", "SiteNotAvailableError", "Tokens", "UnknownModelError", "UnknownRevisionError", "UnknownSiteError",
-    "UnsupportedModelError", "WeightsNotFoundError", "load",
+    "ActivationCache",
+    "Architecture",
+    "Components",
+    "HookShapeError",
+    "InputError",
+    "InterpError",
+    "InvalidOptionError",
+    "Model",
+    "Provenance",
+    "Site",
+    "SiteNotAvailableError",
+    "TokenizerWarning",
+    "Tokens",
+    "UnknownModelError",
+    "UnknownRevisionError",
+    "UnknownSiteError",
+    "UnsupportedModelError",
+    "WeightsNotFoundError",
+    "load",
 ]

@@ -33,6 +33,15 @@ class Architecture:
     conv1d: bool  # weights stored (in, out) as in GPT-2's Conv1D, instead of nn.Linear's (out, in)
     positional: str  # "rotary" | "learned"
     softmax_in_fp32: bool  # HF eager: NeoX takes softmax in fp32, GPT-2 in the scores' dtype
+    rotary_fn: str | None = None  # "module:function" of the rotary the attention module applies
+    aliases: tuple[tuple[str, str], ...] = ()  # further HF paths accepted for a site
+
+    def apply_rotary(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's own rotary function, the very code its attention runs."""
+        import importlib
+
+        module, name = self.rotary_fn.split(":")
+        return getattr(importlib.import_module(module), name)(q, k, cos, sin)
 
     def path(self, role: str, layer: int | None = None) -> str:
         """The HF module path of a role, e.g. `path("ln1", 2)`."""
@@ -92,6 +101,8 @@ NEOX = Architecture(
     conv1d=False,
     positional="rotary",
     softmax_in_fp32=True,
+    rotary_fn="transformers.models.gpt_neox.modeling_gpt_neox:apply_rotary_pos_emb",
+    aliases=(("embed_out", "hook_logits"),),  # the unembedding's name in Pythia's checkpoints
 )
 
 GPT2 = Architecture(

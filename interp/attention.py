@@ -4,7 +4,7 @@
     >>> model = interp.load("toy")
     >>> _, cache = model.run_with_cache("Hello, I am", names=["blocks.0.attn.hook_pattern"])
     >>> cache["pattern", 0].shape                      # (batch, head, q_pos, k_pos)
-    torch.Size([1, 4, 4, 4])
+    torch.Size([1, 3, 7, 7])
 
 A tapped layer's `query_key_value` output, its rotary cos/sin and its mask are captured as the
 real module runs; just before the output projection, `eager_z` recomputes attention from them
@@ -92,10 +92,8 @@ def additive_mask(mask: Tensor | None, scores: Tensor) -> Tensor | None:
 
 def _rotate(arch: Architecture, q: Tensor, k: Tensor, position_embeddings) -> tuple[Tensor, Tensor]:
     """Apply the model's own rotary function (the very code its attention ran)."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
     cos, sin = position_embeddings
-    return apply_rotary_pos_emb(q, k, cos, sin)
+    return arch.apply_rotary(q, k, cos, sin)
 
 
 def _dropout(arch: Architecture, module: nn.Module) -> float:

@@ -4,7 +4,7 @@
     >>> model = interp.load("toy")
     >>> logits, cache = model.run_with_cache("Hello, I am")
     >>> cache["resid_pre", 1].shape            # same as cache["blocks.1.hook_resid_pre"]
-    torch.Size([1, 4, 64])
+    torch.Size([1, 7, 96])
     >>> parts = cache.decompose_resid()        # embed, then each layer's attn_out and mlp_out
     >>> torch.allclose(parts.values.sum(0), cache["resid_post", -1], atol=1e-5)
     True
@@ -157,12 +157,16 @@ class ActivationCache(Mapping[str, Tensor]):
                     pos: int = -1) -> Tensor:
         """Each component's direct contribution to the logit of `tokens` (minus `incorrect_tokens`) at `pos`.
 
-        Give it a stack already through `apply_ln_to_stack`: (component, batch) comes back.
+        Give it a stack already through `apply_ln_to_stack`: (component, batch) comes back. The final
+        LayerNorm's weight is folded into the unembedding (as TransformerLens's default `fold_ln` does), so
+        the components plus the LayerNorm bias's term add up to the logit (difference).
         """
-        w_u = self._model("logit_attrs").W_U  # (d_model, d_vocab)
-        directions = w_u[:, torch.as_tensor(tokens)].T  # (batch, d_model) or (d_model,)
+        model = self._model("logit_attrs")
+        ln = model.module("ln_final.hook_out")
+        w_u = model.W_U * (ln.weight.detach()[:, None] if ln.weight is not None else 1)  # (d_model, d_vocab)
+        directions = w_u[:, torch.as_tensor(tokens)].movedim(0, -1)  # (batch, d_model) or (d_model,)
         if incorrect_tokens is not None:
-            directions = directions - w_u[:, torch.as_tensor(incorrect_tokens)].T
+            directions = directions - w_u[:, torch.as_tensor(incorrect_tokens)].movedim(0, -1)
         at = stack.values[:, :, pos]  # (component, batch, d_model)
         return (at * directions.to(device=at.device, dtype=at.dtype)).sum(-1)
 

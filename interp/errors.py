@@ -38,3 +38,11 @@ class HookShapeError(InterpError, ValueError):
 
 class InputError(InterpError, ValueError):
     """Bad tokens or prompts: empty, too long, out of vocabulary."""
+
+
+class InvalidOptionError(InterpError, ValueError):
+    """An option outside its accepted values: a dtype, a device, an attention implementation."""
+
+
+class TokenizerWarning(UserWarning):
+    """Loading fell back to the shipped GPT-NeoX-20B tokenizer, or found no tokenizer at all."""

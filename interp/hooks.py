@@ -19,7 +19,6 @@ threads do not see each other's hooks.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from interp import attention
 from interp.arch import Architecture
 from interp.errors import HookShapeError, InputError
 from interp.sites import Site, Tap
+from interp.weights import out_weight, qkv_bias, qkv_weight
 
 HookFn = Callable[[Tensor, Site], Tensor | None]
 
@@ -121,6 +121,8 @@ class Dispatcher:
         for role, kind in NEEDS[site.tap]:
             role = role or site.spec.role
             out.append((self.arch.path(role, site.layer), kind, role, site.layer))
+        if site.spec.role == "pos_embed":  # the embedding's output says how many rows the batch has
+            out.append((self.arch.path("embed"), "fwd", "embed", None))
         return out
 
     def _acquire(self, path: str, kind: str, role: str, layer: int | None) -> None:
@@ -171,8 +173,18 @@ class Dispatcher:
                     "Run it with gradients enabled (model.run_with_cache_and_grads does)."
                 )
             if x.requires_grad:
-                x.register_hook(partial(_backward, entry.bwd[site], site))
+                x.register_hook(partial(self._backward, entry, site))
         return x, x is not original or original._version != version
+
+    def _backward(self, entry: Entry, site: Site, grad: Tensor) -> Tensor | None:
+        """A backward hook runs only while its context is open (a backward after the block sees none)."""
+        if entry not in self.entries:
+            return None
+        for fn in entry.bwd[site]:
+            new = apply_hook(fn, site, grad)
+            if new is not None:
+                grad = new
+        return grad
 
     def _fire_all(self, pairs, x: Tensor) -> tuple[Tensor, bool]:
         changed = False
@@ -212,6 +224,10 @@ class Dispatcher:
     def _fwd(self, role: str, layer: int | None, module: nn.Module, args: tuple, kwargs: dict, out):
         """Forward hook of one module: outputs, q/k/v, per-head results, LayerNorm and resid_mid replacements."""
         tensor = out[0] if isinstance(out, tuple) else out
+        if role == "embed":
+            self._state()["batch"] = tensor.shape[0]
+        if role == "pos_embed" and tensor.shape[0] != self._state().get("batch", tensor.shape[0]):
+            tensor = tensor.expand(self._state()["batch"], *tensor.shape[1:]).clone()  # (batch, pos, d_model) as TL
         if role == "qkv":
             tensor = self._qkv(layer, tensor)
         elif role == "out":
@@ -286,10 +302,9 @@ class Dispatcher:
         ln = self.arch.module(self.hf, "ln1", layer)
         qkv = self.arch.module(self.hf, "qkv", layer)
         normed = nn.functional.layer_norm(inputs, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        w = self.arch.split_qkv(self.arch.in_out(qkv), self.dims.n_heads, which)  # (d_model, head, d_head)
-        projected = einops.einsum(normed, w, "batch pos head d_model, d_model head d_head -> batch pos head d_head")
-        if qkv.bias is not None:
-            projected = projected + self.arch.split_qkv(qkv.bias, self.dims.n_heads, which)
+        w = qkv_weight(self.arch, qkv, self.dims.n_heads, which)  # (head, d_model, d_head)
+        projected = einops.einsum(normed, w, "b pos head d_model, head d_model d_head -> b pos head d_head")
+        projected = projected + qkv_bias(self.arch, qkv, self.dims.n_heads, which)
         if heads is None:
             return projected.to(piece.dtype)
         merged = piece.clone()
@@ -328,9 +343,8 @@ class Dispatcher:
         pairs = self._pairs("out", layer, {Tap.RESULT})
         if not pairs:
             return out
-        w_o = einops.rearrange(self.arch.in_out(module), "(head d_head) d_model -> head d_head d_model",
-                               head=self.dims.n_heads)
-        result = einops.einsum(self._heads(z), w_o, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+        w_o = out_weight(self.arch, module, self.dims.n_heads)  # (head, d_head, d_model)
+        result = einops.einsum(self._heads(z), w_o, "b pos head d_head, head d_head d_model -> b pos head d_model")
         result, changed = self._fire_all(pairs, result)
         if not changed:
             return out
@@ -344,12 +358,6 @@ def _group(pairs) -> dict[Site, list[HookFn]]:
     return grouped
 
 
-def _backward(fns: list[HookFn], site: Site, grad: Tensor) -> Tensor:
-    for fn in fns:
-        new = apply_hook(fn, site, grad)
-        if new is not None:
-            grad = new
-    return grad
 
 
 def apply_hook(fn: HookFn, site: Site, x: Tensor) -> Tensor | None:

@@ -27,6 +27,7 @@ from interp import arch as arch_table
 from interp.cache import ActivationCache, Provenance
 from interp.errors import InputError
 from interp.hooks import Dims, Dispatcher, HookFn
+from interp.options import device_of, dtype_of
 from interp.sites import Site, Sites
 from interp.tokens import Prompt, Tokenizing, Tokens
 from interp.weights import WeightViews
@@ -35,6 +36,7 @@ __all__ = ["Model", "Prompt", "Tokens"]
 
 Names = None | str | Iterable[str] | Callable[[str], bool]
 SiteKey = str | Callable[[str], bool]
+Hooks = dict[SiteKey, HookFn | list[HookFn]] | list[tuple[SiteKey, HookFn]]
 
 
 class _Stop(Exception):
@@ -50,6 +52,9 @@ class Model(Tokenizing, WeightViews):
     def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None, revision: str | None = None,
                  tokenizer_source: str | None = None):
         self.arch = arch_table.of(hf)
+        if tokenizer is not None and not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+            raise InputError(f"tokenizer={tokenizer!r} is not a tokenizer: pass a transformers tokenizer, e.g. "
+                             "AutoTokenizer.from_pretrained(...), or load the model with interp.load(name).")
         self.hf, self.tokenizer, self.tokenizer_source = hf, tokenizer, tokenizer_source
         self.name = name or getattr(hf.config, "name_or_path", None) or self.arch.kind
         self.revision = revision
@@ -125,11 +130,12 @@ class Model(Tokenizing, WeightViews):
             >>> model = interp.load("toy")
             >>> logits, cache = model.run_with_cache("Hello, I am", names=lambda n: "resid" in n)
             >>> cache["resid_post", 1].shape
-            torch.Size([1, 4, 64])
+            torch.Size([1, 7, 96])
         """
         tokens, sites = self.tokens(x), self.sites.select(names)
         device, dtype = _check_target(device, dtype)
-        self._check_stop(stop_at_layer)
+        stop_at_layer, sites = self._check_stop(stop_at_layer, sites, explicit=not (names is None or callable(names)))
+        _check_flag("fp32_scores", fp32_scores)
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: Site) -> None:
@@ -174,8 +180,8 @@ class Model(Tokenizing, WeightViews):
             leaf.append(t.detach().requires_grad_(True))
             return leaf[-1]
 
-        embed = self.sites.resolve("hook_embed")
-        with torch.enable_grad(), self._hooks.attach([(embed, graph_input)]), \
+        inputs = [s for s in self.sites.all() if s.spec.role in ("embed", "pos_embed")]
+        with torch.enable_grad(), self._hooks.attach([(s, graph_input) for s in inputs]), \
                 self._hooks.attach([(s, save) for s in sites], [(s, save_grad) for s in sites]):
             value = metric(self._run(tokens))
             if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
@@ -184,9 +190,13 @@ class Model(Tokenizing, WeightViews):
             torch.autograd.grad(value.reshape(()), leaf, allow_unused=True)  # fires the site hooks, no weight grads
         return value.detach(), self._cache(acts, tokens, None), self._cache(grads, tokens, None)
 
+    def run_with_hooks(self, x: Prompt | Tokens | Tensor, fwd_hooks=(), bwd_hooks=(), fp32_scores: bool = False):
+        """TransformerLens's spelling: logits with `[(site, fn), ...]` hooks attached for one forward."""
+        with self.hooks(fwd=list(fwd_hooks), bwd=list(bwd_hooks), fp32_scores=fp32_scores):
+            return self.forward(x)
+
     @contextmanager
-    def hooks(self, fwd: dict[SiteKey, HookFn | list[HookFn]] | None = None,
-              bwd: dict[SiteKey, HookFn | list[HookFn]] | None = None, fp32_scores: bool = False):
+    def hooks(self, fwd: Hooks | None = None, bwd: Hooks | None = None, fp32_scores: bool = False):
         """Attach forward and backward hooks for the block; nestable; all removed on any exit, in any order.
 
             >>> import interp
@@ -194,12 +204,16 @@ class Model(Tokenizing, WeightViews):
             >>> with model.hooks(fwd={"blocks.0.hook_mlp_out": lambda x, hook: x * 0}):
             ...     logits = model("Hello")
         """
+        _check_flag("fp32_scores", fp32_scores)
         with self._hooks.attach(self._pairs(fwd or {}), self._pairs(bwd or {}), fp32_scores=fp32_scores):
             yield self
 
     def generate(self, x: Prompt | Tokens, max_new_tokens: int = 20, **kwargs) -> Tokens:
         """Continue prompts with HF `generate` (greedy unless told); works inside `hooks()`."""
         tokens = self.tokens(x)
+        if tokens.ids.shape[1] + max_new_tokens > self.n_ctx:
+            raise InputError(f"{tokens.ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds this model's "
+                             f"context (n_ctx={self.n_ctx}); generate fewer tokens or shorten the prompt.")
         if self.tokenizer is None and "pad_token_id" not in kwargs:
             kwargs["pad_token_id"] = self.hf.config.eos_token_id or 0
         kwargs = {"do_sample": False, "pad_token_id": kwargs.get("pad_token_id") or self._pad_id(), **kwargs}
@@ -213,10 +227,13 @@ class Model(Tokenizing, WeightViews):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _pairs(self, hooks: dict[SiteKey, HookFn | list[HookFn]]) -> list[tuple[Site, HookFn]]:
-        """Validate every key and function before anything is attached."""
+    def _pairs(self, hooks: Hooks) -> list[tuple[Site, HookFn]]:
+        """Validate every key and function before anything is attached; a dict or TL's list of pairs."""
+        items = hooks.items() if isinstance(hooks, dict) else hooks
+        if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+            raise InputError(f"Hooks are {{site: fn}} or [(site, fn), ...]; got {hooks!r}.")
         pairs = []
-        for key, fns in hooks.items():
+        for key, fns in items:
             targets = self.sites.select(key) if callable(key) else [self.sites.resolve(key)]
             for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
                 if not callable(fn):
@@ -233,10 +250,20 @@ class Model(Tokenizing, WeightViews):
             except _Stop as stop:
                 return stop.resid
 
-    def _check_stop(self, stop_at_layer: int | None) -> None:
-        if stop_at_layer is not None and not (isinstance(stop_at_layer, int) and 0 <= stop_at_layer <= self.n_layers):
-            raise InputError(f"stop_at_layer={stop_at_layer!r} must be an int in 0..{self.n_layers} "
-                             f"(0 stops before block 0, {self.n_layers} before the final LayerNorm).")
+    def _check_stop(self, stop_at_layer: int | None, sites: list[Site], explicit: bool) -> tuple[int | None, list]:
+        """A valid stop (negative counts from the end, as in TL); named sites past it are refused, others dropped."""
+        if stop_at_layer is None:
+            return None, sites
+        n = self.n_layers
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int) or not -n <= stop_at_layer <= n:
+            raise InputError(f"stop_at_layer={stop_at_layer!r} must be an int in {-n}..{n} (0 stops before block 0, "
+                             f"{n} before the final LayerNorm, -1 before the last block).")
+        stop = stop_at_layer % (n + 1) if stop_at_layer >= 0 else n + stop_at_layer
+        late = [s for s in sites if (s.layer if s.layer is not None else (n if s.order[0] > 0 else -1)) >= stop]
+        if late and explicit:
+            raise InputError(f"{[s.name for s in late[:3]]} would never fire with stop_at_layer={stop_at_layer}: the "
+                             f"forward stops before block {stop}. Drop them or stop later.")
+        return stop, [s for s in sites if s not in late]
 
     @contextmanager
     def _stop_before(self, layer: int):
@@ -265,16 +292,13 @@ class Model(Tokenizing, WeightViews):
 
 
 def _check_target(device, dtype) -> tuple:
-    """Validate where a cache goes, before any work."""
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise InputError(f"dtype={dtype!r} is not a floating torch dtype: caches hold activations, so use "
-                         "torch.float32, torch.bfloat16 or torch.float16 (integer tensors keep their own dtype).")
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise InputError(f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from err
-    return device, dtype
+    """Validate where a cache goes (the same choices `interp.load` takes), before any work."""
+    return device_of(device), dtype_of(dtype)
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise InputError(f"{name}={value!r} must be True or False.")
 
 
 def _describe(value) -> str:

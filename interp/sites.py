@@ -147,8 +147,7 @@ class Sites:
         for layer in range(n_layers):
             for role, name in ROLE_ALIASES.items():
                 self._aliases[arch.path(role, layer)] = _fill(name, layer)
-        if arch.kind == "neox":
-            self._aliases["embed_out"] = "hook_logits"
+        self._aliases.update(dict(arch.aliases))
 
     def _why_absent(self, spec: SiteSpec) -> str | None:
         if spec.tap is Tap.RESID_MID and self.parallel_residual:
@@ -167,7 +166,8 @@ class Sites:
         return sorted(self._by_name.values(), key=lambda s: s.order)
 
     def standard(self) -> list[Site]:
-        """The sites `names=None` caches: all but the named-only ones (costly or redundant)."""
+        """The sites `names=None` caches: all but the named-only ones (costly or redundant; a filter or a name
+        selects them)."""
         return [s for s in self.all() if not s.spec.named_only]
 
     def resolve(self, name: str) -> Site:
@@ -181,6 +181,7 @@ class Sites:
         if key in self._missing:
             raise SiteNotAvailableError(f"{name!r} does not exist on this model: {self._missing[key]}")
         close = difflib.get_close_matches(name, [*self._by_name, *self._aliases], n=5, cutoff=0.6)
+        close += [s.name for s in self._by_name.values() if s.short == SHORT_ALIASES.get(name, name)][:2]
         raise UnknownSiteError(
             f"No hook site {name!r}. Closest valid names on this model: {close or ['blocks.0.hook_resid_pre']}. "
             "Sites use TransformerLens names (see interp.sites.TABLE) or HF module paths."
@@ -212,10 +213,13 @@ class Sites:
         """Sites for `None` (standard), a name, a list of names, or a filter over names; in computation order."""
         if names is None:
             return self.standard()
-        if callable(names):
-            return [s for s in self.standard() if names(s.name)]
+        if callable(names):  # a filter sees every site, the named-only ones too
+            return [s for s in self.all() if names(s.name)]
         if isinstance(names, str):
             names = [names]
+        if not isinstance(names, Iterable):
+            raise UnknownSiteError(f"names={names!r}: give None (standard sites), a site name, a list of names, or "
+                                   "a filter such as lambda name: 'resid' in name.")
         return sorted(dict.fromkeys(self.resolve(n) for n in names), key=lambda s: s.order)
 
 

@@ -2,9 +2,9 @@
 
     >>> import interp
     >>> model = interp.load("toy")
-    >>> batch = model.to_tokens(["Hello, I am", "Hi"])
+    >>> batch = model.to_tokens(["The cat sat", "The"])
     >>> batch.attention_mask.tolist(), batch.position_ids.tolist()
-    ([[1, 1, 1, 1], [0, 0, 0, 1]], [[0, 1, 2, 3], [0, 0, 0, 0]])
+    ([[1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], [[0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
 
 No BOS is prepended unless asked, as Pythia was trained; a padded prompt's activations equal
 those of the prompt alone because its positions start at 0.
@@ -103,7 +103,7 @@ class Tokenizing:
         return self._require_tokenizer().decode(torch.as_tensor(tokens).tolist())
 
     def tokens(self, x: Prompt | Tokens | Tensor) -> Tokens:
-        """Coerce text, ids (tensor, numpy array or lists of ints) or Tokens to validated Tokens on the model's device."""
+        """Text, ids (tensor, numpy array, lists of ints) or Tokens -> validated Tokens on the model's device."""
         if isinstance(x, Tokens):
             tokens = x
         elif isinstance(x, str) or (isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x)):
@@ -117,7 +117,7 @@ class Tokenizing:
     def _check(self, tokens: Tokens) -> None:
         """Refuse input the model cannot run, before anything is attached."""
         ids, mask = tokens.ids, tokens.attention_mask
-        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape != mask.shape:
+        if ids.ndim != 2 or 0 in ids.shape or ids.shape != mask.shape:
             raise InputError(f"Token ids must be (batch, pos) with pos >= 1 and a mask of the same shape; got ids "
                              f"{tuple(ids.shape)} and mask {tuple(mask.shape)}.")
         if ids.shape[1] > self.n_ctx:
@@ -126,6 +126,9 @@ class Tokenizing:
         bad = ids[(ids < 0) | (ids >= self.d_vocab)]
         if bad.numel():
             raise InputError(f"Token id {bad[0].item()} is outside the vocabulary 0..{self.d_vocab - 1}.")
+        if ((mask != 0) & (mask != 1)).any() or not mask.any(-1).all():
+            raise InputError("attention_mask must hold 0 (pad) and 1 (token), with at least one token per row; "
+                             f"got {mask.tolist()[:2]}... Build it with model.to_tokens(prompts).")
         if (mask.diff(dim=-1) < 0).any() or not mask[:, -1].all():
             raise InputError("Tokens are right-padded (a 0 after a 1 in attention_mask): pythia-interp left-pads so "
                              "that the last position is every prompt's last token. Use model.to_tokens(prompts).")

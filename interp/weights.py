@@ -3,7 +3,7 @@
     >>> import interp, torch
     >>> model = interp.load("toy")
     >>> model.W_Q.shape                                  # (layer, head, d_model, d_head)
-    torch.Size([2, 4, 64, 16])
+    torch.Size([2, 3, 96, 32])
     >>> _, cache = model.run_with_cache("Hello, I am")
     >>> z = cache["z", 0]                                # (batch, pos, head, d_head)
     >>> out = torch.einsum("bphd,hdm->bpm", z, model.W_O[0]) + model.b_O[0]
@@ -132,8 +132,15 @@ class WeightViews:
 
         On rotary models this is only the position-free part; `analyses.rope` gives the rotary-aware circuit.
         """
-        return self.W_Q[layer] @ self.W_K[layer].transpose(-1, -2)
+        return self.W_Q[self._layer(layer)] @ self.W_K[self._layer(layer)].transpose(-1, -2)
 
     def OV(self, layer: int) -> Float[Tensor, "head d_model d_model"]:
         """W_V[h] W_O[h] of one layer: what a head writes for what it reads."""
-        return self.W_V[layer] @ self.W_O[layer]
+        return self.W_V[self._layer(layer)] @ self.W_O[self._layer(layer)]
+
+    def _layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+            from interp.errors import InputError
+
+            raise InputError(f"layer={layer!r} is not a layer of this model: use 0..{self.n_layers - 1}.")
+        return layer

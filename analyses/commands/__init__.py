@@ -1,24 +1,164 @@
-"""One module per `pythia-interp` subcommand; each defines `add_parser(subparsers)`."""
+"""What every `pythia-interp` subcommand shares: model and prompt arguments, output checks, provenance.
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_model_arguments(parser); add_prompt_arguments(parser)
+    >>> args = parser.parse_args(["--prompt", "Hello", "--dtype", "bf16"])
+    >>> args.model, args.dtype, read_prompts(args)
+    ('toy', 'bf16', ['Hello'])
+
+A command module (e.g. `analyses.attention.command`) defines `add_parser(subparsers)`; its
+`run(args)` checks every output path first, then loads, calls an analysis and saves.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from interp.errors import InputError, InterpError
+
+DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+
+
+class OutputPathError(InterpError, OSError):
+    """An output path that cannot be written: a file in the way, no permission, a read-only place."""
+
+    def __str__(self) -> str:  # OSError would add an errno prefix
+        return str(self.args[0])
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--model` and `--revision`, the same in every subcommand."""
+    """`--model`, `--revision`, `--device` and `--dtype`, the same in every subcommand."""
     parser.add_argument("--model", default="toy", help="name or path interp.load takes (default: toy)")
     parser.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: final)")
+    parser.add_argument("--device", default=None, type=_device, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: float32)")
 
 
-def provenance_record(prov, prompt: str, str_tokens: list[str]) -> dict:
-    """What every command's JSON starts with: model, revision, dtype, prompt and its tokens."""
+def add_prompt_arguments(parser: argparse.ArgumentParser, *, required: bool = True, default: str | None = None):
+    """`--prompt TEXT` or `--prompts-file FILE` (one prompt per line), one of them."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--prompt", default=default, help="the text to analyse")
+    group.add_argument("--prompts-file", type=Path, default=None, metavar="FILE",
+                       help="a UTF-8 file with one prompt per line (blank lines skipped)")
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts given: [--prompt], or the non-blank lines of --prompts-file.
+
+    >>> read_prompts(argparse.Namespace(prompt=None, prompts_file=Path("/nonexistent.txt")))
+    Traceback (most recent call last):
+    ...
+    analyses.commands.PromptsFileError: --prompts-file /nonexistent.txt: no such file. Pass an existing ...
+    """
+    if getattr(args, "prompts_file", None) is None:
+        return [args.prompt]
+    path: Path = args.prompts_file
+    fix = "Pass an existing UTF-8 file with one prompt per line, or use --prompt TEXT."
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PromptsFileError(f"--prompts-file {path}: no such file. {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptsFileError(f"--prompts-file {path}: cannot be read ({err}). {fix}") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise PromptsFileError(f"--prompts-file {path} holds no prompt (every line is blank). {fix}")
+    return prompts
+
+
+class PromptsFileError(InputError):
+    """A --prompts-file that is missing, unreadable or empty."""
+
+
+def load_model(args: argparse.Namespace):
+    """`interp.load` with the model arguments every subcommand takes."""
+    import interp
+
+    return interp.load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+
+
+def check_output_dir(out: Path, files: tuple[str, ...] = ()) -> Path:
+    """Make sure `out` is (or can become) a writable folder and `files` can be written in it.
+
+    >>> check_output_dir(Path(tempfile.mkdtemp()) / "out", ("attention.html",)).is_dir()
+    True
+
+    Called before any work, so a bad path costs nothing. Creates the folder (and parents).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"--out {out} is a file, not a folder: pass a folder path (it is created "
+                              f"if missing), e.g. --out {out}.d")
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise OutputPathError(f"--out {out}: {ancestor} is a file, so no folder can be made below it. "
+                              "Pass a path under an existing folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutputPathError(f"--out {out} cannot be written ({err.strerror or err}): pass a folder you can "
+                              "write to, or fix its permissions.") from None
+    for name in files:
+        _check_file(out / name)
+    return out
+
+
+def _check_file(path: Path) -> None:
+    """An output file that exists must be a writable file (it is overwritten)."""
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder, where this command writes a file: move or rename it, "
+                              "or pass another --out.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{path} exists and is read-only: make it writable (chmod u+w), or pass "
+                              "another --out.")
+
+
+def check_png_renderer(no_png: bool) -> None:
+    """Refuse before any work when a PNG is asked for and cannot be rendered here."""
+    if no_png:
+        return
+    from analyses.export import RendererNotFoundError, require_renderer
+
+    try:
+        require_renderer()
+    except RendererNotFoundError as err:
+        raise RendererNotFoundError(f"{err} Or pass --no-png to skip the PNG.") from None
+
+
+def provenance_record(prov, prompts: str | list[str], str_tokens: list[str] | list[list[str]]) -> dict:
+    """What every command's JSON starts with: model, revision, dtype, prompts and their tokens (a row each)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if str_tokens and isinstance(str_tokens[0], str):
+        str_tokens = [str_tokens]
+    rows = [[t for t, m in zip(ids, mask, strict=True) if m]
+            for ids, mask in zip(prov.tokens, prov.attention_mask, strict=True)]
     return {
         "model": prov.model,
         "revision": prov.revision,
         "dtype": prov.dtype,
-        "prompt": prompt,
-        "tokens": prov.tokens[0],
+        "prompts": prompts,
+        "tokens": rows,
         "str_tokens": str_tokens,
         "n_layers": prov.n_layers,
     }
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has, or an argparse error naming the choices."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no MPS device here; use --device cpu")
+    return text

@@ -1,40 +1,48 @@
-"""`pythia-interp report`: the main job, an HTML report on one model (the toy suite by default)."""
+"""`pythia-interp report`: the main job, an HTML report on one model (the toy suite by default).
+
+    $ pythia-interp report --model toy --out report/
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-import interp
-from analyses.commands import add_model_arguments
-from interp import suite, toy
+from analyses.commands import add_model_arguments, add_prompt_arguments, check_output_dir, load_model, read_prompts
+
+FILES = ("report.html", "report.json", "head_scores.csv", "logit_lens.csv", "sweep.csv")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `report` subcommand."""
     p = subparsers.add_parser("report", help="HTML report: head detectors, attention, logit lens, checkpoints")
     add_model_arguments(p)
-    p.add_argument("--prompt", default=None, help="prompt for the attention and logit-lens sections")
+    add_prompt_arguments(p, required=False)
     p.add_argument("--sweep", type=int, default=None, metavar="N",
                    help="checkpoints in the across-training section (default: all for toy models, 0 otherwise)")
-    p.add_argument("--out", default="report", help="output folder (default: report/)")
+    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the report and write it."""
+    """Check the output, build the report and write it."""
     from analyses.report import DEFAULT_PROMPT, build_report
 
-    model = interp.load(args.model, revision=args.revision)
+    out = check_output_dir(args.out, FILES)
+    prompts = read_prompts(args) if args.prompt or args.prompts_file else [DEFAULT_PROMPT]
     revisions = _sweep_revisions(args.model, args.sweep)
-    report = build_report(model, args.prompt or DEFAULT_PROMPT, revisions, sweep_name=args.model)
-    page = report.save(args.out)
+    model = load_model(args)
+    report = build_report(model, prompts, revisions, sweep_name=args.model if revisions else None)
+    page = report.save(out)
     print(f"wrote {page} ({len(report.sections)} sections) and {', '.join(report.tables)} tables")
     return 0
 
 
 def _sweep_revisions(name: str, n: int | None) -> list[str]:
     """N checkpoints spread over the schedule (all of a toy model's by default)."""
+    from interp import suite, toy
+
     is_toy = toy.resolve(name) is not None
     if n is None:
         n = 10**6 if is_toy else 0

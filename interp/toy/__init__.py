@@ -1,4 +1,4 @@
-"""The embedded toy suite: small Pythia-architecture models trained here, with their checkpoints.
+"""The embedded toy suite: small models trained here (Pythia's architecture, and GPT-2's), with their checkpoints.
 
     >>> from interp import toy
     >>> toy.resolve("toy"), toy.revisions("toy-2l")[:3]
@@ -16,13 +16,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-NAMES: tuple[str, ...] = ("toy-2l", "toy-4l")
+from interp.errors import UnknownModelError, UnknownRevisionError, WeightsNotFoundError
+
+NAMES: tuple[str, ...] = ("toy-2l", "toy-4l", "toy-gpt2")
+ARCH: dict[str, str] = {"toy-2l": "neox", "toy-4l": "neox", "toy-gpt2": "gpt2"}  # GPTNeoXForCausalLM or GPT2LMHeadModel
 DEFAULT: str = "toy-2l"
 ALIASES: dict[str, str] = {"toy": DEFAULT}
 # What the model card's named heads do at the final checkpoint, as (layer, head).
 HEADS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
     "toy-2l": {"previous_token": ((0, 1),), "induction": ((1, 0), (1, 1), (1, 2))},
     "toy-4l": {"previous_token": ((0, 0),), "induction": ((1, 0), (1, 1))},
+    "toy-gpt2": {"previous_token": (), "induction": ()},  # none forms within the shared schedule
 }
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 _STEP = re.compile(r"step(\d+)")
@@ -37,11 +41,11 @@ def resolve(name: str) -> str | None:
 
 
 def _known(name: str) -> str:
-    """Resolve `name` or raise a ValueError listing the toy names."""
+    """Resolve `name` or raise an UnknownModelError (a ValueError) listing the toy names."""
     resolved = resolve(name)
     if resolved is None:
         choices = ", ".join(repr(n) for n in (*ALIASES, *NAMES))
-        raise ValueError(f"{name!r} is not a toy model; choose one of {choices}.")
+        raise UnknownModelError(f"{name!r} is not a toy model; choose one of {choices}.")
     return resolved
 
 
@@ -57,8 +61,9 @@ def revisions(name: str) -> list[str]:
         int(m.group(1)) for p in root.glob("step*") if p.is_dir() and (m := _STEP.fullmatch(p.name))
     )
     if not steps:
-        raise FileNotFoundError(
-            f"No checkpoints under {root}; train them with `python -m interp.toy.train --model {root.name}`."
+        raise WeightsNotFoundError(
+            f"No checkpoints under {root}; train them from a source checkout with "
+            f"`python -m toy_training.train --model {root.name}`."
         )
     return [f"step{s}" for s in steps]
 
@@ -70,7 +75,7 @@ def checkpoint_path(name: str, revision: str | None = None) -> Path:
         return model_dir(name) / saved[-1]
     if revision in saved:
         return model_dir(name) / revision
-    raise ValueError(
+    raise UnknownRevisionError(
         f"{_known(name)} has no checkpoint {revision!r}; {_hint(revision, saved)} "
         f"Saved: {', '.join(saved)} (or 'main' for {saved[-1]})."
     )

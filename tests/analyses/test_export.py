@@ -8,9 +8,9 @@ import plotly.io as pio
 import pytest
 import torch
 
-from analyses.attention_maps import patterns
+from analyses.attention import head_scores, patterns
 from analyses.export import ExportError, RendererNotFoundError, find_browser, save
-from tests.analyses.helpers_attention import (
+from tests.analyses.helpers import (
     REMOTE_REF,
     hand_made,
     open_in_browser,
@@ -34,7 +34,7 @@ def test_html_is_self_contained(pats, tmp_path):
     assert not REMOTE_REF.search(html), "a script, stylesheet or image is fetched from the network"
     assert "MathJax.js" not in html and "<link" not in html
     assert len(html) > 3_000_000, "plotly.js must be embedded, not referenced"
-    page = save([pats.figure(1, 0), pats.scores()], tmp_path / "page.html").read_text()
+    page = save([pats.figure(1, 0), head_scores(pats)], tmp_path / "page.html").read_text()
     assert page.count("Plotly.newPlot") == 2 and page.count("plotly.js v") == 1, "plotly.js once"
 
 
@@ -72,14 +72,14 @@ def test_static_images_are_rendered_offline_and_not_blank(pats, tmp_path):
     pixels = png_pixels(png)
     assert pixels.shape[0] >= 2 * pats.figure(slider=False).layout.height - 2, "scale=2 by default"
     assert pixel_std(png) > 10, "the PNG is blank"
-    assert save(pats.scores(), tmp_path / "s.svg").read_text().lstrip().startswith("<svg")
+    assert save(head_scores(pats), tmp_path / "s.svg").read_text().lstrip().startswith("<svg")
     assert save(pats.figure(0, 1), tmp_path / "h.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.browser
 @needs_browser
 def test_html_opens_in_a_browser_without_errors(pats, tmp_path):
-    path = save([pats, pats.token_figure(), pats.scores()], tmp_path / "attention.html")
+    path = save([pats, pats.token_figure(), head_scores(pats)], tmp_path / "attention.html")
     page = open_in_browser(path)
     assert page.console == [], f"console messages: {page.console}"
     assert page.dom.count('class="main-svg"') >= 3, "plotly did not draw the figures"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import interp
-from analyses.attention_maps import detect_heads
+from analyses.attention import detect_heads
 from analyses.cli import main
 from analyses.report import build_report
 from analyses.sweep import step_of, sweep
@@ -48,7 +48,9 @@ def test_report_sections_and_files(toy, tmp_path):
     assert html.count("<section>") == 4 and "L1H" in html
     scores = pd.read_csv(tmp_path / "head_scores.csv")
     assert {"layer", "head", "induction", "prev_token"} <= set(scores.columns)
-    assert json.loads((tmp_path / "report.json").read_text())["model"] == "toy-2l"
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert record["model"] == "toy-2l" and record["revision"] == interp.suite.revisions("toy")[-1]
+    assert len(record["prompts"]) == 1
     assert set(pd.read_csv(tmp_path / "sweep.csv")["revision"]) == {"step0", "main"}
 
 
@@ -56,6 +58,18 @@ def test_report_cli(tmp_path, capsys):
     assert main(["report", "--sweep", "2", "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").stat().st_size > 100_000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_report_takes_several_prompts(toy, tmp_path):
+    prompts = ["x = 1; x = 1", "def f(a): return a"]
+    report = build_report(toy, prompts)
+    titles = [s.title for s in report.sections]
+    assert titles.count("Logit lens on prompt 2") == 1 and sum("on prompt" in t for t in titles) == 4
+    assert set(report.tables["logit_lens"]["prompt"]) == {0, 1}
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(prompts) + "\n\n")
+    assert main(["report", "--prompts-file", str(path), "--sweep", "0", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["prompts"] == prompts
 
 
 def test_report_cli_bad_model_is_a_clean_error(tmp_path, capsys):

@@ -8,17 +8,17 @@ import pytest
 import torch
 
 import interp
-from tests.conftest import tiny_hf, twin, word_tokenizer
+from tests.conftest import tiny_gpt2, tiny_hf, twin, word_tokenizer
 
 pytest.importorskip("transformer_lens")
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+@pytest.fixture(scope="module", params=["neox", "gpt2"])
+def pair(request, tmp_path_factory):
     """Our Model and a TL bridge over an independent copy of the same weights."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf, tok = tiny_hf(seed=3), word_tokenizer()
+    hf, tok = (tiny_hf if request.param == "neox" else tiny_gpt2)(seed=3), word_tokenizer()
     path = tmp_path_factory.mktemp("tiny")
     hf.save_pretrained(path)
     tok.save_pretrained(path)
@@ -41,10 +41,12 @@ def test_every_shared_site_matches(pair):
                 "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.hook_attn_out",
                 "blocks.0.ln2.hook_normalized", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post",
                 "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post", "ln_final.hook_normalized"}
+    if model.arch.kind == "gpt2":
+        expected |= {"hook_pos_embed", "blocks.0.hook_resid_mid"}
     assert expected <= set(shared), f"sites both should expose: missing {expected - set(shared)}"
     for name in shared:  # hook_normalized and hook_scale have TL's meaning (before the affine map)
         torch.testing.assert_close(ours[name], tl[name], atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
-    ln = model.hf.gpt_neox.layers[0].input_layernorm
+    ln = model.module("blocks.0.ln1.hook_out")
     torch.testing.assert_close(ours["ln1_out", 0], tl["blocks.0.ln1.hook_normalized"] * ln.weight + ln.bias,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours_logits, tl_logits, atol=1e-5, rtol=1e-5)
@@ -52,6 +54,8 @@ def test_every_shared_site_matches(pair):
 
 def test_our_rot_q_fires_where_the_bridge_registers_but_never_fires_it(pair):
     model, bridge = pair
+    if model.arch.kind != "neox":
+        pytest.skip("GPT-2 has learned positions: no rotary site")
     ids = torch.tensor([[5, 17, 3, 99]])
     _, tl = bridge.run_with_cache(ids)
     _, ours = model.run_with_cache(ids, names=["blocks.0.attn.hook_rot_q"])

@@ -8,23 +8,24 @@ import pytest
 import torch
 
 from interp import toy
+from interp.errors import WeightsNotFoundError
 
 
 def require_checkpoints(name: str) -> None:
     """Skip when the toy model's checkpoints are not on disk (e.g. a source checkout without them)."""
     try:
         toy.revisions(name)
-    except FileNotFoundError as err:
+    except WeightsNotFoundError as err:
         pytest.skip(str(err))
 
 
 @functools.lru_cache(maxsize=16)
 def hf_model(name: str, revision: str | None = None):
-    """GPTNeoXForCausalLM from a shipped checkpoint: fp32, eager attention, eval mode."""
-    from transformers import GPTNeoXForCausalLM
+    """The HF model of a shipped checkpoint (GPTNeoXForCausalLM or GPT2LMHeadModel): fp32, eager, eval mode."""
+    from transformers import AutoModelForCausalLM
 
     path = toy.checkpoint_path(name, revision)
-    model = GPTNeoXForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     return model.eval()
 
 

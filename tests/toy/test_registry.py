@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from interp import toy
-from interp.toy.spec import SPECS, VOCAB_SIZE, schedule
 from tests.toy.conftest import require_checkpoints, tokenizer
+from toy_training.spec import SPECS, VOCAB_SIZE, schedule
 
-MAX_WEIGHT_BYTES = 25_000_000
+ROOT = Path(__file__).resolve().parents[2]
+# fp16 bytes of all 16 checkpoints of each model: 420,480 / 331,136 / 346,752 parameters x 2 bytes x 16
+MAX_WEIGHT_BYTES = {"toy-2l": 13_600_000, "toy-4l": 10_700_000, "toy-gpt2": 11_200_000}
+NEOX = [n for n in toy.NAMES if toy.ARCH[n] == "neox"]
+GPT2 = [n for n in toy.NAMES if toy.ARCH[n] == "gpt2"]
 
 
 def test_resolve_names_and_alias():
@@ -54,15 +59,14 @@ def test_unknown_revision_names_the_nearest_saved_steps():
         toy.checkpoint_path("toy-9l")
 
 
-def test_all_shipped_weights_fit_the_budget():
-    files = [f for name in toy.NAMES for f in toy.model_dir(name).glob("step*/*.safetensors")]
-    if not files:
-        pytest.skip("no toy checkpoints on disk")
-    total = sum(f.stat().st_size for f in files)
-    assert total <= MAX_WEIGHT_BYTES, f"toy weights take {total / 1e6:.1f} MB > 25 MB"
-
-
 @pytest.mark.parametrize("name", toy.NAMES)
+def test_shipped_weights_fit_the_budget(name):
+    require_checkpoints(name)
+    total = sum(f.stat().st_size for f in toy.model_dir(name).glob("step*/*.safetensors"))
+    assert total <= MAX_WEIGHT_BYTES[name], f"{name} weights take {total / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("name", NEOX)
 def test_config_has_pythias_architecture(name):
     require_checkpoints(name)
     from safetensors import safe_open
@@ -92,6 +96,41 @@ def test_tokenizer_is_neox_style_byte_level_bpe(name):
     assert tok.convert_ids_to_tokens(tok("a b")["input_ids"]) == ["a", "Ġb"], "no prefix space"
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
     assert len(tok) <= VOCAB_SIZE, "every token id must have an embedding row"
+
+
+@pytest.mark.parametrize("name", GPT2)
+def test_gpt2_config_is_gpt2_at_the_size_of_toy_2l(name):
+    require_checkpoints(name)
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    path = toy.checkpoint_path(name)
+    config, twin = AutoConfig.from_pretrained(path), AutoConfig.from_pretrained(toy.checkpoint_path("toy-2l"))
+    assert config.model_type == "gpt2" and config.architectures == ["GPT2LMHeadModel"]
+    assert (config.n_embd, config.n_layer, config.n_head, config.n_positions, config.vocab_size) == (
+        twin.hidden_size, twin.num_hidden_layers, twin.num_attention_heads, twin.max_position_embeddings,
+        twin.vocab_size), "same d_model, layers, heads, context and vocabulary as toy-2l"
+    assert config.tie_word_embeddings and config.activation_function == "gelu_new"
+    assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
+    assert config.bos_token_id == config.eos_token_id == tokenizer(name).eos_token_id
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert "lm_head.weight" not in f.keys(), "the unembedding is the tied token embedding"
+    ours, theirs = (toy.model_dir(n) / "tokenizer.json" for n in (name, "toy-2l"))
+    assert ours.read_text() == theirs.read_text(), "one tokenizer for the suite"
+
+
+def test_the_package_needs_nothing_outside_it():
+    """Nothing installed points at the training code or at files beside the repository."""
+    from setuptools import find_packages
+
+    packages = find_packages(ROOT, include=["interp*", "analyses*"])
+    assert "toy_training" not in packages and not any(p.startswith("tests") for p in packages)
+    for package in ("interp", "analyses"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            assert "from toy_training" not in text and "import toy_training" not in text, path
+            assert '"shared"' not in text and "../shared" not in text, path
 
 
 def test_model_dir_holds_the_tokenizer_next_to_the_steps():

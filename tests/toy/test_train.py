@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from interp import toy
-from interp.toy import corpus
-from interp.toy.spec import SPECS, schedule
-from interp.toy.train import lr_at, parse_args
 from tests.toy.conftest import require_checkpoints
+from toy_training import corpus
+from toy_training.spec import SPECS, schedule
+from toy_training.train import lr_at, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = 8  # steps of the shortened schedule: checkpoints step0, 1, 2, 4, 8
@@ -40,8 +40,8 @@ def require_same_corpus(name: str) -> None:
 
 
 def train(out: Path, *args: str) -> None:
-    """Run `python -m interp.toy.train --out out ...` in a subprocess (its own torch settings)."""
-    cmd = [sys.executable, "-m", "interp.toy.train", "--out", str(out), *args]
+    """Run `python -m toy_training.train --out out ...` in a subprocess (its own torch settings)."""
+    cmd = [sys.executable, "-m", "toy_training.train", "--out", str(out), *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -65,12 +65,16 @@ def test_bad_step_count_is_refused():
         parse_args(["--steps", "0"])
 
 
-def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path):
-    name = "toy-2l"
+@pytest.mark.parametrize("name", ["toy-2l", "toy-gpt2"])  # one per architecture
+def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path, name):
     require_same_corpus(name)
     runs = [tmp_path / "a", tmp_path / "b"]
+    record = shipped(name)
+    options = ["--threads", str(record["torch_threads"])]
+    if "loaded" in record["corpus"].get("tokenizer", ""):  # trained with the suite's tokenizer, not its own
+        options += ["--tokenizer", str(toy.model_dir(toy.DEFAULT))]
     for out in runs:
-        train(out, "--model", name, "--steps", str(SHORT))
+        train(out, "--model", name, "--steps", str(SHORT), *options)
     a, b = (json.loads((out / name / "training.json").read_text()) for out in runs)
     assert a["batch_loss"] == b["batch_loss"] and a["checkpoints"] == b["checkpoints"], "two runs differ"
     assert a["schedule"] == [s for s in schedule(SPECS[name]) if s <= SHORT]
@@ -83,6 +87,10 @@ def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path):
     mine, theirs = metrics_at(a, SHORT), metrics_at(ship, SHORT)
     for key in ("train_loss", "heldout_loss", "repeat_second_loss"):
         assert mine[key] == pytest.approx(theirs[key], abs=LOSS_TOL), key
+    for key in ("induction", "previous_token"):
+        flat = [s for row in mine[key] for s in row]
+        assert flat == pytest.approx([s for row in theirs[key] for s in row], abs=LOSS_TOL), \
+            f"{key}: shipped with another definition?"
     tokenizer_file = "tokenizer.json"
     assert (runs[0] / name / tokenizer_file).read_text() == (toy.model_dir(name) / tokenizer_file).read_text()
 
@@ -90,7 +98,7 @@ def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path):
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_both_phases_draw_the_shipped_batches(name):
     require_same_corpus(name)
-    from interp.toy.train import batch_digests, build_corpus
+    from toy_training.train import batch_digests, build_corpus
 
     assert batch_digests(SPECS[name], build_corpus()) == shipped(name)["batch_sha256"], \
         "the data pipeline (corpus split, tokenizer, mix or phase) no longer draws the shipped batches"

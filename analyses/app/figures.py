@@ -1,0 +1,160 @@
+"""The explorer's own figures: the hoverable token strip, differences between panes, messages.
+
+    >>> fig = token_strip(["The", " cat", " sat"], [0.5, 0.5, 0.0], query=1, title="toy-2l L0H1")
+    >>> fig["data"][0]["type"], fig["data"][0]["customdata"][0]
+    ('heatmap', [0, 1, 2])
+
+Every number drawn comes from an analysis result; these functions only lay numbers out.
+Figures are plain dicts (plotly's JSON), cheap to cache and to send.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from interp.text import figure_label
+
+STRIP_COLUMNS = 12  # tokens per row of the token strip
+TICKS = 40  # most labelled ticks per axis
+NOTE_STYLE = {"showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 15}}
+
+
+def message(text: str, height: int = 220) -> dict:
+    """An empty figure that says why there is nothing to draw (wrapped at about 90 characters)."""
+    lines = _wrap(text, 90)
+    return {
+        "data": [],
+        "layout": {
+            "annotations": [{**NOTE_STYLE, "text": "<br>".join(html.escape(line, quote=False) for line in lines)}],
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "height": max(height, 60 + 24 * len(lines)),
+            "plot_bgcolor": "white",
+            "margin": {"t": 30, "b": 30},
+        },
+    }
+
+
+def fit_width(fig) -> dict:
+    """A figure dict that fills its container's width (the analysis sets a fixed width for files)."""
+    fig = fig if isinstance(fig, dict) else fig.to_plotly_json()
+    layout = {k: v for k, v in fig.get("layout", {}).items() if k != "width"}
+    return {**fig, "layout": {"height": 450, **layout, "autosize": True}}  # a height, or the container's
+
+
+def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, title: str) -> dict:
+    """Tokens in rows, each coloured by the attention the query token pays it; hover picks the query.
+
+    Keys after the query get no colour. `customdata` of every cell is its token position.
+    """
+    n, cols = len(tokens), min(STRIP_COLUMNS, len(tokens))
+    rows = math.ceil(n / cols)
+    z = np.full((rows, cols), np.nan)
+    pos = np.full((rows, cols), -1)
+    for i in range(n):
+        pos[i // cols, i % cols] = i
+        if i <= query:
+            z[i // cols, i % cols] = weights[i]
+    x, y = [i % cols for i in range(n)], [i // cols for i in range(n)]
+    labels = [figure_label(t, 12) for t in tokens]
+    heat = {
+        "type": "heatmap",
+        "z": _jsonable(z),
+        "customdata": pos.tolist(),
+        "colorscale": _scale("Blues"),
+        "zmin": 0,
+        "zmax": 1,
+        "xgap": 2,
+        "ygap": 2,
+        "hovertemplate": "token %{customdata}<br>weight %{z:.3f}<extra></extra>",
+        "colorbar": {"title": {"text": "weight"}},
+    }
+    dark = [i <= query and weights[i] > 0.55 for i in range(n)]  # white text on dark cells
+    text = {"type": "scatter", "mode": "text", "x": x, "y": y, "text": labels, "hoverinfo": "skip",
+            "textfont": {"size": 13, "color": ["white" if d else "#222" for d in dark]}, "showlegend": False}
+    mark = {"type": "scatter", "mode": "markers", "x": [query % cols], "y": [query // cols], "hoverinfo": "skip",
+            "marker": {"symbol": "square-open", "size": 34, "color": "#d62728", "line": {"width": 3}},
+            "showlegend": False}
+    layout = {
+        "title": {"text": f"{title} · attention from {figure_label(tokens[query], 14)} (position {query}); "
+                          "hover a token to choose the query", "x": 0.02},
+        "xaxis": {"visible": False, "range": [-0.5, cols - 0.5]},
+        "yaxis": {"visible": False, "autorange": "reversed"},
+        "height": 120 + 44 * rows,
+        "plot_bgcolor": "white",
+        "margin": {"t": 60, "b": 10},
+    }
+    return {"data": [heat, text, mark], "layout": layout}
+
+
+def difference(a: np.ndarray, b: np.ndarray, x_labels: Sequence[str], y_labels: Sequence[str], title: str,
+               axes: tuple[str, str], hover: str = "%{y} %{x}") -> dict:
+    """A heatmap of b - a on a diverging scale centred at 0, with both values on hover.
+
+    Cells sit at integer positions (repeated labels stay apart), labelled by `x_labels`/`y_labels`.
+    """
+    diff = b - a
+    bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0
+    bound = max(bound, 1e-9)
+    trace = {
+        "type": "heatmap",
+        "z": _jsonable(diff),
+        "customdata": _jsonable(np.stack([a, b], axis=-1)),
+        "colorscale": _scale("RdBu_r"),  # B above A in red
+        "zmid": 0,
+        "zmin": -bound,
+        "zmax": bound,
+        "hovertemplate": f"{hover}<br>A %{{customdata[0]:.3f}} → B %{{customdata[1]:.3f}}<br>"
+                         "B − A %{z:+.3f}<extra></extra>",
+        "colorbar": {"title": {"text": "B − A"}},
+    }
+    layout = {
+        "title": {"text": title, "x": 0.02},
+        "xaxis": {"title": {"text": axes[0]}, **_ticks(x_labels, TICKS)},
+        "yaxis": {"title": {"text": axes[1]}, "autorange": "reversed", **_ticks(y_labels, TICKS)},
+        "height": min(900, max(320, 220 + 22 * len(y_labels))),
+        "plot_bgcolor": "white",
+    }
+    return {"data": [trace], "layout": layout}
+
+
+def _ticks(labels: Sequence[str], most: int) -> dict:
+    step = max(1, math.ceil(len(labels) / most))
+    return {"tickvals": list(range(0, len(labels), step)), "ticktext": list(labels)[::step], "showgrid": False}
+
+
+def lines(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, axes: tuple[str, str]) -> dict:
+    """One line per pane over layers: {name: (x, y)}."""
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": list(x), "y": _jsonable(np.asarray(y))}
+            for name, (x, y) in curves.items()]
+    layout = {"title": {"text": title, "x": 0.02}, "xaxis": {"title": {"text": axes[0]}},
+              "yaxis": {"title": {"text": axes[1]}}, "height": 380, "plot_bgcolor": "white"}
+    return {"data": data, "layout": layout}
+
+
+def _scale(name: str) -> list:
+    """A named plotly colorscale as explicit stops (plotly.js names differ from plotly.py's)."""
+    from plotly.colors import get_colorscale
+
+    return get_colorscale(name)
+
+
+def _jsonable(values: np.ndarray) -> list:
+    """Nested lists with NaN as None (JSON has no NaN)."""
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isnan(values), None, values).tolist()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(" "), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line]

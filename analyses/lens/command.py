@@ -1,0 +1,172 @@
+"""`pythia-interp logit-lens` and `pythia-interp tuned-lens train`: decode every layer; fit a tuned lens.
+
+    $ pythia-interp logit-lens --model toy --prompt "The cat sat on the" --target " mat" --out out/
+    $ pythia-interp tuned-lens train --model toy --out lenses/toy --steps 200
+
+logit-lens writes out/logit_lens.csv (a row per lens, prompt, layer and position: layer 0 is the
+embedding, L+1 the output of block L), out/logit_lens.html (the position x layer grid of each
+prompt, target tokens across layers, and logit vs tuned lens with --tuned), out/logit_lens.png
+(the first prompt's grid) and out/logit_lens.json (provenance).
+
+tuned-lens train writes OUT/tuned_lens.safetensors (the translators) and OUT/tuned_lens.json
+(model, revision, shapes, steps, final loss per layer). Without --text it trains on Python's own
+documentation (`pydoc_data`), which every machine has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from analyses.commands import (
+    add_model_arguments,
+    add_prompt_arguments,
+    check_output_dir,
+    check_png_renderer,
+    load_model,
+    provenance_record,
+    read_prompts,
+)
+
+METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
+LENS_FILES = ("logit_lens.csv", "logit_lens.html", "logit_lens.png", "logit_lens.json")
+TUNED_FILES = ("tuned_lens.safetensors", "tuned_lens.json")
+
+
+def add_parser(subparsers) -> None:
+    """Register `logit-lens` and `tuned-lens train`."""
+    _add_logit_lens(subparsers)
+    _add_tuned_lens(subparsers)
+
+
+def _add_logit_lens(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("logit-lens", help="decode every layer of prompts (logit or tuned lens)",
+                                   description="What every layer would predict for prompts, written to a folder.")
+    add_model_arguments(parser)
+    add_prompt_arguments(parser)
+    parser.add_argument("--target", action="append", default=[],
+                        help="a token to follow across layers, e.g. ' Paris' (repeatable)")
+    parser.add_argument("--tuned", type=Path, default=None,
+                        help="a tuned lens folder (from `tuned-lens train`) to decode with as well")
+    parser.add_argument("--metric", choices=METRICS, default="kl", help="grid colour (default: kl)")
+    parser.add_argument("--no-ln", action="store_true", help="skip the final LayerNorm")
+    parser.add_argument("--top-k", type=int, default=5, help="tokens shown on hover (default 5)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    parser.set_defaults(func=run_logit_lens)
+    return parser
+
+
+def _add_tuned_lens(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("tuned-lens", help="train a tuned lens (per-layer translators)",
+                                   description="Fit a tuned lens to a model on a text and save it.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser("train", help="train a tuned lens and save it to a folder",
+                               description="Fit a tuned lens to a model on a text and save it.")
+    add_model_arguments(train)
+    train.add_argument("--out", required=True, type=Path, help="folder to write the lens into")
+    train.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: Python's docs)")
+    train.add_argument("--steps", type=int, default=250, help="optimiser steps (default 250)")
+    train.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
+    train.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the windows (default 0)")
+    train.set_defaults(func=run_tuned_lens)
+    return parser
+
+
+def run_logit_lens(args: argparse.Namespace) -> int:
+    """Check the outputs, load the model (and lens), decode the prompts, write the files."""
+    import pandas as pd
+    import torch
+
+    from analyses.export import save
+    from analyses.lens import LensComparison, TunedLens, lens_from_cache, resid_names
+
+    out = check_output_dir(args.out, LENS_FILES)
+    check_png_renderer(args.no_png)
+    prompts = read_prompts(args)
+    tuned = TunedLens.load(args.tuned) if args.tuned is not None else None
+    model = load_model(args)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompts, names=resid_names(model), stop_at_layer=model.n_layers)
+    options = {"target": args.target or None, "apply_ln": not args.no_ln, "top_k": args.top_k}
+    results = {"logit": lens_from_cache(model, cache, **options)}
+    if tuned is not None:
+        results["tuned"] = lens_from_cache(model, cache, lens=tuned, **options)
+    main = results.get("tuned", results["logit"])
+    frame = pd.concat([r.to_frame().assign(lens=name) for name, r in results.items()], ignore_index=True)
+    frame[["lens", *frame.columns[:-1]]].to_csv(out / "logit_lens.csv", index=False, float_format="%.6g")
+    figures = [r.figure(args.metric, prompt=b) for r in results.values() for b in range(len(prompts))]
+    figures += [r.target_figure(prompt=b) for r in results.values() if r.target_ids for b in range(len(prompts))]
+    if tuned is not None:
+        figures.append(LensComparison(results).figure())
+    written = [out / "logit_lens.csv", save(figures, out / "logit_lens.html")]
+    written.append(_write_provenance(out / "logit_lens.json", args, prompts, main, tuned))
+    if not args.no_png:
+        written.append(save(main.figure(args.metric), out / "logit_lens.png"))
+    _report(written, main)
+    return 0
+
+
+def run_tuned_lens(args: argparse.Namespace) -> int:
+    """Check the output, load the model, train the lens on the text, save it and print its losses."""
+    from analyses.lens import default_text, train_tuned_lens
+
+    out = check_output_dir(args.out, TUNED_FILES)
+    if args.text is None:
+        text, source = default_text()
+    else:
+        text, source = _read_text(args.text), str(args.text)
+    model = load_model(args)
+    lens = train_tuned_lens(model, text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=args.lr, seed=args.seed, source=source)
+    path = lens.save(out)
+    print(f"wrote {path} ({lens.info.steps} steps, {lens.info.tokens_seen} tokens of {source})")
+    for layer, loss in enumerate(lens.info.layer_losses):
+        print(f"  layer {layer}: KL(model || tuned lens) {loss:.4f} nats")
+    return 0
+
+
+def _read_text(path: Path) -> str:
+    """The training text of --text, or an error naming the file and the fix."""
+    from interp.errors import InputError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--text {path} cannot be read ({err}): pass a UTF-8 text file, or leave --text "
+                         "out to train on Python's documentation.") from None
+
+
+def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], result, tuned) -> Path:
+    """Model, revision, tokens, lens and targets: enough to reproduce every file."""
+    from dataclasses import asdict
+
+    prov = result.provenance
+    str_tokens = [[result.token_str(t) for t, m in zip(row, mask, strict=True) if m]
+                  for row, mask in zip(prov.tokens, prov.attention_mask, strict=True)]
+    record = {
+        **provenance_record(prov, prompts, str_tokens),
+        "layers": "0 = embedding, L+1 = after block L",
+        "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
+        "tuned_lens": {"path": str(args.tuned), **asdict(tuned.info)} if tuned is not None else None,
+        "apply_ln": result.apply_ln,
+        "metric": args.metric,
+        "top_k": args.top_k,
+        "targets": {result.token_str(t): t for t in result.target_ids},
+    }
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _report(written: list[Path], result) -> None:
+    """Print the files written and the first prompt's last-position top-1 token at each layer."""
+    from interp.text import visible
+
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    col = int(result.attention_mask[0].nonzero()[-1, 0])
+    tops = [visible(result.token_str(t)) for t in result.top_ids[:, 0, col, 0].tolist()]
+    print(f"{result.lens} lens, top-1 after the last token by layer: {' '.join(tops)}")

@@ -1,0 +1,110 @@
+"""Checkpoint integrity: a fingerprint of each checkpoint's weight files, and which steps share one.
+
+    >>> weights_sha256("toy-2l", "step0") == weights_sha256("toy-2l", "step0") != weights_sha256("toy-2l", "step1")
+    True
+
+Some hub checkpoints hold the very same weights as another step (the file was uploaded twice).
+A sweep fingerprints every checkpoint it loads and flags the steps whose weights are
+byte-identical to an earlier one: a `duplicate_of` column and a warning.
+
+The fingerprint is the sha256 of the weight file (`model.safetensors` or `pytorch_model.bin`), the
+same number the hub shows for the file; for sharded checkpoints, the sha256 of the shards' names
+and sha256s. In a Hugging Face cache, files are stored under their sha256, so nothing is re-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from interp import toy
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class DuplicateCheckpointWarning(UserWarning):
+    """Two checkpoints of a sweep have byte-identical weights."""
+
+
+def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None = None) -> str:
+    """Fingerprint of a checkpoint's weights: from its files, or from `hf_model`'s tensors if no file is found."""
+    folder = checkpoint_folder(model, revision)
+    files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)) if folder else []
+    if files:
+        digests = [(p.name, file_sha256(p)) for p in files]
+        if len(digests) == 1:
+            return digests[0][1]
+        return hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests).encode()).hexdigest()
+    if hf_model is None:
+        return ""
+    return tensors_sha256(hf_model.state_dict())
+
+
+def checkpoint_folder(model: str, revision: str) -> Path | None:
+    """The local folder of a checkpoint's files: the toy suite's step<N>/, or a hub cache snapshot."""
+    toy_name = toy.resolve(model)
+    if toy_name is not None:
+        return toy.checkpoint_path(toy_name, revision)
+    from huggingface_hub import try_to_load_from_cache
+
+    from interp import suite
+
+    config = try_to_load_from_cache(suite.resolve(model).hf_id, "config.json", revision=revision)
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file; a hub-cache symlink into blobs/ already names it, so it is not re-read."""
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
+            return target.name
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def flag_duplicates(frame: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
+    """Add `duplicate_of`: the earliest revision of the same model with the same weights ("" if none).
+
+    >>> frame = pd.DataFrame({"model": ["m"] * 3, "revision": ["step0", "step1", "step2"], "step": [0, 1, 2],
+    ...                       "weights_sha256": ["a", "b", "b"]})
+    >>> flag_duplicates(frame, warn=False)["duplicate_of"].tolist()
+    ['', '', 'step1']
+    """
+    frame = frame.copy()
+    firsts = (frame[frame["weights_sha256"] != ""].sort_values("step", kind="stable")
+              .drop_duplicates(["model", "weights_sha256"])
+              .set_index(["model", "weights_sha256"])["revision"])
+    keys = list(zip(frame["model"], frame["weights_sha256"], strict=True))
+    first = [firsts.get(k, "") if k[1] else "" for k in keys]
+    frame["duplicate_of"] = [f if f != rev else "" for f, rev in zip(first, frame["revision"], strict=True)]
+    if warn:
+        for message in duplicate_messages(frame):
+            warnings.warn(message, DuplicateCheckpointWarning, stacklevel=3)
+    return frame
+
+
+def duplicate_messages(frame: pd.DataFrame) -> list[str]:
+    """One sentence per flagged checkpoint."""
+    flagged = frame.loc[frame["duplicate_of"] != "", ["model", "revision", "duplicate_of"]].drop_duplicates()
+    return [f"{m} {r} has weights byte-identical to {d} (the same weight file), so its results repeat {d}'s"
+            for m, r, d in flagged.itertuples(index=False)]

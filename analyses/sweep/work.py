@@ -1,0 +1,126 @@
+"""One unit of sweep work: load a checkpoint, run the analysis, write its rows to the store.
+
+    >>> import tempfile
+    >>> from analyses.sweep.registry import analysis
+    >>> from analyses.sweep.revisions import checkpoints
+    >>> spec = analysis("attention")
+    >>> job = Job(checkpoints("toy-4l", "step0")[0], spec, spec.bind({}), tempfile.mkdtemp())
+    >>> timing = run(job)
+    >>> job.store.get(job.key, "toy-4l", "step0")[["model", "revision", "layer", "head"]].shape
+    (8, 4)
+
+Both executors run exactly this: the local one splits `load` from `analyse` so that the next
+checkpoint loads while the current one is analysed; a Ray task calls `run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+
+import interp
+from analyses.sweep.integrity import weights_sha256
+from analyses.sweep.registry import Analysis
+from analyses.sweep.revisions import Checkpoint
+from analyses.sweep.store import KEY_COLUMNS, Key, ResultStore
+from interp.errors import InputError
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs for one (model, revision): picklable, no model inside."""
+
+    checkpoint: Checkpoint
+    analysis: Analysis
+    params: dict
+    store_root: str
+    dtype: str = "float32"
+    device: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return self.analysis.key(self.params, self.dtype)
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(self.store_root)
+
+    @property
+    def done(self) -> bool:
+        """Whether the store already holds this job's result."""
+        return self.store.has(self.key, self.checkpoint.model, self.checkpoint.revision)
+
+
+@dataclass
+class Loaded:
+    """A loaded checkpoint, its weights' fingerprint and how long loading took."""
+
+    model: interp.Model
+    weights_sha256: str
+    seconds: float
+
+
+def load(job: Job) -> Loaded:
+    """Load the job's checkpoint (quietly) and fingerprint its weights."""
+    start = time.perf_counter()
+    ckpt = job.checkpoint
+    with quiet_loading():
+        model = interp.load(ckpt.model, revision=ckpt.revision, dtype=job.dtype, device=job.device)
+    sha = weights_sha256(ckpt.model, ckpt.revision, model.hf)
+    return Loaded(model, sha, time.perf_counter() - start)
+
+
+def analyse(job: Job, loaded: Loaded) -> dict:
+    """Run the analysis on a loaded checkpoint and write its rows; return the timings."""
+    start = time.perf_counter()
+    frame = job.analysis.run(loaded.model, **job.params)
+    analysed = time.perf_counter()
+    ckpt = job.checkpoint
+    job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
+    return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds,
+            "analysis_s": analysed - start, "write_s": time.perf_counter() - analysed}
+
+
+def run(job: Job) -> dict:
+    """Load, analyse, write: one Ray task."""
+    loaded = load(job)
+    return analyse(job, loaded)
+
+
+def _with_key_columns(frame: pd.DataFrame, job: Job, sha: str) -> pd.DataFrame:
+    """The analysis's rows with the store key's columns around them."""
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(f"analysis {job.analysis.name!r} returned {type(frame).__name__}, not a DataFrame.")
+    clash = sorted(set(frame.columns) & set(KEY_COLUMNS))
+    if clash:
+        raise InputError(f"analysis {job.analysis.name!r} returned columns {clash}, which the sweep adds itself; "
+                         "rename them.")
+    ckpt = job.checkpoint
+    front = pd.DataFrame({"model": ckpt.model, "revision": ckpt.revision, "step": ckpt.step,
+                          "tokens_seen": ckpt.tokens_seen}, index=frame.index)
+    back = pd.DataFrame({"weights_sha256": sha, "analysis": job.analysis.name, "key": job.key.digest},
+                        index=frame.index)
+    return pd.concat([front, frame, back], axis=1)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' and the hub's per-checkpoint progress bars, restoring them afterwards."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    bars_on = hf_logging.is_progress_bar_enabled()
+    hub_on = not hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+        if hub_on:
+            hub_utils.enable_progress_bars()
