@@ -5,13 +5,15 @@
 
 Rows (1 prompt x 64 tokens; the corrupt prompt differs at one token; metric: logit difference at the last position):
 
-1. activation patching of each head's z at each position (noising), batched, against one forward per patch
+1. exact path patching of all 144 heads -> logits, against the plain loop (two forwards per sender);
+2. EAP over all 32,347 edges, against one forward;
+3. a 32-point faithfulness curve (exact, every circuit evaluated), against one forward;
+4. activation patching of each head's z at each position (noising), batched, against one forward per patch
    and against TransformerLens's `generic_activation_patch` on its TransformerBridge over the same weights
    (given the corrupt cache and the clean tokens, so that it noises too); the numbers must agree;
-2. exact path patching of all 144 heads -> logits, against the plain loop (two forwards per sender);
-3. EAP over all 32,347 edges, against one forward;
-4. a 32-point faithfulness curve (exact, every circuit evaluated), against one forward;
 5. on the toy suite: how AtP, AtP*, EAP and EAP-IG correlate with exact activation and edge patching.
+
+Times are the best of the repeats (the least disturbed run on a shared machine).
 
 The slow contenders run on a subset of patches and their per-patch time is scaled up; the subset's
 values are compared with ours. Each contender runs in a forked child so its peak memory (resident
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
-import statistics
 import time
 
 import torch
@@ -52,29 +53,41 @@ def build(size: str = "160m"):
 
 
 def timed(fn, repeat: int = 1):
-    """(median seconds, last result)."""
+    """(best seconds of `repeat` runs, last result): on a shared machine the best run is the least disturbed."""
     times, out = [], None
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    return min(times), out
 
 
 def in_child(fn, *args, repeat: int = 1, reference=None):
     """Run fn(*args) in a forked child: (seconds, result, peak MiB above the child's start).
 
-    With `reference=(model, task)` the child first times one plain forward (median of 3) and the
-    seconds come back as a multiple of it, so load that drifts between children cancels out.
+    With `reference=(model, task)` the child times a plain forward before each run of fn, and the time
+    comes back as the median ratio of the two, so load that drifts between runs cancels out.
     """
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
 
     def target():
-        unit = timed(lambda: forward(*reference), repeat=3)[0] if reference is not None else 1.0
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks >= 64 KiB get (and free) own pages
+        if reference is not None:
+            forward(*reference)  # warm up before the peak is reset
         sampler = _Peak()
-        seconds, out = timed(lambda: fn(*args), repeat=repeat)
-        child.send((seconds / unit, _plain(out), sampler.stop() / 2**20))
+        if reference is None:
+            seconds, out = timed(lambda: fn(*args), repeat=repeat)
+        else:  # forward and contender in turn, so drifting load hits both: the median of the ratios
+            ratios = []
+            for _ in range(repeat):
+                unit = timed(lambda: forward(*reference))[0]
+                seconds, out = timed(lambda: fn(*args))
+                ratios.append(seconds / unit)
+            seconds = sorted(ratios)[len(ratios) // 2]
+        child.send((seconds, _plain(out), sampler.stop() / 2**20))
 
     proc = ctx.Process(target=target)
     proc.start()
@@ -89,9 +102,7 @@ class _Peak:
     def __init__(self):
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KiB and more get fresh pages, so they count
-        libc.malloc_trim(0)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident set
         self.start = _status("VmRSS")
@@ -276,7 +287,7 @@ def activation_rows(model, task, args):
     ours_t, effects, ours_mb = in_child(ours_activation, model, task, positions, args.budget_mb)
     n = len(heads) * len(positions)
     per = ours_t / n
-    print(f"1. activation patching, every head's z at {len(positions)} of {n_pos} positions ({n} patches)")
+    print(f"4. activation patching, every head's z at {len(positions)} of {n_pos} positions ({n} patches)")
     row("ours (batched, noising)", ours_t, f"{1e3 * per:.2f} ms/patch", "", "", ours_mb)
     g = torch.Generator().manual_seed(1)
     pick = torch.randperm(n, generator=g)[: args.baseline_patches].tolist()
@@ -303,7 +314,7 @@ def path_rows(model, task, args, fwd_t):
     loop_t, loop_vals, loop_mb = in_child(path_loop, model, task, subset)
     idx = [heads.index(s) for s in subset]
     err = (loop_vals - effects[idx].float()).abs().max()
-    print(f"2. exact path patching, {len(heads)} heads -> logits (MLPs mediate)")
+    print(f"1. exact path patching, {len(heads)} heads -> logits (MLPs mediate)")
     row("ours (residual engine)", ours_t, f"{ours_f:.1f} forwards", "", "", ours_mb)
     per_loop = loop_t / len(subset) * len(heads)
     row(f"plain loop ({len(subset)} senders timed, scaled to {len(heads)})", per_loop,
@@ -357,21 +368,20 @@ def main(argv=None) -> None:
 
     hf_logging.disable_progress_bar()
     model, task = build(args.size)
-    fwd_t, _, fwd_mb = in_child(lambda: timed(lambda: forward(model, task), repeat=3)[0])
-    fwd_t = fwd_t / 3
+    fwd_t, _, fwd_mb = in_child(lambda: forward(model, task), repeat=3)
     print(f"pythia-{args.size} config, random weights, fp32, CPU, {args.threads} thread(s); 1 x {SEQ} tokens; "
           f"budget {args.budget_mb:.0f} MiB; one forward = {1e3 * fwd_t:.0f} ms (peak {fwd_mb:.0f} MiB)")
     print(f"  {'contender':<52} {'time':>11} {'':<14} {'ratio':<16} {'peak':>11}  check")
-    activation_rows(model, task, args)
     path_rows(model, task, args, fwd_t)
-    eap_f, scores, eap_mb = in_child(ours_eap, model, task, repeat=3, reference=(model, task))
-    print(f"3. EAP over all {len(scores)} edges (median of 3, in units of a forward timed just before)")
+    eap_f, scores, eap_mb = in_child(ours_eap, model, task, repeat=5, reference=(model, task))
+    print(f"2. EAP over all {len(scores)} edges (median of 5 ratios to a forward timed just before each)")
     row("ours (2 forwards + 1 backward, scores in backward hooks)", eap_f * fwd_t, f"{eap_f:.2f} forwards",
         "target <= 3.5", "", eap_mb)
     _, (curve_f, curve_t, values), curve_mb = in_child(ours_curve, model, task, args.budget_mb)
-    print("4. faithfulness curve, 32 circuit sizes, each evaluated exactly")
+    print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly")
     row("ours (all 32 circuits along the batch)", curve_t, f"{curve_f:.1f} forwards", "target <= 8", "",
         curve_mb)
+    activation_rows(model, task, args)  # last: it builds TransformerLens's bridge in this process
     toy_correlations()
 
 

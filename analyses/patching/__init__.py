@@ -17,7 +17,7 @@ Signs follow one convention, stated in `analyses.patching.metrics`.
 from analyses.patching import tasks
 from analyses.patching.activation import activation_patch
 from analyses.patching.attribution import atp, eap, eap_ig
-from analyses.patching.circuits import evaluate_circuit, faithfulness_curve, masked_values
+from analyses.patching.circuits import evaluate_circuit, faithfulness_curve, masked_logits, masked_values
 from analyses.patching.errors import GraphError, PatchingError, TaskError, UnknownMethodError
 from analyses.patching.graph import Graph, edge_count
 from analyses.patching.metrics import KLToClean, LogitDiff, Metric, ProbDiff
@@ -30,7 +30,7 @@ __all__ = [
     "METHODS", "Circuit", "EdgeScores", "FaithfulnessCurve", "Graph", "GraphError", "KLToClean", "LogitDiff",
     "Metric", "NodeEffects", "PathEffects", "PatchingError", "ProbDiff", "TaskError", "UnknownMethodError",
     "activation_patch", "atp", "check_method", "eap", "eap_ig", "edge_count", "evaluate_circuit",
-    "faithfulness_curve", "masked_values", "path_patch", "tasks",
+    "faithfulness_curve", "masked_logits", "masked_values", "path_patch", "tasks",
 ]
 
 

@@ -166,7 +166,7 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     runs.check_choice(direction, runs.DIRECTIONS, "direction")
     graph, metric = Graph.from_model(model), resolve(metric, model, task)
     base = task.clean if direction == "noising" else task.corrupt
-    n, out_sites = len(base), sender_sites(model)
+    n, out_sites = len(base), sender_sites(model, per_head="z")
     with torch.no_grad():
         src, other_value = runs.source_run(model, task, out_sites, direction, ablation, metric)
     start = src["hook_embed"] if steps else None  # EAP-IG starts from the other run's embeddings
@@ -187,7 +187,7 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     with torch.enable_grad(), model.hooks(fwd=fwd, bwd=bwd):
         # the forward stops before the unembedding; the metric reads the kept final residual at its positions
         model.run_with_cache(runs.tile(base, steps) if steps else base, names=[], stop_at_layer=model.n_layers)
-        deltas.append(_sender_deltas(graph, acts, src))  # before the backward reaches any receiver
+        deltas.append(_sender_deltas(model, graph, acts, src))  # before the backward reaches any receiver
         values = metric.values(runs.unembed(model, metric.gather(acts["__final__"])))
         torch.autograd.grad(values.mean(), [leaf.tensor])
     clean = metric.per_patch(values.detach())[-1]  # the last rows are the unmoved base run
@@ -196,9 +196,9 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     return EdgeScores("eap-ig" if steps else "eap", graph, scores[graph.mask].cpu(), prov)
 
 
-def sender_sites(model) -> list[str]:
-    """Sites holding every sender's output: the embedding, each layer's per-head results and MLP output."""
-    per_layer = (("blocks.{}.attn.hook_result", "blocks.{}.hook_mlp_out"))
+def sender_sites(model, per_head: str = "result") -> list[str]:
+    """Sites holding every sender's output: the embedding, each layer's per-head results (or z) and MLP output."""
+    per_layer = (f"blocks.{{}}.attn.hook_{per_head}", "blocks.{}.hook_mlp_out")
     return ["hook_embed", *(s.format(ly) for ly in range(model.n_layers) for s in per_layer)]
 
 
@@ -242,15 +242,17 @@ class _Leaf:
         return self.tensor
 
 
-def _sender_deltas(graph: Graph, acts: dict, src) -> Tensor:
-    """(sender, prompt, pos, d_model): source minus base output of every sender."""
-    rows = []
+def _sender_deltas(model, graph: Graph, acts: dict, src) -> Tensor:
+    """(sender, prompt, pos, d_model): source minus base output of every sender; a head's is its z change
+    through its W_O (one product for the difference, rather than a per-head result in each run)."""
+    rows, w_o = [], model.W_O  # (layer, head, d_head, d_model)
     for node in graph.senders:
         if node.kind == "embed":
             rows.append(src["hook_embed"] - acts["hook_embed"])
         elif node.kind == "head":
-            name = f"blocks.{node.layer}.attn.hook_result"
-            rows.append(src[name][:, :, node.head] - acts[name][:, :, node.head])
+            name = f"blocks.{node.layer}.attn.hook_z"
+            dz = src[name][:, :, node.head] - acts[name][:, :, node.head]  # (prompt, pos, d_head)
+            rows.append(dz @ w_o[node.layer, node.head].to(dz.dtype))
         else:
             name = f"blocks.{node.layer}.hook_mlp_out"
             rows.append(src[name] - acts[name])

@@ -65,7 +65,8 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
     if ablate.requires_grad:
         return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
     n = len(base)
-    width = (len(graph.senders) + 8 * model.n_heads) * base.ids.shape[1] * model.d_model  # differences; q/k/v copies
+    # per row: every sender's difference, the corrections of one layer's receivers, the q/k/v input copies
+    width = (len(graph.senders) + 3 * model.n_heads + 1 + 12 * model.n_heads) * base.ids.shape[1] * model.d_model
     row_bytes = runs.row_bytes(model, base.ids.shape[1]) + width * torch.finfo(model.dtype).bits // 8
     slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
     out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))

@@ -1,6 +1,13 @@
 """The residual engine of path patching: receivers' inputs from the clean residual plus sender differences.
 
-    >>> inputs = record_residual(model, plan, plan.senders, acts, pos_mask, mediate=True)  # doctest: +SKIP
+    >>> import interp
+    >>> from analyses.patching import path_patch, tasks
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> fast = path_patch(model, task, "all", ["logits", "L1H0.k"], engine="residual")   # this module
+    >>> slow = path_patch(model, task, "all", ["logits", "L1H0.k"], engine="hooks")      # a forward per chunk
+    >>> bool((fast.effects - slow.effects).nan_to_num().abs().max() < 1e-4)
+    True
 
 With every head frozen, the residual stream at any point of the patched run is the base residual
 plus the senders' output differences plus, when MLPs mediate, each later MLP's change. MLPs act

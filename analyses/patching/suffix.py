@@ -1,7 +1,13 @@
 """Patched runs that share the unpatched prefix: positions before a patch run once, through the KV cache.
 
-    >>> kv = prefix(model, task.clean)                         # doctest: +SKIP
-    >>> values = suffix_values(model, task.clean, kv, 12, 5, hooks, metric)   # doctest: +SKIP
+    >>> import interp
+    >>> from analyses.patching import activation_patch, tasks
+    >>> from analyses.patching.metrics import LogitDiff
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> applies({"z", "k"}, LogitDiff.of(task), task.n_pos), applies({"pattern"}, LogitDiff.of(task), task.n_pos)
+    (True, False)
+    >>> effects = activation_patch(model, task, sites=["z"]).effects    # runs through this module
 
 A patch at position p cannot change anything before p (attention is causal), so the patched rows
 only need positions p.. : the model's own forward runs on those, with the keys and values of the
