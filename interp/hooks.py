@@ -252,7 +252,7 @@ class Dispatcher:
         if not pairs:
             return x
         shown, _ = self._fire_all(pairs, self._heads(x))
-        return shown.reshape(x.shape)
+        return shown.reshape(x.shape).contiguous()  # GPT-2's Conv1D views its input
 
     def _tap(self, layer: int, module: nn.Module) -> Tensor:
         """Recompute this layer's attention as HF eager does, firing the inner sites; return its z."""
@@ -293,7 +293,7 @@ class Dispatcher:
             new, changed = self._fire_all(pairs, copies)
             if not changed:
                 continue
-            grads = any(e.bwd.get(s) for s, e in pairs)
+            grads = any(e.bwd.get(s) for s, e in pairs) or (new.requires_grad and new is not copies)
             heads = None if grads else (new != x.unsqueeze(-2)).flatten(0, 1).any(0).any(-1)  # (head,)
             self._state().setdefault(("qkv_in", layer), {})[i] = (new, heads)
 

@@ -215,3 +215,19 @@ def test_pos_embed_is_shown_per_prompt_like_transformer_lens(ids):
             edited = model(ids)
         plain = model(ids)
     assert torch.equal(edited[0], plain[0]) and not torch.equal(edited[1], plain[1])
+
+
+def test_replacements_keep_their_graph_and_may_be_non_contiguous(model, ids):
+    """A q_input replacement equal in value but carrying a graph still passes its gradient on; a transposed
+    z replacement works on GPT-2's Conv1D too."""
+    source = torch.zeros((), requires_grad=True)
+    with model.hooks(fwd={"blocks.1.attn.hook_q_input": lambda x, hook: x + source}):
+        model(ids)[:, -1, 3].sum().backward()
+    assert source.grad is not None and source.grad != 0
+    model.hf.zero_grad(set_to_none=True)
+
+    def transposed(z, hook):
+        return z.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+
+    with torch.no_grad(), model.hooks(fwd={"blocks.1.attn.hook_z": transposed}):
+        assert torch.equal(model(ids), model.run_with_hooks(ids))
