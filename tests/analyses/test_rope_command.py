@@ -44,7 +44,7 @@ def test_rope_writes_tables_figures_and_provenance(tmp_path):
         assert column in bands, column
     assert len(bands) == 6 * 5
     record = json.loads((tmp_path / "rope.json").read_text())
-    assert record["model"] == "toy-2l" and len(record["tokens"]) == 128 and len(record["ablated_heads"]) == 4
+    assert record["model"] == "toy-2l" and len(record["tokens"][0]) == 128 and len(record["ablated_heads"]) == 4
     assert record["geometry"]["rotary_dim"] == 8 and "key_pos - query_pos" in record["offset_convention"]
     html = (tmp_path / "rope.html").read_text()
     assert html.count('class="plotly-graph-div"') >= 8 and not REMOTE_REF.search(html), "offline, every figure"
