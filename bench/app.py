@@ -43,12 +43,13 @@ def timed(fn) -> float:
 
 def server_side(rounds: int) -> dict[str, list[float]]:
     """Seconds per action, each action being every callback it fires, through the HTTP endpoint."""
+    from analyses.attention_maps import patterns
+
     from analyses.app.callbacks import slider
     from analyses.app.catalog import Catalog
     from analyses.app.client import Client
     from analyses.app.explorer import Explorer
     from analyses.app.server import create_app
-    from analyses.attention_maps import patterns
 
     explorer = Explorer(Catalog(hub_cache="/nonexistent"))
     client = Client(create_app(explorer))
