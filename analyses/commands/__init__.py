@@ -35,7 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """`--model`, `--revision`, `--device` and `--dtype`, the same in every subcommand."""
     parser.add_argument("--model", default="toy", help="name or path interp.load takes (default: toy)")
     parser.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: final)")
-    parser.add_argument("--device", default=None, type=_device, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", default=None, type=device_argument, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: float32)")
 
 
@@ -150,7 +150,7 @@ def provenance_record(prov, prompts: str | list[str], str_tokens: list[str] | li
     }
 
 
-def _device(text: str) -> str:
+def device_argument(text: str) -> str:
     """A device this machine has (checked as interp.load checks it), or an argparse error naming the choices."""
     from interp.options import device_of
 

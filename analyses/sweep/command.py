@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from analyses.commands import DTYPES, _device, add_prompt_arguments, check_output_dir, read_prompts
+from analyses.commands import DTYPES, add_prompt_arguments, check_output_dir, device_argument, read_prompts
 from analyses.sweep.registry import ANALYSES
 
 EXECUTORS = ("local", "ray")
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_prompt_arguments(parser, required=False)  # for lens and rope; attention then scores heads on them
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="an analysis parameter, e.g. seq_len=40 (JSON values; repeatable)")
-    parser.add_argument("--device", default=None, type=_device, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--device", default=None, type=device_argument, help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: float32)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local (default: one process, next checkpoint loading while this one runs) or ray")

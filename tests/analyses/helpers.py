@@ -100,3 +100,8 @@ def pixel_std(path: Path) -> float:
     """Standard deviation of the colour channels over all pixels: about 0 for a blank image."""
     pixels = png_pixels(path)
     return float(pixels[..., :3].astype(np.float64).std())
+
+
+def uniform(n: int = 6) -> torch.Tensor:
+    """A causal pattern spreading each query evenly over the keys it can see: (1, 1, n, n)."""
+    return (torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None])[None, None]

@@ -13,13 +13,9 @@ from analyses.attention import (
     head_scores,
     patterns,
 )
-from tests.analyses.helpers import hand_made, tiny_model
+from tests.analyses.helpers import hand_made, tiny_model, uniform
 
 N = 6
-
-
-def uniform(n: int = N) -> torch.Tensor:
-    return (torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None])[None, None]
 
 
 # ---- figures -----------------------------------------------------------------------------------

@@ -14,14 +14,10 @@ from analyses.attention import (
     patterns,
 )
 from interp.errors import InputError
-from tests.analyses.helpers import hand_made, tiny_model
+from tests.analyses.helpers import hand_made, tiny_model, uniform
 from tests.conftest import assert_untouched, hook_state
 
 N = 6
-
-
-def uniform(n: int = N) -> torch.Tensor:
-    return (torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None])[None, None]
 
 
 # ---- patterns from the model -------------------------------------------------------------------
