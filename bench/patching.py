@@ -1,7 +1,7 @@
 """Patching at pythia-160m size (random weights, CPU): ours against one forward per patch, TransformerLens, plain loops.
 
-    $ python bench/patching.py --threads 1              # the default: about 4 minutes on a busy 2-core machine
-    $ python bench/patching.py --threads 1 --full       # every head at every position, every sender in the loops
+    $ python bench/patching.py --threads 1              # the default: about 8 minutes on a busy 2-core machine
+    $ python bench/patching.py --threads 1 --full       # every sender in the path-patching loop too
 
 Rows (1 prompt x 64 tokens; the corrupt prompt differs at one token; metric: logit difference at the last position):
 
@@ -9,6 +9,8 @@ Rows (1 prompt x 64 tokens; the corrupt prompt differs at one token; metric: log
 2. EAP over all 32,347 edges, against one forward;
 3. a 32-point faithfulness curve (exact, every circuit evaluated), against one forward;
 4. activation patching of each head's z at each position (noising), batched, against one forward per patch
+   (ours also on the positions from the changed token on alone: before it a patch changes nothing, costs
+   nothing here and a whole forward in the loops)
    and against TransformerLens's `generic_activation_patch` on its TransformerBridge over the same weights
    (given the corrupt cache and the clean tokens, so that it noises too); the numbers must agree;
 5. on the toy suite: how AtP, AtP*, EAP and EAP-IG correlate with exact activation and edge patching.
@@ -281,29 +283,41 @@ def row(name: str, seconds: float, unit: str, ratio: str = "", check: str = "", 
 
 def activation_rows(model, task, args):
     n_pos = task.n_pos
-    positions = list(range(n_pos)) if args.full else [n_pos * (2 * i + 1) // (2 * args.positions)
-                                                      for i in range(args.positions)]
+    positions = list(range(n_pos)) if not args.positions else [n_pos * (2 * i + 1) // (2 * args.positions)
+                                                                 for i in range(args.positions)]
     heads = [(ly, h) for ly in range(model.n_layers) for h in range(model.n_heads)]
     ours_t, effects, ours_mb = in_child(ours_activation, model, task, positions, args.budget_mb)
     n = len(heads) * len(positions)
     per = ours_t / n
     print(f"4. activation patching, every head's z at {len(positions)} of {n_pos} positions ({n} patches)")
     row("ours (batched, noising)", ours_t, f"{1e3 * per:.2f} ms/patch", "", "", ours_mb)
+    changed = [p for p in positions if p >= CHANGED]
+    if changed != positions:  # the positions where the corrupt prompt differs, or after it: the ones with work
+        part_t, _, part_mb = in_child(ours_activation, model, task, changed, args.budget_mb)
+        row(f"  of which positions {CHANGED}.. (from the changed token on)", part_t,
+            f"{1e3 * part_t / (len(heads) * len(changed)):.2f} ms/patch", "", "", part_mb)
     g = torch.Generator().manual_seed(1)
     pick = torch.randperm(n, generator=g)[: args.baseline_patches].tolist()
     subset = [(*heads[i // len(positions)], positions[i % len(positions)]) for i in pick]
     loop_t, loop_vals, loop_mb = in_child(per_patch_loop, model, task, subset)
     err = (loop_vals - effects[pick].float()).abs().max()
-    row("one forward per patch", loop_t, f"{1e3 * loop_t / len(subset):.2f} ms/patch",
-        f"ours {loop_t / len(subset) / per:5.1f}x faster", f"max |diff| {err:.1e}", loop_mb)
+    loop_per = loop_t / len(subset)
+    ratio = f"ours {loop_per / per:5.1f}x faster"
+    if changed != positions:
+        ratio += f" ({loop_per * len(heads) * len(changed) / part_t:.1f}x from {CHANGED} on)"
+    row("one forward per patch", loop_t, f"{1e3 * loop_per:.2f} ms/patch", ratio, f"max |diff| {err:.1e}", loop_mb)
     bridge = bridge_of(model)
     if bridge is None:
         print("  TransformerLens not installed: skipped")
         return
     tl_t, tl_vals, tl_mb = in_child(transformer_lens_loop, bridge, task, subset)
     err = (tl_vals.float() - effects[pick].float()).abs().max()
-    row("TransformerLens generic_activation_patch (bridge)", tl_t, f"{1e3 * tl_t / len(subset):.2f} ms/patch",
-        f"ours {tl_t / len(subset) / per:5.1f}x faster", f"max |diff| {err:.1e}", tl_mb)
+    tl_per = tl_t / len(subset)
+    ratio = f"ours {tl_per / per:5.1f}x faster"
+    if changed != positions:
+        ratio += f" ({tl_per * len(heads) * len(changed) / part_t:.1f}x from {CHANGED} on)"
+    row("TransformerLens generic_activation_patch (bridge)", tl_t, f"{1e3 * tl_per:.2f} ms/patch", ratio,
+        f"max |diff| {err:.1e}", tl_mb)
 
 
 def path_rows(model, task, args, fwd_t):
@@ -357,9 +371,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", default="160m")
-    parser.add_argument("--full", action="store_true", help="every position and every sender (slow)")
-    parser.add_argument("--positions", type=int, default=1, help="positions patched per head (default 1)")
-    parser.add_argument("--baseline-patches", type=int, default=8, help="patches the slow loops time")
+    parser.add_argument("--full", action="store_true", help="every sender in the plain path-patching loop (slow)")
+    parser.add_argument("--positions", type=int, default=0,
+                        help="positions patched per head, evenly spaced (default 0: every position)")
+    parser.add_argument("--baseline-patches", type=int, default=12, help="patches the slow loops time")
     parser.add_argument("--baseline-senders", type=int, default=12, help="senders the plain path loop times")
     parser.add_argument("--budget-mb", type=float, default=1024, help="memory budget of our batched runs")
     args = parser.parse_args(argv)

@@ -83,6 +83,7 @@ NEOX = Architecture(
     model_type="gpt_neox",
     paths={
         "embed": "gpt_neox.embed_in",
+        "rotary": "gpt_neox.rotary_emb",
         "layers": "gpt_neox.layers",
         "layer": "gpt_neox.layers.{L}",
         "ln1": "gpt_neox.layers.{L}.input_layernorm",

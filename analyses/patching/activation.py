@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from analyses.patching import runs, suffix
+from analyses.patching import engine, runs, suffix
 from analyses.patching.errors import UnknownMethodError
 from analyses.patching.metrics import resolve
 from analyses.patching.results import NodeEffects
@@ -99,12 +99,16 @@ def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float
                 progress: bool | None = None) -> tuple[Tensor, Tensor]:
     """Effect of each patch (patch,) and the unpatched metric, in batched chunks without a sync per patch.
 
-    Patches are grouped by position; when the metric reads only the last position, each group runs
-    from its position on (`analyses.patching.suffix`). Each chunk carries one unpatched copy of the
+    Residual patches (z, attn_out, mlp_out, resid_pre) read by a last-position metric run from where
+    they enter, on later layers and positions only (`analyses.patching.engine`). Others are grouped by
+    position; when the metric reads only the last position, each group runs from its position on
+    (`analyses.patching.suffix`). Each chunk carries one unpatched copy of the
     prompts, the reference of that chunk: rows of one batch are computed alike, so a patch that
     changes nothing has an effect of exactly 0.
     """
     n, n_pos = len(base), base.ids.shape[1]
+    if engine.applies(model, {p.site for p in patches}, metric, n_pos):
+        return engine.patch_effects(model, base, metric, patches, src, budget_mb, progress)
     shared = suffix.applies({p.site for p in patches}, metric, n_pos)
     kv = suffix.prefix(model, base) if shared else None
     if shared:  # suffix runs add (source - base): the base's own values there may differ by float rounding

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.patching import suffix
+from analyses.patching import engine, suffix
 from analyses.patching.activation import NODE_SITES, activation_patch
 from analyses.patching.errors import UnknownMethodError
 from analyses.patching.metrics import LogitDiff
@@ -14,6 +14,9 @@ from analyses.patching.metrics import LogitDiff
 from .helpers import random_task, same, tiny_model
 
 SITES = list(NODE_SITES)
+RESIDUAL = sorted(engine.SITES)
+# which batched path runs: hooks on whole prompts; hooks on suffixes; the residual engine
+RUNS = {"full runs": SITES, "suffix runs": [s for s in SITES if s != "pattern"], "residual engine": RESIDUAL}
 
 
 def reference(model, task, site: str, layer: int, head, position, direction="noising", ablation="corrupt"):
@@ -44,14 +47,17 @@ def reference(model, task, site: str, layer: int, head, position, direction="noi
     return float(after - before)
 
 
-@pytest.mark.parametrize("sites", [SITES, [s for s in SITES if s != "pattern"]], ids=["full runs", "suffix runs"])
+@pytest.mark.parametrize("sites", RUNS.values(), ids=RUNS.keys())
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_batched_equals_one_forward_per_patch(arch, padded, sites):
-    """Without the pattern, patches run from their position on, sharing the prefix's keys and values."""
+    """Without the pattern, patches run from their position on, sharing the prefix's keys and values;
+    residual patches run from the layer they enter on."""
     model = tiny_model(arch)
-    task = random_task(model, padded=padded)
-    assert suffix.applies(set(sites), LogitDiff.of(task), task.n_pos) == ("pattern" not in sites)
+    task = random_task(model, padded=padded, changed=(2, 6))
+    metric = LogitDiff.of(task)
+    assert suffix.applies(set(sites), metric, task.n_pos) == ("pattern" not in sites)
+    assert engine.applies(model, set(sites), metric, task.n_pos) == (sites == RESIDUAL)
     result = activation_patch(model, task, sites=sites, budget_mb=1)  # a small budget: many chunks
     frame = result.to_frame()
     per_head = sum(NODE_SITES[s][1] for s in sites)
@@ -64,11 +70,13 @@ def test_batched_equals_one_forward_per_patch(arch, padded, sites):
     assert frame.effect.abs().max() > 1e-2, "the test task should move the metric"
 
 
+@pytest.mark.parametrize("sites", [["z", "mlp_out"], ["z", "mlp_out", "v"]], ids=["residual engine", "hooks"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
 @pytest.mark.parametrize("direction, ablation", [("denoising", "corrupt"), ("noising", "zero")])
-def test_directions_and_ablations(direction, ablation):
-    model = tiny_model()
+def test_directions_and_ablations(direction, ablation, arch, sites):
+    model = tiny_model(arch)
     task = random_task(model, padded=True)
-    result = activation_patch(model, task, sites=["z", "mlp_out"], per_position=False, direction=direction,
+    result = activation_patch(model, task, sites=sites, per_position=False, direction=direction,
                               ablation=ablation)
     for row in result.to_frame().itertuples():
         head = None if pd.isna(row.head) else int(row.head)
@@ -90,7 +98,7 @@ def test_mean_ablation_takes_the_mean_over_prompts():
     assert abs(float(result.effects[0]) - float(after - before)) < 1e-5
 
 
-@pytest.mark.parametrize("sites", [SITES, ["z", "resid_pre", "k"]], ids=["full runs", "suffix runs"])
+@pytest.mark.parametrize("sites", RUNS.values(), ids=RUNS.keys())
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_clean_into_clean_changes_nothing_exactly(arch, direction, sites):
@@ -99,12 +107,38 @@ def test_clean_into_clean_changes_nothing_exactly(arch, direction, sites):
     assert result.effects.abs().max() == 0
 
 
-def test_effects_do_not_depend_on_the_chunking():
+@pytest.mark.parametrize("sites", [["z", "pattern"], RESIDUAL], ids=["hooks", "residual engine"])
+def test_effects_do_not_depend_on_the_chunking(sites):
     model = tiny_model()
     task = random_task(model)
-    one = activation_patch(model, task, sites=["z", "pattern"])
-    many = activation_patch(model, task, sites=["z", "pattern"], budget_mb=0.01)
+    one = activation_patch(model, task, sites=sites)
+    many = activation_patch(model, task, sites=sites, budget_mb=0.01)
     assert torch.allclose(one.effects, many.effects, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_patches_that_change_nothing_the_metric_reads_are_exactly_zero(arch):
+    """Positions before the first changed token, and patches after the last attention away from the last position."""
+    model = tiny_model(arch)
+    task = random_task(model, changed=(5,))
+    frame = activation_patch(model, task, sites=RESIDUAL).to_frame()
+    assert (frame[frame.position < 5].effect == 0).all()
+    last = model.n_layers - 1
+    after = frame[(frame.layer == last) & (frame.site == "mlp_out") & (frame.position < task.n_pos - 1)]
+    assert len(after) and (after.effect == 0).all()
+    assert frame[frame.position >= 5].effect.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.1), (torch.float16, 2e-2), (torch.float64, 1e-10)])
+def test_residual_engine_in_every_dtype(dtype, tol):
+    """The engine runs in the model's dtype; it agrees with one forward per patch to that dtype's rounding."""
+    model = tiny_model(dtype=dtype)
+    task = random_task(model, changed=(3,))
+    frame = activation_patch(model, task, sites=RESIDUAL).to_frame()
+    for row in frame[frame.position >= 3].sample(12, random_state=1).itertuples():
+        head = None if pd.isna(row.head) else int(row.head)
+        expected = reference(model, task, row.site, row.layer, head, int(row.position))
+        assert abs(row.effect - expected) <= tol * max(1.0, abs(expected)), (row, expected)
 
 
 def test_unknown_site_and_direction():
