@@ -252,8 +252,12 @@ def sizes(n_edges: int, points: int = 32) -> list[int]:
 
 
 def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, metric=None, ablation="corrupt",
-                       budget_mb: float = runs.DEFAULT_BUDGET_MB, progress: bool | None = None) -> FaithfulnessCurve:
-    """The metric of the top-n circuits for `points` sizes n, evaluated together along the batch.
+                       selection: str = "top", budget_mb: float = runs.DEFAULT_BUDGET_MB,
+                       progress: bool | None = None) -> FaithfulnessCurve:
+    """The metric of the n-edge circuits for `points` sizes n, evaluated together along the batch.
+
+    `selection` picks each size's edges: "top" (the n largest |scores|) or "greedy" (grown from the
+    logits, `EdgeScores.greedy_ranking`).
 
     >>> import interp
     >>> from analyses.patching import tasks
@@ -265,7 +269,7 @@ def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, met
     """
     graph, metric = scores.graph, resolve(metric, model, task)
     ns = sizes(graph.n_edges, points)
-    order = scores.ranking()
+    order = scores.ranked(selection)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     keep = torch.stack([rank < n for n in ns])  # (points, edge)
@@ -273,4 +277,4 @@ def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, met
                            progress=progress).cpu()
     clean, corrupt = float(values[ns.index(graph.n_edges)]), float(values[ns.index(0)])
     prov = Provenance.of(model, task, metric, clean, corrupt, "noising", ablation)
-    return FaithfulnessCurve(scores.method, ns, values, prov)
+    return FaithfulnessCurve(scores.method, ns, values, prov, selection)

@@ -41,6 +41,7 @@ from torch import Tensor
 from analyses.patching.graph import Graph
 
 SCHEMA = "pythia-interp/patching-graph/1"
+SELECTIONS = ("top", "greedy")  # circuits from scores: the n largest |scores|, or greedy from the logits
 
 
 @dataclass
@@ -207,8 +208,52 @@ class EdgeScores(_Metrics):
 
     def top(self, n: int) -> Tensor:
         """Bool mask over edges: the n edges of largest |score|."""
+        return self._mask(self.ranking()[:n])
+
+    def greedy_ranking(self) -> Tensor:
+        """Edge indices in the order a greedy search from the logits adds them.
+
+        The circuit starts as the logits node. Each step adds the edge of largest |score| among the
+        edges into a node already in the circuit, and its sender joins. So every prefix is connected:
+        each kept edge's receiver reaches the logits through kept edges.
+        """
+        import heapq
+
+        graph, magnitude = self.graph, self.scores.abs().tolist()
+        into: dict[str, list[int]] = {}  # node name -> the edges into any of its receivers
+        for i, (_, receiver) in enumerate(graph.edges):
+            into.setdefault(receiver.split(".")[0], []).append(i)
+        order, joined, frontier = [], {"logits"}, [(-magnitude[i], i) for i in into["logits"]]
+        heapq.heapify(frontier)
+        while frontier:
+            _, i = heapq.heappop(frontier)
+            order.append(i)
+            sender = graph.edges[i][0]
+            if sender not in joined:
+                joined.add(sender)
+                for j in into.get(sender, []):
+                    heapq.heappush(frontier, (-magnitude[j], j))
+        return torch.tensor(order, dtype=torch.long)
+
+    def greedy(self, n: int) -> Tensor:
+        """Bool mask over edges: the first n edges the greedy search adds (see `greedy_ranking`)."""
+        return self._mask(self.greedy_ranking()[:n])
+
+    def ranked(self, selection: str = "top") -> Tensor:
+        """Edge indices in the order circuits of growing size take them: `ranking()` or `greedy_ranking()`."""
+        if selection not in SELECTIONS:
+            from analyses.patching.errors import UnknownMethodError
+
+            raise UnknownMethodError(f"Unknown selection {selection!r}: choose one of {', '.join(SELECTIONS)}.")
+        return self.ranking() if selection == "top" else self.greedy_ranking()
+
+    def select(self, n: int, selection: str = "top") -> Tensor:
+        """Bool mask over edges: `top(n)` or `greedy(n)`."""
+        return self._mask(self.ranked(selection)[:n])
+
+    def _mask(self, index: Tensor) -> Tensor:
         keep = torch.zeros(len(self.scores), dtype=torch.bool)
-        keep[self.ranking()[:n]] = True
+        keep[index] = True
         return keep
 
     def figure(self, normalized: bool = True):
@@ -301,12 +346,13 @@ class Circuit(_Metrics):
 
 @dataclass
 class FaithfulnessCurve(_Metrics):
-    """The metric of the top-n circuits over circuit sizes n."""
+    """The metric of the n-edge circuits over circuit sizes n (edges chosen by `selection`)."""
 
     method: str
     sizes: list[int]
     values: Tensor  # (point,)
     provenance: Provenance
+    selection: str = "top"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per size: n_edges, value, faithfulness."""
@@ -314,7 +360,7 @@ class FaithfulnessCurve(_Metrics):
                              "faithfulness": self.provenance.normalize(self.values - self.provenance.corrupt).numpy()})
 
     def smallest(self, faithfulness: float = 0.8) -> int | None:
-        """The fewest edges whose top-n circuit reaches the given faithfulness."""
+        """The fewest edges whose circuit reaches the given faithfulness."""
         frame = self.to_frame()
         hit = frame[frame.faithfulness >= faithfulness]
         return int(hit.n_edges.iloc[0]) if len(hit) else None

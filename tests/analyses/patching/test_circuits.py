@@ -15,7 +15,7 @@ from analyses.patching.circuits import (
     masked_values,
     sizes,
 )
-from analyses.patching.errors import GraphError
+from analyses.patching.errors import GraphError, UnknownMethodError
 from analyses.patching.graph import Graph
 from analyses.patching.path import path_patch
 from analyses.patching.results import SCHEMA
@@ -128,3 +128,48 @@ def test_circuit_json_figure_and_frame():
     assert len(edge_traces) == 6
     widths = sorted(t.line.width for t in edge_traces)
     assert widths[-1] > widths[0]  # width follows |score|
+
+
+def _plain_greedy(graph: Graph, scores: torch.Tensor) -> list[int]:
+    """Greedy search written plainly: each step scans every edge into a node already in the circuit."""
+    joined, order, left = {"logits"}, [], set(range(graph.n_edges))
+    while left:
+        fringe = [i for i in sorted(left) if graph.edges[i][1].split(".")[0] in joined]
+        best = max(fringe, key=lambda i: (abs(float(scores[i])), -i))
+        order.append(best)
+        left.remove(best)
+        joined.add(graph.edges[best][0])
+    return order
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_greedy_selection_equals_a_plain_search_and_stays_connected(arch):
+    model = tiny_model(arch)
+    scores = eap(model, random_task(model))
+    graph = scores.graph
+    order = scores.greedy_ranking().tolist()
+    assert order == _plain_greedy(graph, scores.scores)
+    keep = scores.greedy(12)
+    assert keep.sum() == 12 and scores.select(12, "greedy").equal(keep) and scores.select(12).equal(scores.top(12))
+    kept = [graph.edges[i] for i in keep.nonzero().flatten().tolist()]
+    senders = {s for s, _ in kept}
+    assert all(r == "logits" or r.split(".")[0] in senders for _, r in kept), kept
+    # greedy and top differ where a large score sits on an edge into a node nothing kept reads
+    top_kept = [graph.edges[i] for i in scores.top(12).nonzero().flatten().tolist()]
+    top_senders = {s for s, _ in top_kept}
+    disconnected = [r for _, r in top_kept if r != "logits" and r.split(".")[0] not in top_senders]
+    assert bool(disconnected) == (not keep.equal(scores.top(12)))
+
+
+def test_faithfulness_curve_with_greedy_selection():
+    model = tiny_model()
+    task = random_task(model)
+    scores = eap(model, task)
+    curve = faithfulness_curve(model, task, scores, points=6, selection="greedy")
+    assert curve.selection == "greedy"
+    frame = curve.to_frame()
+    assert frame.faithfulness.iloc[0] == pytest.approx(0, abs=1e-5) and frame.faithfulness.iloc[-1] == pytest.approx(1)
+    one = evaluate_circuit(model, task, scores.greedy(frame.n_edges.iloc[2]), scores)
+    assert frame.value.iloc[2] == pytest.approx(one.value, abs=1e-5)
+    with pytest.raises(UnknownMethodError, match="greedy"):
+        faithfulness_curve(model, task, scores, selection="best")
