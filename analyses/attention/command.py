@@ -13,15 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import (
-    add_model_arguments,
-    add_prompt_arguments,
-    check_output_dir,
-    check_png_renderer,
-    load_model,
-    provenance_record,
-    read_prompts,
-)
+from analyses.commands import add_model_arguments, add_prompt_arguments, load_model, prepare, provenance_record
 
 FILES = ("attention.html", "attention.png", "head_scores.csv", "attention.json")
 
@@ -55,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from analyses.attention import detect_heads, patterns
     from analyses.export import save
 
-    out = check_output_dir(args.out, FILES)
-    check_png_renderer(args.no_png)
-    prompts = read_prompts(args)
+    out, prompts = prepare(args, FILES)
     model = load_model(args)
     pats = patterns(model, prompts)
     options = {"exclude_first": args.exclude_first, "exclude_current": args.exclude_current}
@@ -67,19 +57,19 @@ def run(args: argparse.Namespace) -> int:
     written = [save([*figures, scores.figure()], out / "attention.html")]
     scores.to_frame().to_csv(out / "head_scores.csv", index=False, float_format="%.6g")
     written.append(out / "head_scores.csv")
-    written.append(_write_provenance(out / "attention.json", args, prompts, pats, scores))
+    written.append(_write_provenance(out / "attention.json", args, prompts, pats, scores, model.device))
     if not args.no_png:
         written.append(save(pats.figure(slider=False, **fit), out / "attention.png"))
     _report(written, scores)
     return 0
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], pats, scores) -> Path:
+def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], pats, scores, device) -> Path:
     """Model, revision, tokens and scoring settings: enough to reproduce every file."""
     prov = pats.provenance
     on_prompt = args.scores_on == "prompt"
     record = {
-        **provenance_record(prov, prompts, pats.str_tokens),
+        **provenance_record(prov, prompts, pats.str_tokens, device),
         "n_heads": prov.n_heads,
         "head_scores": {
             "on": "prompts" if on_prompt else "repeated random tokens",
