@@ -13,7 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, add_prompt_arguments, load_model, prepare, provenance_record
+from analyses.commands import (
+    add_model_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    load_model,
+    prepare,
+    print_written,
+    provenance_record,
+)
 
 FILES = ("attention.html", "attention.png", "head_scores.csv", "attention.json")
 
@@ -27,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     add_prompt_arguments(parser)
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    add_output_arguments(parser)
     parser.add_argument("--scores-on", choices=("random", "prompt"), default="random",
                         help="score heads on repeated random tokens (default) or on the prompts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
@@ -37,7 +45,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="most positions per figure axis (default 256 for one head, 128 per small multiple)")
     parser.add_argument("--long", choices=("pool", "crop"), default="pool",
                         help="longer prompts: max-pool blocks of positions, or crop to the last ones")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
     parser.set_defaults(func=run)
     return parser
 
@@ -88,8 +95,7 @@ def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], 
 
 def _report(written: list[Path], scores) -> None:
     """Print the files written and the top heads of each detector."""
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     for name in ("prev_token", "duplicate_token", "induction", "first_token"):
         top = ", ".join(f"L{L}H{h}" for L, h in scores.top(name, 3))
         print(f"top {name} heads: {top}")

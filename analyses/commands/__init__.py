@@ -63,6 +63,15 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     return group
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, *, png: bool = True, default: Path | None = None) -> None:
+    """`--out FOLDER` (created if missing), and `--no-png` for a command that draws a PNG."""
+    where = f" (default: {default}/)" if default is not None else ""
+    parser.add_argument("--out", required=default is None, default=default, type=Path,
+                        help=f"folder to write into, created if missing{where}")
+    if png:
+        parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+
+
 def prompt_text(text: str) -> str:
     """The type of a prompt argument: any text but an empty one (refused while parsing, with the fix)."""
     if not text.strip():
@@ -197,6 +206,12 @@ def check_png_renderer(no_png: bool) -> None:
         require_renderer()
     except RendererNotFoundError as err:
         raise RendererNotFoundError(f"{err} Or pass --no-png to skip the PNG.") from None
+
+
+def print_written(paths: list[Path]) -> None:
+    """A line per file written: its path and size."""
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 # ---- provenance ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, add_prompt_arguments, load_model, prepare
+from analyses.commands import add_model_arguments, add_output_arguments, add_prompt_arguments, load_model, prepare
 
 FILES = ("report.html", "report.json", "head_scores.csv", "logit_lens.csv", "sweep.csv")
 
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_prompt_arguments(p, required=False)
     p.add_argument("--sweep", type=int, default=None, metavar="N",
                    help="checkpoints in the across-training section (default: all for toy models, 0 otherwise)")
-    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
+    add_output_arguments(p, png=False, default=Path("report"))
     p.set_defaults(func=run)
     return p
 

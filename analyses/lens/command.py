@@ -20,7 +20,15 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, add_prompt_arguments, load_model, prepare, provenance_record
+from analyses.commands import (
+    add_model_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    load_model,
+    prepare,
+    print_written,
+    provenance_record,
+)
 
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 LENS_FILES = ("logit_lens.csv", "logit_lens.html", "logit_lens.png", "logit_lens.json")
@@ -45,8 +53,7 @@ def _add_logit_lens(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, default="kl", help="grid colour (default: kl)")
     parser.add_argument("--no-ln", action="store_true", help="skip the final LayerNorm")
     parser.add_argument("--top-k", type=int, default=5, help="tokens shown on hover (default 5)")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    add_output_arguments(parser)
     parser.set_defaults(func=run_logit_lens)
     return parser
 
@@ -61,7 +68,7 @@ def _add_tuned_lens(subparsers) -> argparse.ArgumentParser:
     text = add_prompt_arguments(train, required=False, help="a text to train on (a prompts file: each line one "
                                 "document, each followed by end-of-text)")
     text.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: Python's docs)")
-    train.add_argument("--out", required=True, type=Path, help="folder to write the lens into")
+    add_output_arguments(train, png=False)
     train.add_argument("--steps", type=int, default=250, help="optimiser steps (default 250)")
     train.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
     train.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
@@ -175,8 +182,7 @@ def _report(written: list[Path], result) -> None:
     """Print the files written and the first prompt's last-position top-1 token at each layer."""
     from interp.text import visible
 
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     col = int(result.attention_mask[0].nonzero()[-1, 0])
     tops = [visible(result.token_str(t)) for t in result.top_ids[:, 0, col, 0].tolist()]
     print(f"{result.lens} lens, top-1 after the last token by layer: {' '.join(tops)}")

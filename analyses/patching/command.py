@@ -21,9 +21,11 @@ from pathlib import Path
 
 from analyses.commands import (
     add_model_arguments,
+    add_output_arguments,
     add_prompt_arguments,
     load_model,
     prepare,
+    print_written,
     prompt_text,
     read_lines,
 )
@@ -52,7 +54,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--wrong", nargs="+", help="the wrong token the logit difference compares with, or one per "
                         "prompt")
     parser.add_argument("--method", default="path", help="activation, path, attribution, eap, eap-ig or circuit")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
     parser.add_argument("--n-prompts", type=int, default=8, help="prompts of a built-in task (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a built-in task (default 0)")
     parser.add_argument("--metric", default=None, help="logit_diff, prob_diff or kl (default: the task's)")
@@ -66,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--qk-fix", action="store_true", help="attribution: AtP* exact attention for q and k")
     parser.add_argument("--steps", type=int, default=5, help="eap-ig/circuit: integration steps (default 5)")
     parser.add_argument("--top", type=int, default=None, help="circuit size in edges (default: smallest >= 0.8)")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    add_output_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -97,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     written.append(out / "patching.json")
     if not args.no_png:
         written.append(save(figures[0], out / "patching.png"))
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     return 0
 
 

@@ -16,7 +16,15 @@ import argparse
 import json
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, add_prompt_arguments, load_model, prepare, provenance_record
+from analyses.commands import (
+    add_model_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    load_model,
+    prepare,
+    print_written,
+    provenance_record,
+)
 
 FILES = ("rope_heads.csv", "rope_bands.csv", "rope.html", "rope.png", "rope.json")
 
@@ -33,8 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="tokens of each text to use (default: all of a prompt, else min(256, n_ctx / 2))")
     parser.add_argument("--ablate", type=int, default=4, metavar="N",
                         help="ablate bands of the N most positional heads (default 4; 0 skips)")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    add_output_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -147,8 +154,7 @@ def _write_provenance(path: Path, model, result, source: str, extra: dict) -> Pa
 
 def _report(written: list[Path], result) -> None:
     """Print the files written and the heads by label."""
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     frame = result.to_frame()
     for label in ("positional", "mixed", "content"):
         names = ", ".join(frame.loc[frame["label"] == label, "name"])

@@ -17,7 +17,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from analyses.commands import add_device_arguments, add_prompt_arguments, check_output_dir, read_prompts
+from analyses.commands import (
+    add_device_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    check_output_dir,
+    print_written,
+    read_prompts,
+)
 from analyses.sweep.registry import ANALYSES
 
 EXECUTORS = ("local", "ray")
@@ -43,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ray-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
     parser.add_argument("--ray-gpus", type=float, default=0, help="GPUs per Ray task (default 0; with --device cuda)")
     parser.add_argument("--max-retries", type=int, default=2, help="Ray retries of a task whose worker died")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    add_output_arguments(parser, png=False)
     parser.add_argument("--store", type=Path, default=None, help="results store folder (default: OUT/store)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -66,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     table.to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
     written = [args.out / "sweep.csv", save(figures, args.out / "sweep.html")]
     written.append(_write_provenance(args.out / "sweep.json", args, sweeps, store, params.get("prompts")))
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     print(_summary(sweeps, store))
     return 0
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-import interp
 from analyses import cli
 from analyses.cli import main
+from tests.analyses.test_cli_options import refuse_loading
 from tests.conftest import tiny_hf, word_tokenizer
 
 # every subcommand that writes into --out, with the arguments it needs besides --out
@@ -37,12 +37,7 @@ def saved_model(tmp_path_factory):
 
 @pytest.fixture
 def no_loading(monkeypatch):
-    """Fail the test if a command loads a model (the check must come first)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the output path was checked")
-
-    monkeypatch.setattr(interp, "load", refuse)
+    refuse_loading(monkeypatch)
 
 
 def run(command: str, *args: str) -> int:

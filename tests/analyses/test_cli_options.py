@@ -67,15 +67,19 @@ def loads(monkeypatch) -> list[interp.Model]:
     return seen
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if anything loads a model, or starts the explorer's server."""
+def refuse_loading(monkeypatch) -> None:
+    """Make loading a model, or starting the explorer's server, fail the test."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded (or the server started) before the bad value was refused")
+        raise AssertionError("a model was loaded (or the server started) before the bad input was refused")
 
     monkeypatch.setattr(interp, "load", refuse)
     monkeypatch.setattr("analyses.app.server.serve", refuse)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    refuse_loading(monkeypatch)
 
 
 def test_every_subcommand_has_fast_settings_here():
