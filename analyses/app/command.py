@@ -19,7 +19,8 @@ from analyses.commands import add_model_arguments, add_prompt_arguments, check_m
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `serve` subcommand."""
-    parser = subparsers.add_parser("serve", help="the explorer: a local web app", description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser("serve", help="the explorer: a local web app", description=__doc__.split("\n\n")[0],
+                                   epilog=__doc__.split("\n\n")[-1])
     parser.add_argument("paths", nargs="*", metavar="PATH", help="model directories to offer besides the toy suite")
     add_model_arguments(parser)
     add_prompt_arguments(parser, required=False, help="the prompt at start (a file's prompts fill the box, a line "

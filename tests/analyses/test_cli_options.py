@@ -145,11 +145,19 @@ def test_each_option_reaches_the_output(command, tmp_path, loads, capsys):
 def test_serve_starts_in_the_state_the_options_ask_for(tmp_path, loads, monkeypatch):
     from analyses.app import command
 
-    monkeypatch.setattr("analyses.app.server.serve", lambda *a, **k: pytest.fail("the server must not start"))
+    built, served, real_build = [], [], command.build
+
+    def build(args):
+        built.append(real_build(args))
+        return built[-1]
+
+    monkeypatch.setattr(command, "build", build)
+    monkeypatch.setattr("analyses.app.server.serve", lambda app, host, port: served.append((app, host, port)))
     options = ["--model", "toy-4l", "--revision", REVISION, "--dtype", "bf16", "--device", "cpu",
-               "--prompts-file", str(lines(tmp_path / "prompts.txt", PROMPTS))]
-    args = cli.parser().parse_args(argv("serve", *options))
-    app, explorer = command.build(args)
+               "--prompts-file", str(lines(tmp_path / "prompts.txt", PROMPTS)), "--port", "8123"]
+    assert cli.main(argv("serve", *options)) == 0
+    [(app, explorer)] = built
+    assert served == [(app, "127.0.0.1", 8123)], "served once, the app built from the options (no browser here)"
     layout = components(app.layout)
     assert layout["model-a"].value == "toy-4l" and layout["prompt"].value == "\n".join(PROMPTS)
     revision = explorer.revision_at("toy-4l", layout["rev-a"].value)
