@@ -115,7 +115,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     ...
     analyses.commands.PromptsFileError: --prompts-file /nonexistent.txt: no such file. Pass an existing ...
     """
-    if getattr(args, "prompts_file", None) is not None:
+    if args.prompts_file is not None:
         return read_lines(args.prompts_file, "--prompts-file", "or use --prompt TEXT")
     return [args.prompt] if args.prompt is not None else []
 
@@ -155,6 +155,8 @@ def load_model(args: argparse.Namespace):
     import interp
 
     return interp.load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+
+
 # ---- output -------------------------------------------------------------------------------------
 
 
