@@ -62,12 +62,12 @@ def revision_marks(revisions: list[str]) -> dict:
     return {i: revisions[i].removeprefix("step") for i in shown}
 
 
-def slider(explorer: Explorer, key: str) -> tuple[int, dict | None, int, bool]:
-    """The checkpoint slider of a model: (max, marks, value, disabled), at the default revision."""
+def slider(explorer: Explorer, key: str, revision: str | None = None) -> tuple[int, dict | None, int, bool]:
+    """The checkpoint slider of a model: (max, marks, value, disabled), at `revision` or the default one."""
     try:
         entry = explorer.entry(key)
         revisions = explorer.catalog.revisions(entry)
-        default = revisions.index(explorer.catalog.default_revision(entry))
+        default = revisions.index(revision or explorer.catalog.default_revision(entry))
     except InterpError:
         return 0, None, 0, True
     return len(revisions) - 1, revision_marks(revisions), default, len(revisions) == 1

@@ -47,8 +47,10 @@ class Entry:
 class Catalog:
     """The models on offer: demo names, the toy suite, command-line directories, the HF cache."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike] = (), hub_cache: str | os.PathLike | None = None):
+    def __init__(self, paths: Sequence[str | os.PathLike] = (), hub_cache: str | os.PathLike | None = None,
+                 dtype: str | None = None, device: str | None = None):
         self.hub_cache = Path(hub_cache) if hub_cache is not None else _default_hub_cache()
+        self.load_options = {"dtype": dtype, "device": device}  # for interp.load: every model loads so
         self._dirs = {}
         for path in paths:
             entry = _dir_entry(Path(path))
@@ -132,14 +134,14 @@ class Catalog:
         import interp
 
         if entry.kind == "toy":
-            model = interp.load(entry.target, revision=revision)
+            model = interp.load(entry.target, revision=revision, **self.load_options)
         elif entry.kind == "dir":
-            model = interp.load(self.location(entry, revision))
+            model = interp.load(self.location(entry, revision), **self.load_options)
         else:
             snapshot = self._local_file(entry.target, revision, WEIGHT_FILES)
             if snapshot is None:
                 raise WeightsNotFoundError(self.missing(entry, revision))
-            model = interp.load(snapshot.parent)
+            model = interp.load(snapshot.parent, **self.load_options)
         name = entry.target if entry.kind != "dir" else Path(entry.target).name
         model.name, model.revision = name, revision  # provenance names the model and checkpoint chosen
         return model

@@ -64,8 +64,12 @@ def has_checkpoints(name: str) -> bool:
         return False
 
 
-def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str = DEFAULT_PROMPT):
-    """The Dash app over an explorer (a default one over the toy suite and the HF cache if None)."""
+def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str = DEFAULT_PROMPT,
+               revision: str | None = None):
+    """The Dash app over an explorer (a default one over the toy suite and the HF cache if None).
+
+    `model`, `revision` (default: the last on disk) and `prompt` are what the page shows at start.
+    """
     import dash
 
     from analyses.app.callbacks import heads, register, slider
@@ -73,7 +77,7 @@ def create_app(explorer: Explorer | None = None, model: str = "toy", prompt: str
     explorer = explorer or Explorer(Catalog())
     model_a = explorer.entry(model).key
     model_b, note = compare_default(model_a)
-    sliders = {"a": slider(explorer, model_a), "b": slider(explorer, model_b)}
+    sliders = {"a": slider(explorer, model_a, revision), "b": slider(explorer, model_b)}
     try:
         shape = explorer.shape(model_a, explorer.revision_at(model_a, sliders["a"][2]))
     except InterpError:  # not on disk: the page says how to get it

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from analyses.commands import (
     add_model_arguments,
+    add_output_arguments,
     add_prompt_arguments,
-    check_output_dir,
-    check_png_renderer,
     load_model,
+    prepare,
+    print_written,
     provenance_record,
-    read_prompts,
 )
 
 FILES = ("attention.html", "attention.png", "head_scores.csv", "attention.json")
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     add_prompt_arguments(parser)
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    add_output_arguments(parser)
     parser.add_argument("--scores-on", choices=("random", "prompt"), default="random",
                         help="score heads on repeated random tokens (default) or on the prompts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
@@ -45,7 +45,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="most positions per figure axis (default 256 for one head, 128 per small multiple)")
     parser.add_argument("--long", choices=("pool", "crop"), default="pool",
                         help="longer prompts: max-pool blocks of positions, or crop to the last ones")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
     parser.set_defaults(func=run)
     return parser
 
@@ -55,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from analyses.attention import detect_heads, patterns
     from analyses.export import save
 
-    out = check_output_dir(args.out, FILES)
-    check_png_renderer(args.no_png)
-    prompts = read_prompts(args)
+    out, prompts = prepare(args, FILES)
     model = load_model(args)
     pats = patterns(model, prompts)
     options = {"exclude_first": args.exclude_first, "exclude_current": args.exclude_current}
@@ -67,19 +64,19 @@ def run(args: argparse.Namespace) -> int:
     written = [save([*figures, scores.figure()], out / "attention.html")]
     scores.to_frame().to_csv(out / "head_scores.csv", index=False, float_format="%.6g")
     written.append(out / "head_scores.csv")
-    written.append(_write_provenance(out / "attention.json", args, prompts, pats, scores))
+    written.append(_write_provenance(out / "attention.json", args, prompts, pats, scores, model.device))
     if not args.no_png:
         written.append(save(pats.figure(slider=False, **fit), out / "attention.png"))
     _report(written, scores)
     return 0
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], pats, scores) -> Path:
+def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], pats, scores, device) -> Path:
     """Model, revision, tokens and scoring settings: enough to reproduce every file."""
     prov = pats.provenance
     on_prompt = args.scores_on == "prompt"
     record = {
-        **provenance_record(prov, prompts, pats.str_tokens),
+        **provenance_record(prov, prompts, pats.str_tokens, device),
         "n_heads": prov.n_heads,
         "head_scores": {
             "on": "prompts" if on_prompt else "repeated random tokens",
@@ -98,8 +95,7 @@ def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], 
 
 def _report(written: list[Path], scores) -> None:
     """Print the files written and the top heads of each detector."""
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     for name in ("prev_token", "duplicate_token", "induction", "first_token"):
         top = ", ".join(f"L{L}H{h}" for L, h in scores.top(name, 3))
         print(f"top {name} heads: {top}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analyses.commands import add_model_arguments, add_prompt_arguments, check_output_dir, load_model, read_prompts
+from analyses.commands import add_model_arguments, add_output_arguments, add_prompt_arguments, load_model, prepare
 
 FILES = ("report.html", "report.json", "head_scores.csv", "logit_lens.csv", "sweep.csv")
 
@@ -20,20 +20,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_prompt_arguments(p, required=False)
     p.add_argument("--sweep", type=int, default=None, metavar="N",
                    help="checkpoints in the across-training section (default: all for toy models, 0 otherwise)")
-    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
+    add_output_arguments(p, png=False, default=Path("report"))
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the output, build the report and write it."""
+    """Check the inputs, build the report and write it."""
     from analyses.report import DEFAULT_PROMPT, build_report
 
-    out = check_output_dir(args.out, FILES)
-    prompts = read_prompts(args) if args.prompt or args.prompts_file else [DEFAULT_PROMPT]
+    out, prompts = prepare(args, FILES)
     revisions = _sweep_revisions(args.model, args.sweep)
     model = load_model(args)
-    report = build_report(model, prompts, revisions, sweep_name=args.model if revisions else None)
+    report = build_report(model, prompts or [DEFAULT_PROMPT], revisions, sweep_name=args.model if revisions else None)
     page = report.save(out)
     print(f"wrote {page} ({len(report.sections)} sections) and {', '.join(report.tables)} tables")
     return 0

@@ -9,8 +9,9 @@ prompt, target tokens across layers, and logit vs tuned lens with --tuned), out/
 (the first prompt's grid) and out/logit_lens.json (provenance).
 
 tuned-lens train writes OUT/tuned_lens.safetensors (the translators) and OUT/tuned_lens.json
-(model, revision, shapes, steps, final loss per layer). Without --text it trains on Python's own
-documentation (`pydoc_data`), which every machine has.
+(model, revision, dtype, device, shapes, steps, final loss per layer). It trains on --prompt, on the
+lines of --prompts-file (each a document) or on --text; without them, on Python's own documentation
+(`pydoc_data`), which every machine has.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pathlib import Path
 
 from analyses.commands import (
     add_model_arguments,
+    add_output_arguments,
     add_prompt_arguments,
-    check_output_dir,
-    check_png_renderer,
     load_model,
+    prepare,
+    print_written,
     provenance_record,
-    read_prompts,
 )
 
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
@@ -52,8 +53,7 @@ def _add_logit_lens(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, default="kl", help="grid colour (default: kl)")
     parser.add_argument("--no-ln", action="store_true", help="skip the final LayerNorm")
     parser.add_argument("--top-k", type=int, default=5, help="tokens shown on hover (default 5)")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    add_output_arguments(parser)
     parser.set_defaults(func=run_logit_lens)
     return parser
 
@@ -65,8 +65,10 @@ def _add_tuned_lens(subparsers) -> argparse.ArgumentParser:
     train = actions.add_parser("train", help="train a tuned lens and save it to a folder",
                                description="Fit a tuned lens to a model on a text and save it.")
     add_model_arguments(train)
-    train.add_argument("--out", required=True, type=Path, help="folder to write the lens into")
-    train.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: Python's docs)")
+    text = add_prompt_arguments(train, required=False, help="a text to train on (a prompts file: each line one "
+                                "document, each followed by end-of-text)")
+    text.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: Python's docs)")
+    add_output_arguments(train, png=False)
     train.add_argument("--steps", type=int, default=250, help="optimiser steps (default 250)")
     train.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
     train.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
@@ -84,9 +86,7 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     from analyses.export import save
     from analyses.lens import LensComparison, TunedLens, lens_from_cache, resid_names
 
-    out = check_output_dir(args.out, LENS_FILES)
-    check_png_renderer(args.no_png)
-    prompts = read_prompts(args)
+    out, prompts = prepare(args, LENS_FILES)
     tuned = TunedLens.load(args.tuned) if args.tuned is not None else None
     model = load_model(args)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def run_logit_lens(args: argparse.Namespace) -> int:
     if tuned is not None:
         figures.append(LensComparison(results).figure())
     written = [out / "logit_lens.csv", save(figures, out / "logit_lens.html")]
-    written.append(_write_provenance(out / "logit_lens.json", args, prompts, main, tuned))
+    written.append(_write_provenance(out / "logit_lens.json", args, prompts, main, tuned, model.device))
     if not args.no_png:
         written.append(save(main.figure(args.metric), out / "logit_lens.png"))
     _report(written, main)
@@ -111,22 +111,39 @@ def run_logit_lens(args: argparse.Namespace) -> int:
 
 
 def run_tuned_lens(args: argparse.Namespace) -> int:
-    """Check the output, load the model, train the lens on the text, save it and print its losses."""
-    from analyses.lens import default_text, train_tuned_lens
+    """Check the inputs, load the model, train the lens on the text, save it and print its losses."""
+    from analyses.lens import train_tuned_lens
 
-    out = check_output_dir(args.out, TUNED_FILES)
-    if args.text is None:
-        text, source = default_text()
-    else:
-        text, source = _read_text(args.text), str(args.text)
+    out, prompts = prepare(args, TUNED_FILES)
+    text, source = _training_text(args, prompts)
     model = load_model(args)
     lens = train_tuned_lens(model, text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                             lr=args.lr, seed=args.seed, source=source)
     path = lens.save(out)
+    _add_to_record(path / "tuned_lens.json", {"dtype": str(model.dtype), "device": str(model.device)})
     print(f"wrote {path} ({lens.info.steps} steps, {lens.info.tokens_seen} tokens of {source})")
     for layer, loss in enumerate(lens.info.layer_losses):
         print(f"  layer {layer}: KL(model || tuned lens) {loss:.4f} nats")
     return 0
+
+
+def _training_text(args: argparse.Namespace, prompts: list[str]) -> tuple[str | list[str], str]:
+    """(the text or documents to train on, what they are): the prompts, --text, or Python's docs."""
+    from analyses.lens import default_text
+
+    if args.prompts_file is not None:
+        return prompts, f"{args.prompts_file} ({len(prompts)} prompts)"
+    if prompts:
+        return prompts, "--prompt"
+    if args.text is not None:
+        return _read_text(args.text), str(args.text)
+    return default_text()
+
+
+def _add_to_record(path: Path, extra: dict) -> None:
+    """Add the run's load options to the lens's JSON record (the weights file keeps the lens's own info)."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**record, **extra}, indent=2) + "\n", encoding="utf-8")
 
 
 def _read_text(path: Path) -> str:
@@ -140,7 +157,7 @@ def _read_text(path: Path) -> str:
                          "out to train on Python's documentation.") from None
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], result, tuned) -> Path:
+def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], result, tuned, device) -> Path:
     """Model, revision, tokens, lens and targets: enough to reproduce every file."""
     from dataclasses import asdict
 
@@ -148,7 +165,7 @@ def _write_provenance(path: Path, args: argparse.Namespace, prompts: list[str], 
     str_tokens = [[result.token_str(t) for t, m in zip(row, mask, strict=True) if m]
                   for row, mask in zip(prov.tokens, prov.attention_mask, strict=True)]
     record = {
-        **provenance_record(prov, prompts, str_tokens),
+        **provenance_record(prov, prompts, str_tokens, device),
         "layers": "0 = embedding, L+1 = after block L",
         "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
         "tuned_lens": {"path": str(args.tuned), **asdict(tuned.info)} if tuned is not None else None,
@@ -165,8 +182,7 @@ def _report(written: list[Path], result) -> None:
     """Print the files written and the first prompt's last-position top-1 token at each layer."""
     from interp.text import visible
 
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     col = int(result.attention_mask[0].nonzero()[-1, 0])
     tops = [visible(result.token_str(t)) for t in result.top_ids[:, 0, col, 0].tolist()]
     print(f"{result.lens} lens, top-1 after the last token by layer: {' '.join(tops)}")

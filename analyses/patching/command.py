@@ -4,6 +4,8 @@
     $ pythia-interp patch --model pythia-70m --clean "When Mary and John went to the store, John gave a drink to" \\
           --corrupt "When Alice and Bob went to the store, Carl gave a drink to" --answer " Mary" --wrong " John" \\
           --method eap-ig --out out/
+    $ pythia-interp patch --model pythia-70m --prompts-file clean.txt --corrupt-file corrupt.txt \\
+          --answer " Mary" " Tom" --wrong " John" " Anna" --method path --out out/
 
 writes out/patching.csv (`sender, receiver, effect, effect_normalized` for path, eap, eap-ig and
 circuit; `site, layer, head, position, effect, effect_normalized` for activation and attribution),
@@ -17,22 +19,41 @@ import argparse
 import json
 from pathlib import Path
 
+from analyses.commands import (
+    add_model_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    load_model,
+    prepare,
+    print_written,
+    prompt_text,
+    read_lines,
+)
+
 TASKS = ("induction", "ioi", "greater-than")
+FILES = ("patching.csv", "patching.html", "patching.png", "patching.json", "circuit.json")
+OWN_TASK = """Your own task instead of --task: the clean prompts from --prompt TEXT, --prompts-file FILE (one per
+line) or --clean TEXT...; as many corrupt prompts, in the same order and aligned token for token, from --corrupt
+TEXT... or --corrupt-file FILE; and --answer and --wrong, one token each for every prompt, or one per prompt."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `patch` subcommand."""
     parser = subparsers.add_parser("patch", help="activation, path and edge patching, attribution, circuits",
-                                   description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="toy", help="name or path interp.load takes (default: toy)")
-    parser.add_argument("--revision", default=None, help="checkpoint, e.g. step1000 (default: final)")
+                                   description=__doc__.split("\n\n")[0], epilog=OWN_TASK)
+    add_model_arguments(parser)
     parser.add_argument("--task", default=None, help=f"a built-in task: {', '.join(TASKS)} (default: induction)")
-    parser.add_argument("--clean", nargs="+", help="your own clean prompt(s), instead of --task")
-    parser.add_argument("--corrupt", nargs="+", help="the corrupt prompt(s), aligned token for token")
-    parser.add_argument("--answer", help="the answer token, e.g. ' Mary' (one token)")
-    parser.add_argument("--wrong", help="the wrong token the logit difference compares with")
+    clean = add_prompt_arguments(parser, required=False, help="the clean prompt of your own task (see below)")
+    clean.add_argument("--clean", nargs="+", type=prompt_text, help="your own clean prompt(s), instead of --task")
+    corrupt = parser.add_mutually_exclusive_group()
+    corrupt.add_argument("--corrupt", nargs="+", type=prompt_text,
+                         help="the corrupt prompt(s), aligned token for token with the clean ones")
+    corrupt.add_argument("--corrupt-file", type=Path, metavar="FILE",
+                         help="a UTF-8 file with one corrupt prompt per line, for --prompts-file's clean ones")
+    parser.add_argument("--answer", nargs="+", help="the answer token, e.g. ' Mary' (one token), or one per prompt")
+    parser.add_argument("--wrong", nargs="+", help="the wrong token the logit difference compares with, or one per "
+                        "prompt")
     parser.add_argument("--method", default="path", help="activation, path, attribution, eap, eap-ig or circuit")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
     parser.add_argument("--n-prompts", type=int, default=8, help="prompts of a built-in task (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a built-in task (default 0)")
     parser.add_argument("--metric", default=None, help="logit_diff, prob_diff or kl (default: the task's)")
@@ -46,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--qk-fix", action="store_true", help="attribution: AtP* exact attention for q and k")
     parser.add_argument("--steps", type=int, default=5, help="eap-ig/circuit: integration steps (default 5)")
     parser.add_argument("--top", type=int, default=None, help="circuit size in edges (default: smallest >= 0.8)")
-    parser.add_argument("--no-png", action="store_true", help="skip the PNG, the one file that needs a browser")
+    add_output_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -57,18 +78,17 @@ def run(args: argparse.Namespace) -> int:
     from analyses.export import save
 
     patching.check_method(args.method)
-    _check_folder(args.out)
-    import interp
-
-    model = interp.load(args.model, revision=args.revision)
-    task = _task(model, args)
+    out, prompts = prepare(args, FILES)
+    own = _own_task(args, prompts)
+    model = load_model(args)
+    task = _task(model, args, own)
     result, extra, circuit = _compute(patching, model, task, args)
-    out: Path = args.out
     result.to_frame().to_csv(out / "patching.csv", index=False, float_format="%.6g")
     written = [out / "patching.csv"]
     figures = [result.figure(), *(e.figure() for e in extra)]
     written.append(save(figures, out / "patching.html"))
-    record = {**result.provenance.record(), "method": args.method, "str_tokens": result.provenance.str_tokens,
+    record = {**result.provenance.record(), "dtype": str(model.dtype), "device": str(model.device),
+              "method": args.method, "prompts": own, "str_tokens": result.provenance.str_tokens,
               "task": task.describe(), "options": _options(args)}
     if circuit is not None:
         _write(circuit.to_json(), out / "circuit.json")
@@ -78,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     written.append(out / "patching.json")
     if not args.no_png:
         written.append(save(figures[0], out / "patching.png"))
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    print_written(written)
     return 0
 
 
@@ -109,35 +128,46 @@ def _compute(patching, model, task, args):
     return scores, [circuit, curve], circuit
 
 
-def _task(model, args):
+def _own_task(args: argparse.Namespace, prompts: list[str]) -> dict | None:
+    """Your own task's prompts and tokens ({clean, corrupt, answer, wrong}), or None for a built-in task.
+
+    Every check that needs no tokenizer happens here, before the model loads.
+    """
+    from analyses.patching.tasks import TaskError
+
+    clean = prompts or args.clean
+    if not (clean or args.corrupt or args.corrupt_file):
+        if (args.task or "induction") not in TASKS:
+            raise TaskError(f"Unknown task {args.task!r}: choose one of {', '.join(TASKS)}, or pass your own "
+                            "prompts (--prompt/--prompts-file/--clean with --corrupt).")
+        return None
+    if args.task is not None:
+        raise TaskError(f"--task {args.task} and your own prompts exclude each other: drop one of them.")
+    corrupt = args.corrupt
+    if args.corrupt_file is not None:
+        corrupt = read_lines(args.corrupt_file, "--corrupt-file", "or use --corrupt TEXT...")
+    if not (clean and corrupt and args.answer and args.wrong):
+        raise TaskError("Your own task needs clean prompts (--prompt, --prompts-file or --clean), --corrupt (or "
+                        "--corrupt-file), --answer and --wrong together (or use --task induction|ioi|greater-than).")
+    if len(corrupt) != len(clean):
+        raise TaskError(f"{len(clean)} clean prompts and {len(corrupt)} corrupt ones: give one corrupt prompt "
+                        "per clean prompt, in the same order.")
+    return {"clean": clean, "corrupt": corrupt, "answer": _one_or_each(args.answer), "wrong": _one_or_each(args.wrong)}
+
+
+def _one_or_each(tokens: list[str]) -> str | list[str]:
+    """A token given once serves every prompt; several are one per prompt."""
+    return tokens[0] if len(tokens) == 1 else tokens
+
+
+def _task(model, args, own: dict | None):
+    """Your own task, or the built-in one --task names."""
     from analyses.patching import tasks
 
-    if args.clean or args.corrupt:
-        if not (args.clean and args.corrupt and args.answer and args.wrong):
-            raise tasks.TaskError("Your own task needs --clean, --corrupt, --answer and --wrong together "
-                                  "(or use --task induction|ioi|greater-than).")
-        return tasks.make(model, args.clean, args.corrupt, args.answer, args.wrong)
-    name = args.task or "induction"
+    if own is not None:
+        return tasks.make(model, own["clean"], own["corrupt"], own["answer"], own["wrong"])
     builders = {"induction": tasks.induction, "ioi": tasks.ioi, "greater-than": tasks.greater_than}
-    if name not in builders:
-        raise tasks.TaskError(f"Unknown task {name!r}: choose one of {', '.join(TASKS)}, or pass --clean/--corrupt.")
-    return builders[name](model, n_prompts=args.n_prompts, seed=args.seed)
-
-
-def _check_folder(out: Path) -> None:
-    """Create the output folder, or fail now (before any work) if it cannot be written."""
-    import os
-
-    from analyses.patching.errors import PatchingError
-
-    if out.exists() and not out.is_dir():
-        raise PatchingError(f"--out {str(out)!r} is a file; give a folder (it is created if missing).")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PatchingError(f"Cannot create the folder {str(out)!r} ({err.strerror}); choose another --out.") from None
-    if not os.access(out, os.W_OK):
-        raise PatchingError(f"The folder {str(out)!r} is not writable; choose another --out.")
+    return builders[args.task or "induction"](model, n_prompts=args.n_prompts, seed=args.seed)
 
 
 def _options(args: argparse.Namespace) -> dict:

@@ -17,7 +17,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from analyses.commands import DTYPES, add_prompt_arguments, check_output_dir, device_argument, read_prompts
+from analyses.commands import (
+    add_device_arguments,
+    add_output_arguments,
+    add_prompt_arguments,
+    check_output_dir,
+    print_written,
+    read_prompts,
+)
 from analyses.sweep.registry import ANALYSES
 
 EXECUTORS = ("local", "ray")
@@ -35,8 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_prompt_arguments(parser, required=False)  # for lens and rope; attention then scores heads on them
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="an analysis parameter, e.g. seq_len=40 (JSON values; repeatable)")
-    parser.add_argument("--device", default=None, type=device_argument, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: float32)")
+    add_device_arguments(parser)
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local (default: one process, next checkpoint loading while this one runs) or ray")
     parser.add_argument("--ray-address", default=None,
@@ -44,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ray-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
     parser.add_argument("--ray-gpus", type=float, default=0, help="GPUs per Ray task (default 0; with --device cuda)")
     parser.add_argument("--max-retries", type=int, default=2, help="Ray retries of a task whose worker died")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (created)")
+    add_output_arguments(parser, png=False)
     parser.add_argument("--store", type=Path, default=None, help="results store folder (default: OUT/store)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -58,27 +64,27 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, ("sweep.csv", "sweep.html", "sweep.json"))
     store = args.store if args.store is not None else args.out / "store"
     _check_folder(store, "--store")
+    params = _params(args, read_prompts(args))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table, figures, sweeps = _run_analysis(args, store)
+        table, figures, sweeps = _run_analysis(args, store, params)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     table.to_csv(args.out / "sweep.csv", index=False, float_format="%.6g")
     written = [args.out / "sweep.csv", save(figures, args.out / "sweep.html")]
-    written.append(_write_provenance(args.out / "sweep.json", args, sweeps, store))
-    for path in written:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    written.append(_write_provenance(args.out / "sweep.json", args, sweeps, store, params.get("prompts")))
+    print_written(written)
     print(_summary(sweeps, store))
     return 0
 
 
-def _run_analysis(args: argparse.Namespace, store: Path) -> tuple:
+def _run_analysis(args: argparse.Namespace, store: Path, params: dict) -> tuple:
     """(table, figures, the sweeps run): one sweep, or for `circuit` the two sweeps of circuits over training."""
     from analyses.sweep.core import sweep
 
     options = ({"max_retries": args.max_retries, "num_cpus": args.ray_cpus, "num_gpus": args.ray_gpus}
                if args.executor == "ray" else {})
-    kwargs = {"params": _params(args), "store": store, "executor": args.executor, "dtype": args.dtype,
+    kwargs = {"params": params, "store": store, "executor": args.executor, "dtype": args.dtype,
               "device": args.device, "progress": not args.no_progress, "ray_address": args.ray_address,
               "ray_options": options}
     models = args.model or ["toy"]
@@ -100,7 +106,7 @@ def _check_folder(path: Path, option: str) -> None:
         raise InputError(f"{option} {path}: {blocker} is a file, so no folder can be made there; pass another path.")
 
 
-def _params(args: argparse.Namespace) -> dict:
+def _params(args: argparse.Namespace, prompts: list[str]) -> dict:
     """--param NAME=VALUE pairs (JSON values, else strings) plus the prompts, if any were given."""
     from interp.errors import InputError
 
@@ -113,8 +119,8 @@ def _params(args: argparse.Namespace) -> dict:
             params[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[name.strip()] = value
-    if args.prompt is not None or args.prompts_file is not None:
-        params["prompts"] = read_prompts(args)
+    if prompts:
+        params["prompts"] = prompts
     return params
 
 
@@ -129,11 +135,15 @@ def _first_figure(result):
     return result.figure(numeric[0])
 
 
-def _write_provenance(path: Path, args: argparse.Namespace, sweeps: tuple, store: Path) -> Path:
-    """Models, revisions, analysis keys and what was computed or read: enough to reproduce the table."""
+def _write_provenance(path: Path, args: argparse.Namespace, sweeps: tuple, store: Path,
+                      prompts: list[str] | None) -> Path:
+    """Models, revisions, load options, prompts, keys, what was computed or read: enough to reproduce the table."""
+    from analyses.sweep.core import dtype_name
+
     result = sweeps[0]
     record = {
         "models": list(result.models), "analysis": args.analysis, "revisions": args.revisions, "store": str(store),
+        "dtype": dtype_name(args.dtype), "device": args.device or "cpu", "prompts": prompts,
         "executor": args.executor, "checkpoints": result.frame[["model", "revision", "step"]].drop_duplicates()
         .to_dict("records"), "duplicates": result.duplicates().to_dict("records"),
         "sweeps": [{"key": json.loads(s.key.to_json()), "key_digest": s.key.digest,

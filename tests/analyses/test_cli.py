@@ -1,5 +1,6 @@
-"""The command line as a whole: the same model and prompt options everywhere, output paths checked before
-any work with a one-line error (exit 2, no traceback), and a registry that skips absent modules."""
+"""The command line as a whole: output paths checked before any work with a one-line error (exit 2, no
+traceback), one-line usage and system errors, and a registry that skips absent modules. (The model and prompt
+options of every subcommand: test_cli_options.py.)"""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import sys
 
 import pytest
 
-import interp
 from analyses import cli
 from analyses.cli import main
+from tests.analyses.test_cli_options import refuse_loading
 from tests.conftest import tiny_hf, word_tokenizer
 
-# every subcommand that exists in this checkout, with the arguments it needs besides --out
+# every subcommand that writes into --out, with the arguments it needs besides --out
 COMMANDS = {
     "attention": ["--prompt", "t5 t9 t5 t9", "--no-png"],
     "logit-lens": ["--prompt", "t5 t9 t5 t9", "--no-png"],
     "report": ["--prompt", "t5 t9 t5 t9", "--sweep", "0"],
     "tuned-lens train": ["--steps", "1"],
+    "rope": ["--no-png"],
+    "patch": ["--no-png"],
+    "sweep": ["--analysis", "attention"],
 }
 
 
@@ -33,36 +37,11 @@ def saved_model(tmp_path_factory):
 
 @pytest.fixture
 def no_loading(monkeypatch):
-    """Fail the test if a command loads a model (the check must come first)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the output path was checked")
-
-    monkeypatch.setattr(interp, "load", refuse)
+    refuse_loading(monkeypatch)
 
 
 def run(command: str, *args: str) -> int:
     return main([*command.split(), *args])
-
-
-def subcommands() -> dict:
-    """name -> subparser of every registered command (tuned-lens's action included)."""
-    top = cli.parser()
-    choices = top._subparsers._group_actions[0].choices
-    out = {name: p for name, p in choices.items() if name != "tuned-lens"}
-    out["tuned-lens train"] = choices["tuned-lens"]._subparsers._group_actions[0].choices["train"]
-    return out
-
-
-def test_every_subcommand_takes_the_model_options():
-    parsers = subcommands()
-    assert set(COMMANDS) <= set(parsers), f"missing commands: {set(COMMANDS) - set(parsers)}"
-    for name in COMMANDS:
-        parser = parsers[name]
-        flags = {f for action in parser._actions for f in action.option_strings}
-        assert {"--model", "--revision", "--device", "--dtype", "--out"} <= flags, f"{name}: {sorted(flags)}"
-        if name in ("attention", "logit-lens", "report"):
-            assert {"--prompt", "--prompts-file"} <= flags, name
 
 
 def test_a_missing_command_module_is_skipped_and_a_broken_one_is_not(monkeypatch, tmp_path):
@@ -81,7 +60,7 @@ def test_a_file_in_the_way_is_refused_before_any_work(command, tmp_path, capsys,
     blocker.write_text("not a folder")
     assert run(command, *COMMANDS[command], "--out", str(blocker)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"pythia-interp {command.split()[0]}: error: "), err
+    assert err.count("\n") == 1 and err.startswith(f"pythia-interp {command}: error: "), err
     assert str(blocker) in err and "is a file, not a folder" in err and "Traceback" not in err
 
 
@@ -127,19 +106,25 @@ def test_prompts_file_problems_are_one_line(tmp_path, capsys, no_loading):
 
 
 def test_prompt_and_prompts_file_exclude_each_other(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        run("attention", "--prompt", "x", "--prompts-file", "p.txt", "--out", str(tmp_path))
-    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert run("attention", "--prompt", "x", "--prompts-file", "p.txt", "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == ("pythia-interp attention: error: argument --prompts-file: not allowed with argument --prompt "
+                   "(see pythia-interp attention --help)\n")
 
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--dtype", "fp8", "invalid choice: 'fp8'"),
     ("--device", "gpu7", "device='gpu7' is not a device this machine has"),
 ])
-def test_bad_model_options_are_usage_errors(flag, value, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        run("attention", "--prompt", "x", flag, value, "--out", str(tmp_path))
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
+def test_bad_model_options_are_usage_errors_in_one_line(flag, value, message, tmp_path, capsys):
+    assert run("attention", "--prompt", "x", flag, value, "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_help_exits_zero(capsys):
+    assert run("patch", "--help") == 0
+    assert "--prompts-file" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="CUDA presence check")
@@ -148,9 +133,20 @@ def test_an_absent_cuda_device_says_so(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(SystemExit):
-        run("attention", "--prompt", "x", "--device", "cuda", "--out", str(tmp_path))
+    assert run("attention", "--prompt", "x", "--device", "cuda", "--out", str(tmp_path)) == 2
     assert "device='cuda' is not a device this machine has: use one of ['cpu']" in capsys.readouterr().err
+
+
+def test_a_system_error_while_writing_is_one_line(tmp_path, capsys, monkeypatch):
+    from analyses.commands import report
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "report.html"))
+
+    monkeypatch.setattr(report, "run", full_disk)
+    assert run("report", "--out", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err == f"pythia-interp report: error: [Errno 28] No space left on device: '{tmp_path / 'report.html'}'\n"
 
 
 def test_dtype_and_prompts_file_reach_the_analysis(saved_model, tmp_path):
@@ -162,10 +158,3 @@ def test_dtype_and_prompts_file_reach_the_analysis(saved_model, tmp_path):
     record = json.loads((out / "logit_lens.json").read_text())
     assert "bfloat16" in record["dtype"] and record["prompts"] == ["t5 t9 t5 t9", "t7 t3"]
     assert record["tokens"] == [[5, 9, 5, 9], [7, 3]] and record["str_tokens"][1] == ["t7", "t3"]
-
-
-def test_an_unknown_revision_is_one_line(saved_model, tmp_path, capsys):
-    assert run("attention", "--model", "toy", "--revision", "step7", *COMMANDS["attention"],
-               "--out", str(tmp_path / "o")) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "step7" in err
