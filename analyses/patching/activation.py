@@ -129,7 +129,7 @@ def run_patches(model, base, metric, patches: list[Patch], src, budget_mb: float
             with model.hooks(fwd=hooks):
                 values = runs.metric_rows(model, runs.tile(base, len(chunk) + 1), metric)
         values = metric.per_patch(values)
-        out[torch.tensor(index, device=out.device)] = values[:-1] - values[-1]
+        out[torch.tensor(index, device=out.device)] = (values[:-1] - values[-1]).to(out.dtype)
         ref = values[-1] if ref is None else ref
     return out, ref
 

@@ -155,16 +155,17 @@ class _State:
 
     def __init__(self, graph: Graph, dense: Tensor, src: Tensor, k: int, n: int, differentiable: bool):
         self.graph, self.dense, self.k, self.n = graph, dense, k, n
-        self.src = src.flatten(1)  # (sender, prompt * pos * d_model)
+        self.dtype = torch.promote_types(src.dtype, torch.float32)  # sums of many terms: in fp32 for half models
+        self.src = src.flatten(1).to(self.dtype)  # (sender, prompt * pos * d_model)
         self.count = 0
         self.diffs: list[Tensor] = []
         self.fixes: dict[int, tuple[Tensor, dict[int, int]]] = {}  # the latest layer's corrections
-        self.buffer = None if differentiable else torch.empty(k, *self.src.shape, dtype=src.dtype, device=src.device)
+        self.buffer = None if differentiable else torch.empty(k, *self.src.shape, dtype=self.dtype, device=src.device)
 
     def record(self, x: Tensor, site) -> None:
         outputs = x.unbind(-2) if x.ndim == 4 else (x,)  # per-head results (rows, pos, head, d_model)
         for out in outputs:
-            diff = self.src[self.count].to(out.dtype)[None] - out.reshape(self.k, -1)  # (k, prompt * pos * d)
+            diff = self.src[self.count][None] - out.reshape(self.k, -1).to(self.dtype)  # (k, prompt * pos * d)
             if self.buffer is None:
                 self.diffs.append(diff)
             else:

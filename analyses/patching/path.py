@@ -179,6 +179,7 @@ def _run(model, plan: Plan, base, metric: Metric, acts, pos_mask: Tensor, mediat
         for j, rg in enumerate(plan.receivers):
             rows = valid[:, j].nonzero().flatten()
             values = _receive(model, base, metric, rg, inputs, rows, n, gathered=logits_only and engine != "hooks")
+            values = values.to(dtype)
             out[part.start + rows[:-1], j] = values[:-1] - values[-1]
             ref[j] = values[-1]
     return out, ref
