@@ -67,6 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--qk-fix", action="store_true", help="attribution: AtP* exact attention for q and k")
     parser.add_argument("--steps", type=int, default=5, help="eap-ig/circuit: integration steps (default 5)")
     parser.add_argument("--top", type=int, default=None, help="circuit size in edges (default: smallest >= 0.8)")
+    parser.add_argument("--selection", default="top", choices=["top", "greedy"],
+                        help="circuit edges: the largest |scores| (top, default), or grown greedily from the logits")
     add_output_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -120,9 +122,9 @@ def _compute(patching, model, task, args):
         scores = patching.eap(model, task, direction=args.direction, ablation=args.ablation, **common)
     else:
         scores = patching.eap_ig(model, task, steps=args.steps, direction=args.direction, **common)
-    curve = patching.faithfulness_curve(model, task, scores, **common)
+    curve = patching.faithfulness_curve(model, task, scores, selection=args.selection, **common)
     size = args.top if args.top is not None else (curve.smallest(0.8) or scores.graph.n_edges)
-    circuit = patching.evaluate_circuit(model, task, scores.top(size), scores, **common)
+    circuit = patching.evaluate_circuit(model, task, scores.select(size, args.selection), scores, **common)
     if args.method == "circuit":
         return circuit, [curve, scores], circuit
     return scores, [circuit, curve], circuit
@@ -172,7 +174,7 @@ def _task(model, args, own: dict | None):
 
 def _options(args: argparse.Namespace) -> dict:
     keys = ("n_prompts", "seed", "metric", "sites", "all_positions", "direction", "ablation", "senders",
-            "receivers", "freeze_mlps", "qk_fix", "steps", "top")
+            "receivers", "freeze_mlps", "qk_fix", "steps", "top", "selection")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -78,3 +78,16 @@ def command_run(out, *argv):
     command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["patch", "--model", "toy", "--no-png", "--out", str(out), *argv])
     return args.func(args)
+
+
+@pytest.mark.parametrize("selection", ["top", "greedy"])
+def test_circuit_selection(tmp_path, selection):
+    """--selection greedy keeps a connected circuit: every kept edge's receiver is read by a kept edge's sender."""
+    assert run("--model", "toy", "--method", "circuit", "--selection", selection, "--top", "6", "--n-prompts", "3",
+               "--no-png", "--out", str(tmp_path)) == 0
+    graph = json.loads((tmp_path / "circuit.json").read_text())
+    kept = [(e["sender"], e["receiver"]) for e in graph["edges"] if e["in_circuit"]]
+    assert len(kept) == 6
+    assert json.loads((tmp_path / "patching.json").read_text())["options"]["selection"] == selection
+    connected = all(r == "logits" or r.split(".")[0] in {s for s, _ in kept} for _, r in kept)
+    assert connected or selection == "top"
