@@ -22,6 +22,7 @@ import pandas as pd
 
 import interp
 from analyses.export import Section
+from interp.options import dtype_name
 
 DEFAULT_PROMPT = (
     "The return value of the function is the value of the last expression. "
@@ -78,10 +79,12 @@ def build_report(model: interp.Model, prompts: str | list[str] = DEFAULT_PROMPT,
     if sweep_name is not None and sweep_revisions:  # across training: the sweep subpackage's sections
         from analyses.sweep.report import sections as across_training
 
-        more, more_tables = across_training(sweep_name, sweep_revisions, dtype=model.dtype, progress=False)
+        more, more_tables = across_training(sweep_name, sweep_revisions, dtype=model.dtype,
+                                            device=str(model.device), progress=False)
         sections += more
         tables |= more_tables
-    provenance = {"model": model.name, "revision": model.revision, "dtype": str(model.dtype), "prompts": prompts,
+    provenance = {"model": model.name, "revision": model.revision, "dtype": dtype_name(model.dtype),
+                  "device": str(model.device), "prompts": prompts,
                   "tokens": [model.to_tokens(p).ids[0].tolist() for p in prompts],
                   "sweep_revisions": sweep_revisions or []}
     return Report(f"pythia-interp report: {model.name}@{model.revision}", sections, tables, provenance)

@@ -1,8 +1,8 @@
 """Options shared by every entry point: floating dtypes and devices, validated before any work.
 
-    >>> from interp.options import dtype_of, device_of
-    >>> dtype_of("bf16"), device_of("cpu")
-    (torch.bfloat16, device(type='cpu'))
+    >>> from interp.options import dtype_of, device_of, dtype_name
+    >>> dtype_of("bf16"), device_of("cpu"), dtype_name(torch.bfloat16)
+    (torch.bfloat16, device(type='cpu'), 'bfloat16')
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def dtype_of(dtype: torch.dtype | str | None) -> torch.dtype | None:
         f"dtype={dtype!r} is not supported: use torch.float32, torch.bfloat16 or torch.float16, or one of the"
         f" strings {sorted(DTYPES)}."
     )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """How records spell a dtype: "bfloat16", as `dtype_of` reads it back."""
+    return str(dtype).removeprefix("torch.")
 
 
 def device_of(device: str | torch.device | None) -> torch.device | None:

@@ -29,6 +29,7 @@ from analyses.commands import (
     print_written,
     provenance_record,
 )
+from interp.options import dtype_name
 
 METRICS = ("kl", "cross_entropy", "entropy", "top1_prob")
 LENS_FILES = ("logit_lens.csv", "logit_lens.html", "logit_lens.png", "logit_lens.json")
@@ -120,7 +121,7 @@ def run_tuned_lens(args: argparse.Namespace) -> int:
     lens = train_tuned_lens(model, text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                             lr=args.lr, seed=args.seed, source=source)
     path = lens.save(out)
-    _add_to_record(path / "tuned_lens.json", {"dtype": str(model.dtype), "device": str(model.device)})
+    _add_to_record(path / "tuned_lens.json", {"dtype": dtype_name(model.dtype), "device": str(model.device)})
     print(f"wrote {path} ({lens.info.steps} steps, {lens.info.tokens_seen} tokens of {source})")
     for layer, loss in enumerate(lens.info.layer_losses):
         print(f"  layer {layer}: KL(model || tuned lens) {loss:.4f} nats")

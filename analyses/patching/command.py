@@ -29,6 +29,7 @@ from analyses.commands import (
     prompt_text,
     read_lines,
 )
+from interp.options import dtype_name
 
 TASKS = ("induction", "ioi", "greater-than")
 FILES = ("patching.csv", "patching.html", "patching.png", "patching.json", "circuit.json")
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     written = [out / "patching.csv"]
     figures = [result.figure(), *(e.figure() for e in extra)]
     written.append(save(figures, out / "patching.html"))
-    record = {**result.provenance.record(), "dtype": str(model.dtype), "device": str(model.device),
+    record = {**result.provenance.record(), "dtype": dtype_name(model.dtype), "device": str(model.device),
               "method": args.method, "prompts": own, "str_tokens": result.provenance.str_tokens,
               "task": task.describe(), "options": _options(args)}
     if circuit is not None:

@@ -22,11 +22,12 @@ from analyses.sweep.registry import available
 DETECTORS = ("induction", "prev_token", "duplicate_token", "first_token")
 
 
-def sections(name: str, revisions="all", *, dtype=None, store=None, progress: bool = False) -> tuple[list, dict]:
+def sections(name: str, revisions="all", *, dtype=None, device=None, store=None,
+             progress: bool = False) -> tuple[list, dict]:
     """(sections, tables) for heads, RoPE use and the induction circuit across `revisions` of `name`."""
     from analyses.sweep.core import sweep
 
-    options = {"dtype": dtype, "store": store, "progress": progress}
+    options = {"dtype": dtype, "device": device, "store": store, "progress": progress}
     heads = sweep(name, "attention", revisions, **options)
     out, tables = [_heads_section(heads)], {"sweep": heads.to_frame()}
     if available("rope"):

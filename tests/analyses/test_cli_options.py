@@ -105,10 +105,10 @@ def outcome(command: str, out, prompts_file) -> dict:
     if command in ("attention", "logit-lens", "rope", "report"):
         name = {"logit-lens": "logit_lens"}.get(command, command)
         record = json.loads((out / f"{name}.json").read_text())
-        return {**record, "dtype": record["dtype"].removeprefix("torch.")}
+        return record
     if command == "patch":
         record = json.loads((out / "patching.json").read_text())
-        return {**record, "dtype": record["dtype"].removeprefix("torch."), "prompts": record["prompts"]["clean"]}
+        return {**record, "prompts": record["prompts"]["clean"]}
     if command == "sweep":
         record = json.loads((out / "sweep.json").read_text())
         table = pd.read_csv(out / "sweep.csv")
@@ -120,7 +120,7 @@ def outcome(command: str, out, prompts_file) -> dict:
 
         stream = token_stream(interp.load("toy"), PROMPTS)  # trained on the file's prompts, each a document
         assert record["seq_len"] == len(stream) < 64, "the windows span the prompts' tokens, not another text"
-        return {**record, "dtype": record["dtype"].removeprefix("torch."), "prompts": PROMPTS}
+        return {**record, "prompts": PROMPTS}
     raise AssertionError(f"no effect check for {command}")
 
 
