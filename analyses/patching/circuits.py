@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from analyses.patching import runs
+from analyses.patching import runs, suffix
 from analyses.patching.attribution import receiver_sites, sender_sites
 from analyses.patching.errors import GraphError
 from analyses.patching.graph import Graph
@@ -64,16 +64,33 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
         src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
     if ablate.requires_grad:
         return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
-    n = len(base)
+    n, n_pos = len(base), base.ids.shape[1]
+    start = first_change(task, ablation) if suffix.applies(set(), metric, n_pos) else 0
+    kv = suffix.prefix(model, base) if start else None
     # per row: every sender's difference, the corrections of one layer's receivers, the q/k/v input copies
-    width = (len(graph.senders) + 3 * model.n_heads + 1 + 12 * model.n_heads) * base.ids.shape[1] * model.d_model
-    row_bytes = runs.row_bytes(model, base.ids.shape[1]) + width * torch.finfo(model.dtype).bits // 8
+    width = (len(graph.senders) + 3 * model.n_heads + 1 + 12 * model.n_heads) * (n_pos - start) * model.d_model
+    row_bytes = runs.row_bytes(model, n_pos - start) + width * torch.finfo(model.dtype).bits // 8
+    row_bytes += suffix.cache_bytes(model, n_pos) if start else 0
     slices = list(runs.chunks(ablate.shape[0], n, row_bytes, budget_mb))
     out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
     with torch.no_grad():
         for part in runs.progress(slices, len(slices), progress, "circuits"):
-            out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric)
+            out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric, start=start,
+                                      kv=kv)
     return out
+
+
+def first_change(task, ablation) -> int:
+    """The first position where the clean and corrupt prompts differ (in any prompt), when the corrupt run is
+    the ablation; 0 otherwise. Before it every sender's ablated output is its clean one, so masked runs share
+    those positions with the unmasked run (at most the last position is left to run)."""
+    if not (isinstance(ablation, str) and ablation == "corrupt"):
+        return 0
+    clean, corrupt = task.clean, task.corrupt
+    differs = (clean.ids != corrupt.ids) | (clean.attention_mask != corrupt.attention_mask)
+    columns = differs.any(0).nonzero()
+    n_pos = clean.ids.shape[1]
+    return min(int(columns[0]) if len(columns) else n_pos, n_pos - 1)
 
 
 def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos d_model"]:
@@ -90,8 +107,11 @@ def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos 
 
 
 def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,
-                  differentiable: bool = False) -> Tensor:
-    """One batched pass: rows = circuit * prompt."""
+                  differentiable: bool = False, start: int = 0, kv=None) -> Tensor:
+    """One batched pass: rows = circuit * prompt; from position `start` on, with the earlier keys and values `kv`."""
+    if start:
+        with _masked(model, graph, ablate, src[:, :, start:].contiguous()):
+            return metric.per_patch(suffix.suffix_values(model, base, kv, start, ablate.shape[0], {}, metric))
     tokens = runs.tile(base, ablate.shape[0])
     with _masked(model, graph, ablate, src, differentiable):
         if differentiable:

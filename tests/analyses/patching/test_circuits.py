@@ -173,3 +173,20 @@ def test_faithfulness_curve_with_greedy_selection():
     assert frame.value.iloc[2] == pytest.approx(one.value, abs=1e-5)
     with pytest.raises(UnknownMethodError, match="greedy"):
         faithfulness_curve(model, task, scores, selection="best")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_masked_runs_from_the_first_change_equal_whole_prompt_runs(arch, padded, monkeypatch):
+    """Positions before the first token clean and corrupt differ in run once (the KV cache), as in a whole run."""
+    from analyses.patching import circuits
+
+    model = tiny_model(arch)
+    task = random_task(model, padded=padded, changed=(5, 7))
+    assert circuits.first_change(task, "corrupt") == 5 and circuits.first_change(task, "mean") == 0
+    graph = Graph.from_model(model)
+    ablate = (torch.rand(6, graph.n_edges, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    from_change = masked_values(model, task, ablate)
+    monkeypatch.setattr(circuits, "first_change", lambda task, ablation: 0)
+    whole = masked_values(model, task, ablate)
+    assert (from_change - whole).abs().max() < 1e-5 and whole.std() > 1e-3
