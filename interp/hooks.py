@@ -289,12 +289,12 @@ class Dispatcher:
             pairs = [(s, e) for s, e in self._pairs("ln1", layer, {Tap.QKV_INPUT}) if s.short == kind]
             if not pairs:
                 continue
-            copies = x.unsqueeze(-2).repeat_interleave(self.dims.n_heads, dim=-2)  # (batch, pos, head, d_model)
+            copies = x.unsqueeze(-2).expand(*x.shape[:-1], self.dims.n_heads, x.shape[-1]).contiguous()  # per head
             new, changed = self._fire_all(pairs, copies)
             if not changed:
                 continue
             grads = any(e.bwd.get(s) for s, e in pairs) or (new.requires_grad and new is not copies)
-            heads = None if grads else (new != x.unsqueeze(-2)).flatten(0, 1).any(0).any(-1)  # (head,)
+            heads = None if grads else (new != x.unsqueeze(-2)).any(-1).flatten(0, 1).any(0)  # (head,)
             self._state().setdefault(("qkv_in", layer), {})[i] = (new, heads)
 
     def _project_heads(self, layer: int, which: int, piece: Tensor, inputs: Tensor, heads: Tensor | None) -> Tensor:
