@@ -196,11 +196,11 @@ def test_results_are_computed_once_and_errors_are_not_cached():
 @pytest.mark.parametrize("prompt, says", [("", "empty"), ("   \n", "empty"), ("x" * (MAX_PROMPT_CHARS + 1), "at most"),
                                           ("the cat " * 200, "longer than this model's context"), (None, "empty")])
 def test_bad_prompts_show_a_message(client, prompt, says):
-    status = client.call("msg-a.children", {"prompt-store.data": prompt, "rev-a.value": 15})
+    status = client.call("msg-a.children", {"prompt.value": prompt, "rev-a.value": 15})
     assert says in status["msg-a.children"]
-    figs = client.call("head-a.figure", {"prompt-store.data": prompt, "rev-a.value": 15})
+    figs = client.call("head-a.figure", {"prompt.value": prompt, "rev-a.value": 15})
     assert says in annotation(figs["head-a.figure"]) and says in annotation(figs["grid-a.figure"])
-    ok = client.call("head-a.figure", {"prompt-store.data": PROMPT, "rev-a.value": 15})
+    ok = client.call("head-a.figure", {"prompt.value": PROMPT, "rev-a.value": 15})
     assert ok["head-a.figure"]["data"], "a good prompt after a bad one should draw again"
 
 
@@ -208,9 +208,14 @@ def test_bad_controls_show_a_message(client):
     figs = client.call("head-a.figure", {"rev-a.value": 99})
     assert "no checkpoint" in annotation(figs["head-a.figure"])
     figs = client.call("head-a.figure", {"rev-a.value": 15, "layer.value": 7})
-    assert "L7H0 is not a head of toy-2l@step3600" in annotation(figs["head-a.figure"])
-    fig = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 15, "detector.value": "nope"})
-    assert "'nope' is not one of" in annotation(fig)
+    assert figs["layer.value"] == 0 and "L0H0" in figs["head-a.figure"]["layout"]["title"]["text"], \
+        "the pickers offer only this model's heads"
+    both = {"compare.value": ["on"], "model-b.value": "toy-4l", "rev-b.value": 15, "layer.value": 3}
+    figs = client.call("head-a.figure", {"rev-a.value": 15, **both})  # the pickers span 4 layers
+    assert "L3H0 is not a head of toy-2l@step3600" in annotation(figs["head-a.figure"])
+    assert "L3H0" in figs["head-b.figure"]["layout"]["title"]["text"]
+    figs = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 15, "detector.value": "nope"})
+    assert "'nope' is not one of" in annotation(figs["scores-a.figure"])
 
 
 # ---- clicks, the slider, optional views, the command -------------------------------------------------
@@ -235,7 +240,7 @@ def test_an_optional_analysis_gets_a_tab_once_it_exists(monkeypatch):
     monkeypatch.setitem(compute.EXTRAS, "rope", extra)
     client = Client(create_app(Explorer(Catalog(hub_cache="/nonexistent"))))
     for prompt in ("one prompt", "another"):
-        figs = client.call("rope-0-a.figure", {"tabs.value": "rope", "rev-a.value": 15, "prompt-store.data": prompt})
+        figs = client.call("rope-0-a.figure", {"tabs.value": "rope", "rev-a.value": 15, "prompt.value": prompt})
         assert figs["rope-0-a.figure"]["data"][0]["y"] == [1, 2]
         assert figs["rope-1-a.figure"]["data"] == [], "a slot with no figure stays empty"
     assert calls == ["one prompt"], "a view that ignores the prompt runs once per checkpoint"

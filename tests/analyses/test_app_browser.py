@@ -41,6 +41,13 @@ FIGURE = """id => {
   return JSON.stringify({title, notes, z: gd.data.length ? gd.data[0].z || null : null, n: gd.data.length});
 }"""
 
+TILE = """([row, col]) => {  // fractions of the grid's plot area that fall below the diagonal of a tile
+  const gd = document.querySelector('#grid-a .js-plotly-plot');
+  const z = gd.data[0].z, x = gd.layout.xaxis.tickvals, y = gd.layout.yaxis.tickvals;
+  const quarter = (x.length > 1 ? x[1] - x[0] - 1 : z[0].length) / 4;
+  return [(x[col] - quarter + 0.5) / z[0].length, (y[row] + quarter + 0.5) / z.length];
+}"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -199,8 +206,8 @@ def test_choose_model_type_prompt_click_head_hover_token(session):
     clicked = s.wait_figure("head-a", lambda f: "L0H1" in f["title"])
     assert clicked["z"] != first["z"], "another head should draw another pattern"
     s.screenshot("attention")
-    # the grid has a subplot per head (L0H0, L0H1, L1H0, ...): click one below its diagonal
-    s.page.mouse.click(*s.point("#grid-a .nsewdrag", 2, 0.25, 0.75))
+    # the grid is one heatmap, a tile per head (a row per layer): click below the diagonal of L1H0
+    s.page.mouse.click(*s.point("#grid-a .nsewdrag", 0, *s.page.evaluate(TILE, [1, 0])))
     s.wait_figure("head-a", lambda f: "L1H0" in f["title"])
     last = s.wait_figure("strip-a", lambda f: "L1H0" in f["title"])
     s.page.mouse.move(*s.point("#strip-a .nsewdrag", 0, 0.02, 0.1))  # hover the first token
