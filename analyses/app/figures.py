@@ -41,11 +41,19 @@ def message(text: str, height: int = 220) -> dict:
     }
 
 
-def fit_width(fig) -> dict:
-    """A figure dict that fills its container's width (the analysis sets a fixed width for files)."""
+def fit_width(fig, colorbar: bool = True) -> dict:
+    """A figure dict for the page: it fills its container's width (the analysis sets a fixed width for
+    files) and drops plotly.py's template (plotly.js's defaults draw faster; the page sets the background).
+    `colorbar=False` hides colour bars, for a figure whose view shows its scale once elsewhere.
+
+    >>> fig = fit_width({"data": [{"type": "heatmap", "z": [[1]]}], "layout": {"width": 900, "template": {}}}, False)
+    >>> fig["layout"]["autosize"], "width" in fig["layout"], "template" in fig["layout"], fig["data"][0]["showscale"]
+    (True, False, False, False)
+    """
     fig = fig if isinstance(fig, dict) else fig.to_plotly_json()
-    layout = {k: v for k, v in fig.get("layout", {}).items() if k != "width"}
-    return {**fig, "layout": {"height": 450, **layout, "autosize": True}}  # a height, or the container's
+    layout = {k: v for k, v in fig.get("layout", {}).items() if k not in ("width", "template")}
+    data = fig.get("data", []) if colorbar else [{**trace, "showscale": False} for trace in fig.get("data", [])]
+    return {**fig, "data": data, "layout": {"height": 450, "plot_bgcolor": "white", **layout, "autosize": True}}
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def head_grid(values: np.ndarray, tiles: Tiles, row_labels: Sequence[str], col_l
         "zmax": 1,
         "hoverongaps": False,
         "hovertemplate": "weight %{z:.3f}<extra></extra>",
-        "colorbar": {"title": {"text": "weight"}},
+        "showscale": False,  # the head figure above shows the scale
     }
     axis = {"showgrid": False, "zeroline": False, "ticks": "", "constrain": "domain"}
     layout = {
@@ -148,7 +156,7 @@ def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, tit
         "xgap": 2,
         "ygap": 2,
         "hovertemplate": "token %{customdata}<br>weight %{z:.3f}<extra></extra>",
-        "colorbar": {"title": {"text": "weight"}},
+        "showscale": False,  # the head figure above shows the scale
     }
     dark = [i <= query and weights[i] > 0.55 for i in range(n)]  # white text on dark cells
     text = {"type": "scatter", "mode": "text", "x": x, "y": y, "text": labels, "hoverinfo": "skip",

@@ -19,6 +19,7 @@ TABS = {"attention": "Attention", "detectors": "Head detectors", "lens": "Logit 
 MAX_PROMPT_INPUT = 20_000
 OVERLAY = {"visibility": "visible", "opacity": 0.5}  # long work: a spinner over the old figures, not a blank
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png"}}
+PLACEHOLDER = {"data": [], "layout": {"height": 80, "xaxis": {"visible": False}, "yaxis": {"visible": False}}}
 
 # dcc.Graph calls Plotly.Plots.resize whenever its div changes size, even when the figure it just drew
 # made it taller: a second full draw at the same width. A figure with its own height needs none.
@@ -158,7 +159,7 @@ def _columns(graphs: tuple[str, ...]):
     from dash import dcc, html
 
     def column(pane: str):
-        items = [dcc.Graph(id=f"{g}-{pane}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
+        items = [dcc.Graph(id=f"{g}-{pane}", config=GRAPH_CONFIG, figure=PLACEHOLDER)
                  for g in graphs]
         return html.Div(dcc.Loading(items, type="circle", delay_show=400, overlay_style=OVERLAY),
                         className=f"column pane-{pane}")
@@ -169,5 +170,5 @@ def _columns(graphs: tuple[str, ...]):
 def _difference(name: str):
     from dash import dcc, html
 
-    graph = dcc.Graph(id=f"diff-{name}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
+    graph = dcc.Graph(id=f"diff-{name}", config=GRAPH_CONFIG, figure=PLACEHOLDER)
     return html.Div(dcc.Loading(graph, type="circle", delay_show=400, overlay_style=OVERLAY), className="difference")

@@ -136,7 +136,10 @@ def token_rows(explorer: Explorer, request: Request, query: int | None) -> dict:
     """What `query` attends to in every head, a row per head (the analysis's token figure)."""
     pats = explorer.patterns(request)
     query = _query(query, pats.row(0)[0].shape[-1])
-    return explorer.memo(request, "fig:tokens", (query,), lambda: figures.fit_width(pats.token_figure(query=query)))
+    def draw() -> dict:  # the head figure above shows the colour scale
+        return figures.fit_width(pats.token_figure(query=query), colorbar=False)
+
+    return explorer.memo(request, "fig:tokens", (query,), draw)
 
 
 def _query(query, n: int) -> int:
