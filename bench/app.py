@@ -46,11 +46,15 @@ HOOK = """() => {
       const id = gd.closest('[id]').id; (window.__drawn[id] = window.__drawn[id] || []).push(performance.now()); } });
   }), 20);
 }"""
-DONE = """([graphs, title]) => {
-  const gd = document.querySelector('#head-a .js-plotly-plot');
-  const ok = gd && gd.layout && gd.layout.title && (gd.layout.title.text || '').includes(title);
+TITLE = "id => { const gd = document.querySelector('#' + id + ' .js-plotly-plot'); return gd && gd.layout && " \
+        "gd.layout.title ? gd.layout.title.text || '' : ''; }"
+DONE = """([graphs, head, title, before]) => {
+  const gd = document.querySelector('#' + head + ' .js-plotly-plot');
+  const now = gd && gd.layout && gd.layout.title ? gd.layout.title.text || '' : '';
+  const ok = title ? now.includes(title) : now !== before;
   return ok && graphs.every(g => window.__drawn[g]) && !document.querySelector('[data-dash-is-loading="true"]');
 }"""
+PANE_B = ("head-b", "grid-b", "strip-b", "tokens-b", "diff-attention")
 
 
 def timed(fn) -> float:
@@ -142,6 +146,8 @@ def _round(page, r: int, cold: bool, out: dict) -> None:
     at_end = page.inner_text("#revision-a").strip() == "step3600"
     step = ("ArrowLeft", "step3150") if at_end else ("ArrowRight", "step3600")
     _measure(page, out, f"checkpoint slider ({suffix})", lambda: page.keyboard.press(step[0]), VIEW, step[1])
+    if not cold:
+        _compare(page, out)
     if cold:
         for name in ("toy-4l", "toy-2l"):  # each comes back at its final step
             page.click("#model-a")
@@ -150,13 +156,32 @@ def _round(page, r: int, cold: bool, out: dict) -> None:
             _measure(page, out, f"model switch ({suffix})", option.click, VIEW, f"{name}@step3600", 60)
 
 
-def _measure(page, out: dict, name: str, act, graphs: tuple[str, ...], title: str, seconds: float = 30) -> None:
-    """Seconds from `act`'s input event to the last of `graphs` re-rendered (the head figure showing `title`)."""
+def _compare(page, out: dict) -> None:
+    """Compare mode: a head click redraws both panes and their difference; pane B's slider, B and the difference."""
+    page.locator("#compare input").set_checked(True)
+    _settled(page)
+    current = int(page.locator("#head input:checked").get_attribute("value"))
+    head = (current + 1) % 2  # a head both toy-2l and toy-gpt2 have
+    click = page.locator(f"#head input[value='{head}']").check
+    _measure(page, out, "compare mode: head click (both panes)", click, ("head-a", "strip-a", *PANE_B[::2]),
+             f"· L0H{head}")
+    page.locator("#rev-b [role=slider]").focus()
+    key = "ArrowLeft" if page.inner_text("#revision-b").strip() == "step3600" else "ArrowRight"
+    _measure(page, out, "compare mode: pane B's checkpoint slider", lambda: page.keyboard.press(key), PANE_B,
+             graph="head-b")
+    page.locator("#compare input").set_checked(False)
+
+
+def _measure(page, out: dict, name: str, act, graphs: tuple[str, ...], title: str = "", seconds: float = 30,
+             graph: str = "head-a") -> None:
+    """Seconds from `act`'s input event to the last of `graphs` re-rendered, once `graph`'s title shows
+    `title` (or, without one, once it changed)."""
     _settled(page)
     page.evaluate("window.__t0 = null; window.__drawn = {}")
+    before = page.evaluate(TITLE, graph)
     cpu = _cpu()
     act()
-    page.wait_for_function(DONE, arg=[list(graphs), title], polling="raf", timeout=seconds * 1000)
+    page.wait_for_function(DONE, arg=[list(graphs), graph, title, before], polling="raf", timeout=seconds * 1000)
     time.sleep(0.3)  # late redraws (a resize, a second answer) would show up here
     drawn, t0 = page.evaluate("window.__drawn"), page.evaluate("window.__t0")
     out.setdefault(name, []).append(max(max(drawn[g]) for g in graphs if g in drawn) / 1000 - t0 / 1000)
@@ -210,15 +235,15 @@ def _until(page, text: str, seconds: float) -> None:
 
 def report(title: str, results: dict[str, list[float]]) -> None:
     print(f"\n{title}")
-    print(f"| {'action':52} | median s | min s | target s | x target |")
-    print(f"|{'-' * 54}|----------|-------|----------|----------|")
+    print(f"| {'action':58} | median s | min s | target s | x target |")
+    print(f"|{'-' * 60}|----------|-------|----------|----------|")
     for name, values in results.items():
         plain = "alone" not in name and "[" not in name
         target = (TARGET_SWITCH if "model switch" in name else TARGET_CLICK) if plain else None
         med = statistics.median(values)
         ratio = f"{med / target:8.2f}" if target else "       -"
         shown = f"{target:8.1f}" if target else "       -"
-        print(f"| {name:52} | {med:8.3f} | {min(values):5.3f} | {shown} | {ratio} |")
+        print(f"| {name:58} | {med:8.3f} | {min(values):5.3f} | {shown} | {ratio} |")
 
 
 def main() -> None:

@@ -164,6 +164,12 @@ class Session:
         self.page.fill("#prompt", prompt)
         self.page.click("#run")
 
+    def idle(self) -> None:
+        """Wait until no callback is pending."""
+        time.sleep(0.2)
+        self.page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')",
+                                    timeout=TIMEOUT)
+
     def screenshot(self, name: str) -> None:
         """A full-page screenshot that must not be blank (pixel variance), saved for inspection."""
         time.sleep(0.3)  # let plotly finish drawing
@@ -232,6 +238,32 @@ def test_checkpoint_slider_changes_head_scores(session):
     s.tab("Logit lens")
     s.wait_figure("lens-a", lambda f: "toy-2l" in f["title"])
     s.screenshot("lens")
+    s.check_clean()
+
+
+def test_one_request_per_click_and_quick_clicks_leave_nothing_stale(session):
+    s = session
+    s.compare(False)
+    s.tab("Attention")
+    s.choose_model("a", "toy-2l", "toy-2l (embedded toy)")
+    s.page.locator("#rev-a [role=slider]").focus()
+    s.page.keyboard.press("End")
+    s.wait_figure("head-a", lambda f: f["title"].startswith("toy-2l@step3600"))
+    s.idle()
+    s.requests.clear()
+    s.page.keyboard.press("ArrowLeft")
+    s.wait_figure("head-a", lambda f: "toy-2l@step3150" in f["title"])
+    s.idle()
+    posts = [u for u in s.requests if "_dash-update-component" in u]
+    assert len(posts) == 1, f"a checkpoint move should send one request, not {len(posts)}"
+    for key in ("ArrowLeft", "ArrowLeft", "ArrowLeft"):  # faster than the answers: Dash drops superseded ones
+        s.page.keyboard.press(key)
+    s.page.locator("#head input[value='2']").check()
+    s.wait_text("#revision-a", "step1800")
+    s.idle()
+    for graph in ("head-a", "grid-a", "strip-a", "tokens-a"):
+        s.wait_figure(graph, lambda f: "toy-2l@step1800" in f["title"], timeout=10)
+    assert "H2" in s.figure("head-a")["title"] and "H2" in s.figure("strip-a")["title"], "the head click got lost"
     s.check_clean()
 
 
