@@ -148,7 +148,8 @@ class Background:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="explorer-prefetch", daemon=True)
                 self._thread.start()
-                atexit.register(self.close)
+                # before the interpreter's thread pools shut down (torch and transformers load with them)
+                getattr(threading, "_register_atexit", atexit.register)(self.close)
             self._cond.notify_all()
 
     def wait(self, timeout: float = 60.0) -> None:

@@ -20,6 +20,7 @@ wrong and how to fix it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,6 +31,7 @@ from analyses.app.layout import PANES
 from interp.errors import InterpError
 
 MARKS = 8  # labelled checkpoints on a long slider
+log = logging.getLogger("analyses.app")
 NEIGHBOURS = (-1, 1)  # slider positions computed in the background after each answer
 
 Key = Callable[[Explorer, Request, "Page"], tuple]
@@ -106,8 +108,12 @@ def register(app, explorer: Explorer) -> None:
     @app.callback(output=outputs, inputs={k: Input(*v) for k, v in CONTROLS.items()},
                   state={k: State(*v) for k, v in STATES.items()})
     def update(**values):
-        page = Page.read(values, set(ctx.triggered_prop_ids))
-        out = refresh(explorer, page, groups)
+        try:
+            out = refresh(explorer, Page.read(values, set(ctx.triggered_prop_ids)), groups)
+        except Exception as err:  # noqa: BLE001 - the page says so; the server keeps running
+            log.exception("the page's update failed")
+            out = {"msg-a.children": f"Something went wrong ({type(err).__name__}: {err}); the server log has "
+                                     "the details."}
         return {name: out.get(name, no_update) for name in names}
 
     _typed_names(app, explorer)

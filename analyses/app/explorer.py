@@ -29,7 +29,7 @@ from interp.errors import InputError, InterpError, WeightsNotFoundError
 
 MAX_PROMPT_CHARS = 20_000
 DEFAULT_BUDGET = 4 << 30  # bytes of parameters kept loaded
-PREFETCH_MAX_BYTES = 512 << 20  # larger models load for seconds, holding the lock: not guessed ahead
+PREFETCH_MAX_BYTES = 64 << 20  # a load holds the model lock; larger models would make a click wait for a guess
 
 
 @dataclass(frozen=True)

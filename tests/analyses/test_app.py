@@ -18,7 +18,7 @@ from analyses.app import compute  # noqa: E402
 from analyses.app.cache import LRU, ModelPool, parameter_bytes  # noqa: E402
 from analyses.app.catalog import DEMO_NAMES, GPT2_NAMES, Catalog  # noqa: E402
 from analyses.app.client import Client, array  # noqa: E402
-from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
+from analyses.app.explorer import DEFAULT_BUDGET, MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
 from analyses.app.server import create_app  # noqa: E402
 from interp import toy  # noqa: E402
 from interp.errors import InterpError, UnknownModelError  # noqa: E402
@@ -188,6 +188,28 @@ def test_results_are_computed_once_and_errors_are_not_cached():
     request = Request("toy-2l", "step900", PROMPT)
     assert explorer.patterns(request) is explorer.patterns(request)
     assert explorer.scores(request) is explorer.scores(Request("toy-2l", "step900", "other prompt"))
+
+
+@pytest.mark.parametrize("budget, prefetched", [(DEFAULT_BUDGET, True), (1, False)])
+def test_the_sliders_neighbours_are_computed_in_the_background_within_the_budget(budget, prefetched):
+    explorer = Explorer(Catalog(hub_cache="/nonexistent"), budget_bytes=budget)
+    client = Client(create_app(explorer))
+    client.call("head-a.figure", {"rev-a.value": 8, "prompt.value": PROMPT})
+    explorer.background.wait()
+    for revision in ("step64", "step450", "step900"):  # the checkpoints beside step450 (slider position 8)
+        key = ("toy-2l", revision, PROMPT, "patterns", ())
+        assert (key in explorer.results) == (prefetched or revision == "step450"), revision
+    assert len(explorer.models.keys()) == (3 if prefetched else 1), "a guess never evicts a model"
+
+
+def test_a_failure_outside_the_views_shows_in_the_page(monkeypatch):
+    explorer = Explorer(Catalog(hub_cache="/nonexistent"))
+    client = Client(create_app(explorer))
+    monkeypatch.setattr(explorer, "shape", lambda *a: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    got = client.call("head-a.figure", {"rev-a.value": 15})
+    assert "RuntimeError: disk on fire" in got["msg-a.children"]
+    monkeypatch.undo()
+    assert client.call("head-a.figure", {"rev-a.value": 15})["head-a.figure"]["data"], "the server stopped answering"
 
 
 # ---- bad input: a message in the page, the server keeps running ------------------------------------
