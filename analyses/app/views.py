@@ -102,19 +102,22 @@ def _grid(explorer: Explorer, request: Request, layer) -> tuple[dict, figures.Ti
 
 
 def _draw_grid(pats, layer: int | None, name: str) -> tuple[dict, figures.Tiles, list[tuple[int, int]]]:
+    """The grid of every layer (`layer` None) or of one, pooled like the analysis's own small multiples."""
     af = compute.attention_figures()
-    pattern = pats.row(0)[0]  # (layer, head, q_pos, k_pos) over the real tokens
-    layers = list(pats.layers) if layer is None else [layer]
+    pat = pats.row(0)[0]  # (layer, head, q_pos, k_pos) over the real tokens
     if layer is not None:
-        pattern = pattern[pats.layer_index(layer)][None]
-    n_tiles = pattern.shape[0] * pattern.shape[1]
-    win = af.fit(pattern, pats.str_tokens[0], min(af.GRID_MAX_POS, math.isqrt(af.MAX_CELLS // n_tiles)))
+        pat = pat[pats.layer_index(layer)][None]  # (1, head, q_pos, k_pos)
+    n_tiles = pat.shape[0] * pat.shape[1]
+    win = af.fit(pat, pats.str_tokens[0], min(af.GRID_MAX_POS, math.isqrt(af.MAX_CELLS // n_tiles)))
     values = _causal(win.values.reshape(n_tiles, *win.values.shape[-2:]))  # (tile, q_pos, k_pos)
     cols = pats.n_heads if layer is None else min(pats.n_heads, GRID_COLUMNS)
     tiles = figures.Tiles(n_tiles, values.shape[-1], cols)
+    layers = list(pats.layers) if layer is None else [layer]
     heads = [(L, h) for L in layers for h in range(pats.n_heads)]
-    rows = [f"L{L}" for L in layers] if layer is None else [f"L{layer} H{h}" for h in range(0, pats.n_heads, cols)]
-    columns = [f"H{h}" if cols == pats.n_heads else f"+{h}" for h in range(cols)]
+    if cols == pats.n_heads:  # a row per layer, a column per head
+        rows, columns = [f"L{L}" for L in layers], [f"H{h}" for h in range(cols)]
+    else:  # one layer's heads in rows of `cols`: the row names its first head, the column adds to it
+        rows, columns = [f"L{layer} H{h}" for h in range(0, pats.n_heads, cols)], [f"+{h}" for h in range(cols)]
     where = "every layer" if layer is None else f"layer {layer}"
     title = f"{name} · {where}: click a head to open it" + (f"<br><sup>{win.note}</sup>" if win.note else "")
     return figures.head_grid(values, tiles, rows, columns, title), tiles, heads
@@ -136,6 +139,7 @@ def token_rows(explorer: Explorer, request: Request, query: int | None) -> dict:
     """What `query` attends to in every head, a row per head (the analysis's token figure)."""
     pats = explorer.patterns(request)
     query = _query(query, pats.row(0)[0].shape[-1])
+
     def draw() -> dict:  # the head figure above shows the colour scale
         return figures.fit_width(pats.token_figure(query=query), colorbar=False)
 
