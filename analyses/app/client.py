@@ -2,8 +2,8 @@
 
     >>> from analyses.app.server import create_app
     >>> client = Client(create_app())
-    >>> figure = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 3})
-    >>> figure["data"][0]["type"]
+    >>> figures = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 3})
+    >>> figures["scores-a.figure"]["data"][0]["type"]
     'heatmap'
 
 `call` sends what the page sends (every input of the callback, from `values` or the page's
@@ -32,12 +32,17 @@ class Client:
     def call(self, output: str, values: dict | None = None, changed: list[str] | None = None):
         """Run the callback that writes `output` ("id.prop", or several joined as Dash names them).
 
-        Inputs not given in `values` take their initial value in the layout. Returns the output's
-        value, or a dict of them ("id.prop" -> value) for a callback with several outputs.
+        Inputs and states not given in `values` take their initial value in the layout. `changed`
+        names the inputs that triggered the call (default: all of them, as when the page loads). A
+        slider position given in `values` counts as chosen for the model in `values`, as after the
+        user moved it. Returns the output's value, or for a callback with several outputs a dict
+        ("id.prop" -> value) of those it updated.
         """
         key = self._key(output)
         spec = self.app.callback_map[key]
-        values = {**self.defaults, **(values or {})}
+        given = values or {}
+        values = {**self.defaults, **given}
+        values["shown.data"] = {**_set_sliders(given, self.defaults), **(values.get("shown.data") or {})}
 
         def items(deps):
             return [{**d, "value": values.get(f"{d['id']}.{d['property']}")} for d in deps]
@@ -45,10 +50,10 @@ class Client:
         outputs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in _outputs(key)]
         body = {"output": key, "outputs": outputs if len(outputs) > 1 else outputs[0],
                 "inputs": items(spec["inputs"]), "state": items(spec.get("state", [])),
-                "changedPropIds": changed or [f"{d['id']}.{d['property']}" for d in spec["inputs"]][:1]}
+                "changedPropIds": changed or [f"{d['id']}.{d['property']}" for d in spec["inputs"]]}
         reply = self.http.post("/_dash-update-component", json=body)
         if reply.status_code == 204:
-            return None  # no_update / PreventUpdate
+            return None if len(outputs) == 1 else {}  # no_update / PreventUpdate
         if reply.status_code != 200:
             raise RuntimeError(f"{key}: HTTP {reply.status_code}: {reply.get_data(as_text=True)[:500]}")
         response = reply.get_json()["response"]
@@ -60,6 +65,17 @@ class Client:
             if output == key or output in _outputs(key):
                 return key
         raise KeyError(f"No callback writes {output!r}.")
+
+
+def _set_sliders(given: dict, defaults: dict) -> dict:
+    """The explorer's record of the sliders already set for their model ("slider-a" -> model): a slider
+    is set unless `given` names a new model without a position."""
+    found = {}
+    for pane in ("a", "b"):
+        model, index = f"model-{pane}.value", f"rev-{pane}.value"
+        if index in given or model not in given:
+            found[f"slider-{pane}"] = given.get(model, defaults.get(model))
+    return found
 
 
 def array(value) -> np.ndarray:

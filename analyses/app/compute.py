@@ -54,6 +54,11 @@ def attention() -> ModuleType:
     return _first(ATTENTION)
 
 
+def attention_figures() -> ModuleType:
+    """The attention analysis's figure helpers (`fit`: how long prompts are pooled to fit a figure)."""
+    return importlib.import_module(attention().__name__ + ".figures")
+
+
 def lens() -> ModuleType:
     """The logit-lens module."""
     return _first(LENS)

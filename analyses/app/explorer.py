@@ -11,20 +11,25 @@
 
 Each result is cached under (model, revision, prompt, view, options). Bad input raises an
 `interp.InterpError` whose message the page shows; nothing here ever stops the server.
+`prefetch` computes what is likely to be asked next (the slider's neighbours) in the background,
+only for checkpoints that fit in the memory budget beside the models already loaded.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from analyses.app import compute
-from analyses.app.cache import LRU, ModelPool
+from analyses.app.cache import LRU, Background, ModelPool
 from analyses.app.catalog import Catalog, Entry
 from interp.errors import InputError, InterpError, WeightsNotFoundError
 
 MAX_PROMPT_CHARS = 20_000
 DEFAULT_BUDGET = 4 << 30  # bytes of parameters kept loaded
+PREFETCH_MAX_BYTES = 64 << 20  # a load holds the model lock; larger models would make a click wait for a guess
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Explorer:
         self.models = ModelPool(self._load, budget_bytes)
         self.results = LRU(max_results)
         self._compute = threading.Lock()  # hooks attach to a shared model: one forward at a time
+        self.background = Background()
 
     # ---- models -------------------------------------------------------------------------
 
@@ -86,6 +92,21 @@ class Explorer:
         model = self.model(request.model, request.revision)
         self._cached(request, "tokens", (), lambda: model.tokens(prompt))  # too long for the model raises here
         return model
+
+    def prefetch(self, requests: list[Request], warm: Callable[[Request], Any]) -> None:
+        """Run `warm(request)` in the background for each request whose checkpoint is on disk and fits
+        in the budget (sized like a loaded checkpoint of the same model); a later call replaces it."""
+        self.background.submit([lambda r=r: self._warm(r, warm) for r in requests])
+
+    def _warm(self, request: Request, warm: Callable[[Request], Any]) -> None:
+        entry = self.entry(request.model)
+        if self.catalog.missing(entry, request.revision):
+            return
+        if (entry.key, request.revision) not in self.models:
+            size = self.models.size_of(lambda key: key[0] == entry.key)
+            if size is None or size > PREFETCH_MAX_BYTES or not self.models.fits(size):
+                return
+        warm(request)
 
     def _require_on_disk(self, entry: Entry, revision: str) -> None:
         missing = self.catalog.missing(entry, revision)

@@ -1,11 +1,12 @@
-"""The explorer's own figures: the hoverable token strip, differences between panes, messages.
+"""The explorer's own figures: the head grid, the hoverable token strip, differences, messages.
 
     >>> fig = token_strip(["The", " cat", " sat"], [0.5, 0.5, 0.0], query=1, title="toy-2l L0H1")
     >>> fig["data"][0]["type"], fig["data"][0]["customdata"][0]
     ('heatmap', [0, 1, 2])
 
 Every number drawn comes from an analysis result; these functions only lay numbers out.
-Figures are plain dicts (plotly's JSON), cheap to cache and to send.
+Figures are plain dicts (plotly's JSON), cheap to cache and to send, and light to draw: a browser
+redraws one heatmap on one pair of axes several times faster than a grid of subplots.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,11 +41,94 @@ def message(text: str, height: int = 220) -> dict:
     }
 
 
-def fit_width(fig) -> dict:
-    """A figure dict that fills its container's width (the analysis sets a fixed width for files)."""
+def fit_width(fig, colorbar: bool = True) -> dict:
+    """A figure dict for the page: it fills its container's width (the analysis sets a fixed width for
+    files) and drops plotly.py's template (plotly.js's defaults draw faster; the page sets the background).
+    `colorbar=False` hides colour bars, for a figure whose view shows its scale once elsewhere.
+
+    >>> fig = fit_width({"data": [{"type": "heatmap", "z": [[1]]}], "layout": {"width": 900, "template": {}}}, False)
+    >>> fig["layout"]["autosize"], "width" in fig["layout"], "template" in fig["layout"], fig["data"][0]["showscale"]
+    (True, False, False, False)
+    """
     fig = fig if isinstance(fig, dict) else fig.to_plotly_json()
-    layout = {k: v for k, v in fig.get("layout", {}).items() if k != "width"}
-    return {**fig, "layout": {"height": 450, **layout, "autosize": True}}  # a height, or the container's
+    layout = {k: v for k, v in fig.get("layout", {}).items() if k not in ("width", "template")}
+    data = fig.get("data", []) if colorbar else [{**trace, "showscale": False} for trace in fig.get("data", [])]
+    return {**fig, "data": data, "layout": {"height": 450, "plot_bgcolor": "white", **layout, "autosize": True}}
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Where the head grid puts its tiles: `n` squares of `size` cells, `cols` to a row, a blank cell apart.
+
+    >>> tiles = Tiles(n=6, size=4, cols=3)
+    >>> tiles.shape, tiles.origin(4), tiles.at(x=6, y=5), tiles.at(x=4, y=0)   # (rows, cols) of cells
+    ((9, 14), (5, 5), 4, None)
+    """
+
+    n: int
+    size: int
+    cols: int
+
+    @property
+    def step(self) -> int:
+        return self.size + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows = math.ceil(self.n / self.cols)
+        return rows * self.step - 1, self.cols * self.step - 1
+
+    def origin(self, i: int) -> tuple[int, int]:
+        """(row, column) of the top-left cell of tile `i`."""
+        return (i // self.cols) * self.step, (i % self.cols) * self.step
+
+    def at(self, x: int, y: int) -> int | None:
+        """The tile under cell (x, y), None between tiles or past the last one."""
+        (row, dy), (col, dx) = divmod(int(y), self.step), divmod(int(x), self.step)
+        i = row * self.cols + col
+        inside = 0 <= col < self.cols and dx < self.size and dy < self.size and 0 <= i < self.n
+        return i if inside and y >= 0 and x >= 0 else None
+
+
+def head_grid(values: np.ndarray, tiles: Tiles, row_labels: Sequence[str], col_labels: Sequence[str],
+              title: str) -> dict:
+    """Every head's (q_pos, k_pos) pattern, `values` shaped (tile, q_pos, k_pos), as tiles of one heatmap.
+
+    Rows and columns of tiles are labelled on the axes; hover shows the weight, a click picks the
+    tile (`Tiles.at`). NaN cells (keys after the query) stay blank.
+
+    >>> fig = head_grid(np.eye(2)[None].repeat(2, 0), Tiles(2, 2, 2), ["L0"], ["H0", "H1"], "toy")
+    >>> fig["data"][0]["z"]
+    [[1.0, 0.0, None, 1.0, 0.0], [0.0, 1.0, None, 0.0, 1.0]]
+    """
+    z = np.full(tiles.shape, np.nan)
+    for i in range(tiles.n):
+        row, col = tiles.origin(i)
+        z[row:row + tiles.size, col:col + tiles.size] = values[i]
+    centre = (tiles.size - 1) / 2
+    rows = range(len(row_labels))
+    heat = {
+        "type": "heatmap",
+        "z": _jsonable(z),
+        "colorscale": _scale("Blues"),
+        "zmin": 0,
+        "zmax": 1,
+        "hoverongaps": False,
+        "hovertemplate": "weight %{z:.3f}<extra></extra>",
+        "showscale": False,  # the head figure above shows the scale
+    }
+    axis = {"showgrid": False, "zeroline": False, "ticks": "", "constrain": "domain"}
+    layout = {
+        "title": {"text": title, "x": 0.02},
+        "xaxis": {**axis, "tickvals": [c * tiles.step + centre for c in range(len(col_labels))],
+                  "ticktext": list(col_labels), "side": "top"},
+        "yaxis": {**axis, "tickvals": [r * tiles.step + centre for r in rows], "ticktext": list(row_labels),
+                  "autorange": "reversed", "scaleanchor": "x"},
+        "height": min(1000, 150 + len(row_labels) * max(120, min(260, 1100 // tiles.cols))),
+        "plot_bgcolor": "white",
+        "margin": {"t": 90, "l": 60},
+    }
+    return {"data": [heat], "layout": layout}
 
 
 def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, title: str) -> dict:
@@ -71,7 +156,7 @@ def token_strip(tokens: Sequence[str], weights: Sequence[float], query: int, tit
         "xgap": 2,
         "ygap": 2,
         "hovertemplate": "token %{customdata}<br>weight %{z:.3f}<extra></extra>",
-        "colorbar": {"title": {"text": "weight"}},
+        "showscale": False,  # the head figure above shows the scale
     }
     dark = [i <= query and weights[i] > 0.55 for i in range(n)]  # white text on dark cells
     text = {"type": "scatter", "mode": "text", "x": x, "y": y, "text": labels, "hoverinfo": "skip",

@@ -19,9 +19,27 @@ TABS = {"attention": "Attention", "detectors": "Head detectors", "lens": "Logit 
 MAX_PROMPT_INPUT = 20_000
 OVERLAY = {"visibility": "visible", "opacity": 0.5}  # long work: a spinner over the old figures, not a blank
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png"}}
+PLACEHOLDER = {"data": [], "layout": {"height": 80, "xaxis": {"visible": False}, "yaxis": {"visible": False}}}
+
+# dcc.Graph calls Plotly.Plots.resize whenever its div changes size, even when the figure it just drew
+# made it taller: a second full draw at the same width. A figure with its own height needs none.
+STEADY = """
+(function guard() {
+  const plots = window.Plotly && window.Plotly.Plots;
+  if (!plots) { setTimeout(guard, 20); return; }
+  const resize = plots.resize;
+  plots.resize = function (gd) {
+    const full = gd && gd._fullLayout, width = gd && gd.clientWidth;
+    if (full && gd.layout && gd.layout.height && width && Math.abs(full.width - width) < 1) {
+      return Promise.resolve(gd);
+    }
+    return resize.apply(this, arguments);
+  };
+})();
+"""
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 0; color: #222; overflow-y: scroll; }
 #main { padding: 12px 20px; }
 h1 { font-size: 20px; margin: 4px 0 12px; }
 .controls { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
@@ -82,6 +100,7 @@ def page(spec: PageSpec):
         ]),
         dcc.Store(id="prompt-store", data=spec.prompt),
         dcc.Store(id="query", data=None),
+        dcc.Store(id="shown", data={}),  # per group of outputs, the inputs of what it shows (callbacks.py)
         dcc.Tabs(id="tabs", value="attention", children=tabs),
     ])
 
@@ -140,7 +159,7 @@ def _columns(graphs: tuple[str, ...]):
     from dash import dcc, html
 
     def column(pane: str):
-        items = [dcc.Graph(id=f"{g}-{pane}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
+        items = [dcc.Graph(id=f"{g}-{pane}", config=GRAPH_CONFIG, figure=PLACEHOLDER)
                  for g in graphs]
         return html.Div(dcc.Loading(items, type="circle", delay_show=400, overlay_style=OVERLAY),
                         className=f"column pane-{pane}")
@@ -151,5 +170,5 @@ def _columns(graphs: tuple[str, ...]):
 def _difference(name: str):
     from dash import dcc, html
 
-    graph = dcc.Graph(id=f"diff-{name}", config=GRAPH_CONFIG, figure={"data": [], "layout": {"height": 80}})
+    graph = dcc.Graph(id=f"diff-{name}", config=GRAPH_CONFIG, figure=PLACEHOLDER)
     return html.Div(dcc.Loading(graph, type="circle", delay_show=400, overlay_style=OVERLAY), className="difference")

@@ -16,7 +16,7 @@ import logging
 from analyses.app import compute, views
 from analyses.app.catalog import Catalog
 from analyses.app.explorer import Explorer
-from analyses.app.layout import CSS, PageSpec, page
+from analyses.app.layout import CSS, STEADY, PageSpec, page
 from interp import toy
 from interp.errors import InterpError
 
@@ -33,6 +33,7 @@ INDEX = """<!DOCTYPE html>
     {%favicon%}
     {%css%}
     <style>""" + CSS + """</style>
+    <script>""" + STEADY + """</script>
   </head>
   <body>
     {%app_entry%}

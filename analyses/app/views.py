@@ -3,10 +3,12 @@
     >>> from analyses.app.catalog import Catalog
     >>> from analyses.app.explorer import Explorer, Request
     >>> explorer = Explorer(Catalog(hub_cache="/nonexistent"))
-    >>> head, grid = attention(explorer, Request("toy-2l", "step3600", "The cat. The cat"), layer=1, head=0)
-    >>> head["data"][0]["type"], len(grid["data"])          # one head, and every head of both layers
-    ('heatmap', 6)
-    >>> attention(explorer, Request("toy-2l", "step3600", ""), 0, 0)[0]["layout"]["annotations"][0]["text"]
+    >>> request = Request("toy-2l", "step3600", "The cat. The cat")
+    >>> pattern(explorer, request, layer=1, head=0)["data"][0]["type"]
+    'heatmap'
+    >>> grid(explorer, request, layer=1)["layout"]["yaxis"]["ticktext"]     # every head of both layers
+    ['L0', 'L1']
+    >>> pattern(explorer, Request("toy-2l", "step3600", ""), 0, 0)["layout"]["annotations"][0]["text"]
     'The prompt is empty: type some text and press Run.'
 
 Every function returns figures, never raises: bad input becomes a figure that says what to do.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from interp.errors import InputError, InterpError
 from interp.text import figure_label
 
 GRID_ALL_LAYERS = 48  # up to this many heads the grid shows every layer; above, the chosen layer
+GRID_COLUMNS = 16  # tiles to a row when the grid shows one layer
 log = logging.getLogger("analyses.app")
 
 
@@ -54,24 +58,69 @@ def grid_layers(n_layers: int, n_heads: int) -> bool:
     return n_layers * n_heads <= GRID_ALL_LAYERS
 
 
-def grid_click(n_layers: int, n_heads: int, layer: int, curve: int) -> tuple[int, int]:
-    """(layer, head) of the heatmap a click on the grid landed on (its curve number)."""
-    if grid_layers(n_layers, n_heads):
-        return curve // n_heads, curve % n_heads
-    return layer, curve % n_heads
+def grid_key(explorer: Explorer, request: Request, layer) -> tuple:
+    """What the head grid of `request` depends on besides the request: nothing, or the chosen layer."""
+    try:
+        every = grid_layers(*explorer.shape(request.model, request.revision))
+    except InterpError:
+        every = True
+    return ("all",) if every else (layer,)
 
 
-@safely(2)
-def attention(explorer: Explorer, request: Request, layer: int, head: int) -> tuple[dict, dict]:
-    """The chosen head's pattern, and the grid of every head (of every layer when they are few)."""
+@safely(1)
+def pattern(explorer: Explorer, request: Request, layer: int, head: int) -> dict:
+    """The chosen head's pattern (the analysis's figure)."""
     pats = explorer.patterns(request)
     _check_head(pats.n_layers, pats.n_heads, layer, head, request)
-    one = explorer.memo(request, "fig:head", (layer, head), lambda: figures.fit_width(pats.figure(layer, head)))
+    return explorer.memo(request, "fig:head", (layer, head), lambda: figures.fit_width(pats.figure(layer, head)))
+
+
+@safely(1)
+def grid(explorer: Explorer, request: Request, layer: int) -> dict:
+    """Every head as a tile of one heatmap: of every layer when they are few, else of the chosen layer."""
+    return _grid(explorer, request, layer)[0]
+
+
+def grid_click(explorer: Explorer, request: Request, layer, point: dict) -> tuple[int, int] | None:
+    """(layer, head) of the tile a click on the grid landed on; None between tiles."""
+    try:
+        _, tiles, heads = _grid(explorer, request, layer)
+        i = tiles.at(point["x"], point["y"])
+    except (InterpError, KeyError, TypeError, ValueError):
+        return None
+    return None if i is None else heads[i]
+
+
+def _grid(explorer: Explorer, request: Request, layer) -> tuple[dict, figures.Tiles, list[tuple[int, int]]]:
+    """The grid's figure, its tiles, and the (layer, head) of each tile (cached per request and layer)."""
+    pats = explorer.patterns(request)
     every = grid_layers(pats.n_layers, pats.n_heads)
-    grid_key = ("all",) if every else (layer,)
-    grid = explorer.memo(request, "fig:grid", grid_key,
-                         lambda: figures.fit_width(pats.figure(slider=False) if every else pats.figure(layer=layer)))
-    return one, grid
+    if not every:
+        _check_head(pats.n_layers, pats.n_heads, layer, 0, request)
+    return explorer.memo(request, "fig:grid", grid_key(explorer, request, layer),
+                         lambda: _draw_grid(pats, None if every else layer, _name(request)))
+
+
+def _draw_grid(pats, layer: int | None, name: str) -> tuple[dict, figures.Tiles, list[tuple[int, int]]]:
+    """The grid of every layer (`layer` None) or of one, pooled like the analysis's own small multiples."""
+    af = compute.attention_figures()
+    pat = pats.row(0)[0]  # (layer, head, q_pos, k_pos) over the real tokens
+    if layer is not None:
+        pat = pat[pats.layer_index(layer)][None]  # (1, head, q_pos, k_pos)
+    n_tiles = pat.shape[0] * pat.shape[1]
+    win = af.fit(pat, pats.str_tokens[0], min(af.GRID_MAX_POS, math.isqrt(af.MAX_CELLS // n_tiles)))
+    values = _causal(win.values.reshape(n_tiles, *win.values.shape[-2:]))  # (tile, q_pos, k_pos)
+    cols = pats.n_heads if layer is None else min(pats.n_heads, GRID_COLUMNS)
+    tiles = figures.Tiles(n_tiles, values.shape[-1], cols)
+    layers = list(pats.layers) if layer is None else [layer]
+    heads = [(L, h) for L in layers for h in range(pats.n_heads)]
+    if cols == pats.n_heads:  # a row per layer, a column per head
+        rows, columns = [f"L{L}" for L in layers], [f"H{h}" for h in range(cols)]
+    else:  # one layer's heads in rows of `cols`: the row names its first head, the column adds to it
+        rows, columns = [f"L{layer} H{h}" for h in range(0, pats.n_heads, cols)], [f"+{h}" for h in range(cols)]
+    where = "every layer" if layer is None else f"layer {layer}"
+    title = f"{name} · {where}: click a head to open it" + (f"<br><sup>{win.note}</sup>" if win.note else "")
+    return figures.head_grid(values, tiles, rows, columns, title), tiles, heads
 
 
 @safely(1)
@@ -90,7 +139,11 @@ def token_rows(explorer: Explorer, request: Request, query: int | None) -> dict:
     """What `query` attends to in every head, a row per head (the analysis's token figure)."""
     pats = explorer.patterns(request)
     query = _query(query, pats.row(0)[0].shape[-1])
-    return explorer.memo(request, "fig:tokens", (query,), lambda: figures.fit_width(pats.token_figure(query=query)))
+
+    def draw() -> dict:  # the head figure above shows the colour scale
+        return figures.fit_width(pats.token_figure(query=query), colorbar=False)
+
+    return explorer.memo(request, "fig:tokens", (query,), draw)
 
 
 def _query(query, n: int) -> int:
@@ -198,7 +251,7 @@ def _name(request: Request) -> str:
 
 
 def _causal(pattern) -> np.ndarray:
-    """A (q, k) pattern as float64 with NaN above the diagonal."""
+    """(..., q, k) patterns as float64 with NaN above the diagonal (keys after the query)."""
     z = pattern.double().numpy().copy()
-    z[np.triu_indices(z.shape[0], 1)] = np.nan
+    z[..., np.triu(np.ones(z.shape[-2:], dtype=bool), 1)] = np.nan
     return z

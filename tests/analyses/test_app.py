@@ -18,7 +18,7 @@ from analyses.app import compute  # noqa: E402
 from analyses.app.cache import LRU, ModelPool, parameter_bytes  # noqa: E402
 from analyses.app.catalog import DEMO_NAMES, GPT2_NAMES, Catalog  # noqa: E402
 from analyses.app.client import Client, array  # noqa: E402
-from analyses.app.explorer import MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
+from analyses.app.explorer import DEFAULT_BUDGET, MAX_PROMPT_CHARS, Explorer, Request  # noqa: E402
 from analyses.app.server import create_app  # noqa: E402
 from interp import toy  # noqa: E402
 from interp.errors import InterpError, UnknownModelError  # noqa: E402
@@ -190,17 +190,39 @@ def test_results_are_computed_once_and_errors_are_not_cached():
     assert explorer.scores(request) is explorer.scores(Request("toy-2l", "step900", "other prompt"))
 
 
+@pytest.mark.parametrize("budget, prefetched", [(DEFAULT_BUDGET, True), (1, False)])
+def test_the_sliders_neighbours_are_computed_in_the_background_within_the_budget(budget, prefetched):
+    explorer = Explorer(Catalog(hub_cache="/nonexistent"), budget_bytes=budget)
+    client = Client(create_app(explorer))
+    client.call("head-a.figure", {"rev-a.value": 8, "prompt.value": PROMPT})
+    explorer.background.wait()
+    for revision in ("step64", "step450", "step900"):  # the checkpoints beside step450 (slider position 8)
+        key = ("toy-2l", revision, PROMPT, "patterns", ())
+        assert (key in explorer.results) == (prefetched or revision == "step450"), revision
+    assert len(explorer.models.keys()) == (3 if prefetched else 1), "a guess never evicts a model"
+
+
+def test_a_failure_outside_the_views_shows_in_the_page(monkeypatch):
+    explorer = Explorer(Catalog(hub_cache="/nonexistent"))
+    client = Client(create_app(explorer))
+    monkeypatch.setattr(explorer, "shape", lambda *a: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    got = client.call("head-a.figure", {"rev-a.value": 15})
+    assert "RuntimeError: disk on fire" in got["msg-a.children"]
+    monkeypatch.undo()
+    assert client.call("head-a.figure", {"rev-a.value": 15})["head-a.figure"]["data"], "the server stopped answering"
+
+
 # ---- bad input: a message in the page, the server keeps running ------------------------------------
 
 
 @pytest.mark.parametrize("prompt, says", [("", "empty"), ("   \n", "empty"), ("x" * (MAX_PROMPT_CHARS + 1), "at most"),
                                           ("the cat " * 200, "longer than this model's context"), (None, "empty")])
 def test_bad_prompts_show_a_message(client, prompt, says):
-    status = client.call("msg-a.children", {"prompt-store.data": prompt, "rev-a.value": 15})
+    status = client.call("msg-a.children", {"prompt.value": prompt, "rev-a.value": 15})
     assert says in status["msg-a.children"]
-    figs = client.call("head-a.figure", {"prompt-store.data": prompt, "rev-a.value": 15})
+    figs = client.call("head-a.figure", {"prompt.value": prompt, "rev-a.value": 15})
     assert says in annotation(figs["head-a.figure"]) and says in annotation(figs["grid-a.figure"])
-    ok = client.call("head-a.figure", {"prompt-store.data": PROMPT, "rev-a.value": 15})
+    ok = client.call("head-a.figure", {"prompt.value": PROMPT, "rev-a.value": 15})
     assert ok["head-a.figure"]["data"], "a good prompt after a bad one should draw again"
 
 
@@ -208,9 +230,14 @@ def test_bad_controls_show_a_message(client):
     figs = client.call("head-a.figure", {"rev-a.value": 99})
     assert "no checkpoint" in annotation(figs["head-a.figure"])
     figs = client.call("head-a.figure", {"rev-a.value": 15, "layer.value": 7})
-    assert "L7H0 is not a head of toy-2l@step3600" in annotation(figs["head-a.figure"])
-    fig = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 15, "detector.value": "nope"})
-    assert "'nope' is not one of" in annotation(fig)
+    assert figs["layer.value"] == 0 and "L0H0" in figs["head-a.figure"]["layout"]["title"]["text"], \
+        "the pickers offer only this model's heads"
+    both = {"compare.value": ["on"], "model-b.value": "toy-4l", "rev-b.value": 15, "layer.value": 3}
+    figs = client.call("head-a.figure", {"rev-a.value": 15, **both})  # the pickers span 4 layers
+    assert "L3H0 is not a head of toy-2l@step3600" in annotation(figs["head-a.figure"])
+    assert "L3H0" in figs["head-b.figure"]["layout"]["title"]["text"]
+    figs = client.call("scores-a.figure", {"tabs.value": "detectors", "rev-a.value": 15, "detector.value": "nope"})
+    assert "'nope' is not one of" in annotation(figs["scores-a.figure"])
 
 
 # ---- clicks, the slider, optional views, the command -------------------------------------------------
@@ -235,7 +262,7 @@ def test_an_optional_analysis_gets_a_tab_once_it_exists(monkeypatch):
     monkeypatch.setitem(compute.EXTRAS, "rope", extra)
     client = Client(create_app(Explorer(Catalog(hub_cache="/nonexistent"))))
     for prompt in ("one prompt", "another"):
-        figs = client.call("rope-0-a.figure", {"tabs.value": "rope", "rev-a.value": 15, "prompt-store.data": prompt})
+        figs = client.call("rope-0-a.figure", {"tabs.value": "rope", "rev-a.value": 15, "prompt.value": prompt})
         assert figs["rope-0-a.figure"]["data"][0]["y"] == [1, 2]
         assert figs["rope-1-a.figure"]["data"] == [], "a slot with no figure stays empty"
     assert calls == ["one prompt"], "a view that ignores the prompt runs once per checkpoint"

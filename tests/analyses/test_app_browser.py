@@ -41,6 +41,13 @@ FIGURE = """id => {
   return JSON.stringify({title, notes, z: gd.data.length ? gd.data[0].z || null : null, n: gd.data.length});
 }"""
 
+TILE = """([row, col]) => {  // fractions of the grid's plot area that fall below the diagonal of a tile
+  const gd = document.querySelector('#grid-a .js-plotly-plot');
+  const z = gd.data[0].z, x = gd.layout.xaxis.tickvals, y = gd.layout.yaxis.tickvals;
+  const quarter = (x.length > 1 ? x[1] - x[0] - 1 : z[0].length) / 4;
+  return [(x[col] - quarter + 0.5) / z[0].length, (y[row] + quarter + 0.5) / z.length];
+}"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -157,6 +164,12 @@ class Session:
         self.page.fill("#prompt", prompt)
         self.page.click("#run")
 
+    def idle(self) -> None:
+        """Wait until no callback is pending."""
+        time.sleep(0.2)
+        self.page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')",
+                                    timeout=TIMEOUT)
+
     def screenshot(self, name: str) -> None:
         """A full-page screenshot that must not be blank (pixel variance), saved for inspection."""
         time.sleep(0.3)  # let plotly finish drawing
@@ -199,8 +212,8 @@ def test_choose_model_type_prompt_click_head_hover_token(session):
     clicked = s.wait_figure("head-a", lambda f: "L0H1" in f["title"])
     assert clicked["z"] != first["z"], "another head should draw another pattern"
     s.screenshot("attention")
-    # the grid has a subplot per head (L0H0, L0H1, L1H0, ...): click one below its diagonal
-    s.page.mouse.click(*s.point("#grid-a .nsewdrag", 2, 0.25, 0.75))
+    # the grid is one heatmap, a tile per head (a row per layer): click below the diagonal of L1H0
+    s.page.mouse.click(*s.point("#grid-a .nsewdrag", 0, *s.page.evaluate(TILE, [1, 0])))
     s.wait_figure("head-a", lambda f: "L1H0" in f["title"])
     last = s.wait_figure("strip-a", lambda f: "L1H0" in f["title"])
     s.page.mouse.move(*s.point("#strip-a .nsewdrag", 0, 0.02, 0.1))  # hover the first token
@@ -225,6 +238,32 @@ def test_checkpoint_slider_changes_head_scores(session):
     s.tab("Logit lens")
     s.wait_figure("lens-a", lambda f: "toy-2l" in f["title"])
     s.screenshot("lens")
+    s.check_clean()
+
+
+def test_one_request_per_click_and_quick_clicks_leave_nothing_stale(session):
+    s = session
+    s.compare(False)
+    s.tab("Attention")
+    s.choose_model("a", "toy-2l", "toy-2l (embedded toy)")
+    s.page.locator("#rev-a [role=slider]").focus()
+    s.page.keyboard.press("End")
+    s.wait_figure("head-a", lambda f: f["title"].startswith("toy-2l@step3600"))
+    s.idle()
+    s.requests.clear()
+    s.page.keyboard.press("ArrowLeft")
+    s.wait_figure("head-a", lambda f: "toy-2l@step3150" in f["title"])
+    s.idle()
+    posts = [u for u in s.requests if "_dash-update-component" in u]
+    assert len(posts) == 1, f"a checkpoint move should send one request, not {len(posts)}"
+    for key in ("ArrowLeft", "ArrowLeft", "ArrowLeft"):  # faster than the answers: Dash drops superseded ones
+        s.page.keyboard.press(key)
+    s.page.locator("#head input[value='2']").check()
+    s.wait_text("#revision-a", "step1800")
+    s.idle()
+    for graph in ("head-a", "grid-a", "strip-a", "tokens-a"):
+        s.wait_figure(graph, lambda f: "toy-2l@step1800" in f["title"], timeout=10)
+    assert "H2" in s.figure("head-a")["title"] and "H2" in s.figure("strip-a")["title"], "the head click got lost"
     s.check_clean()
 
 
