@@ -242,21 +242,32 @@ class _Leaf:
         return self.tensor
 
 
+def _rows(index: list[int]) -> slice | list[int]:
+    """A slice when the rows are evenly spaced (a layer's q, k or v receivers are), else the list."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
+        return slice(index[0], index[-1] + 1, step)
+    return index
+
+
 def _sender_deltas(model, graph: Graph, acts: dict, src) -> Tensor:
     """(sender, prompt, pos, d_model): source minus base output of every sender; a head's is its z change
-    through its W_O (one product for the difference, rather than a per-head result in each run)."""
-    rows, w_o = [], model.W_O  # (layer, head, d_head, d_model)
-    for node in graph.senders:
+    through its W_O (one product per layer for the differences, rather than per-head results in each run)."""
+    dtype = torch.promote_types(acts["hook_embed"].dtype, torch.float32)
+    out = torch.empty(len(graph.senders), *acts["hook_embed"].shape, dtype=dtype, device=acts["hook_embed"].device)
+    w_o = model.W_O  # (layer, head, d_head, d_model)
+    for i, node in enumerate(graph.senders):
         if node.kind == "embed":
-            rows.append(src["hook_embed"] - acts["hook_embed"])
-        elif node.kind == "head":
-            name = f"blocks.{node.layer}.attn.hook_z"
-            dz = src[name][:, :, node.head] - acts[name][:, :, node.head]  # (prompt, pos, d_head)
-            rows.append(dz @ w_o[node.layer, node.head].to(dz.dtype))
-        else:
+            out[i] = src["hook_embed"] - acts["hook_embed"]
+        elif node.kind == "mlp":
             name = f"blocks.{node.layer}.hook_mlp_out"
-            rows.append(src[name] - acts[name])
-    return torch.stack(rows).to(torch.promote_types(rows[0].dtype, torch.float32))
+            out[i] = src[name] - acts[name]
+        elif node.head == 0:  # the layer's heads, one product for all of them
+            name = f"blocks.{node.layer}.attn.hook_z"
+            dz = src[name] - acts[name]  # (prompt, pos, head, d_head)
+            heads = torch.einsum("nphe,hed->hnpd", dz, w_o[node.layer].to(dz.dtype))
+            out[i:i + model.n_heads] = heads
+    return out
 
 
 class _Scorer:
@@ -272,7 +283,8 @@ class _Scorer:
         self.weights = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}  # (layer, head, d_model, d_head)
         counts = graph.mask.sum(0)  # senders before each receiver: a prefix of the sender list
         self.groups = {int(c): (counts == c).nonzero().flatten().tolist() for c in counts.unique()}
-        self.pending: dict[int, dict[int, Tensor]] = {}
+        self.row_of = {r: i for group in self.groups.values() for i, r in enumerate(group)}
+        self.pending: dict[int, list] = {}  # count -> [(receiver, prompt * pos * d_model) gradients, rows filled]
 
     def hook(self, site_name: str):
         parts = site_name.split(".")
@@ -285,34 +297,44 @@ class _Scorer:
             names = [f"L{parts[1]}H{h}.{kind}" for h in range(self.model.n_heads)]
         index = [self.graph.receiver_index(r) for r in names]
         count = int(self.graph.mask[:, index[0]].sum())
+        rows = _rows([self.row_of[r] for r in index])
 
         def hook(grad: Tensor, site) -> None:
             g = grad.to(self.scores.dtype)
             if kind in ("q", "k", "v"):
-                g = self._head_inputs(int(parts[1]), kind, g).permute(2, 0, 1, 3)  # (head, row, pos, d_model)
-                g = g.reshape(len(index), -1, self.n, *g.shape[2:]).sum(1)  # sum over EAP-IG steps
+                g = self._head_inputs(int(parts[1]), kind, g)  # (head, row, pos, d_model)
+                if g.shape[1] != self.n:
+                    g = g.reshape(len(index), -1, self.n, *g.shape[2:]).sum(1)  # sum over EAP-IG steps
             else:
                 g = g.view(-1, self.n, *g.shape[1:]).sum(0)[None]
-            got = self.pending.setdefault(count, {})
-            got.update(zip(index, g.reshape(len(index), -1), strict=True))
-            if len(got) == len(self.groups[count]):
+            g = g.reshape(len(index), -1)
+            if count not in self.pending:
+                self.pending[count] = [g.new_empty(len(self.groups[count]), g.shape[1]), 0]
+            entry = self.pending[count]
+            entry[0][rows] = g
+            entry[1] += len(index)
+            if entry[1] == len(self.groups[count]):
                 self._flush(count)
 
         return hook
 
     def _head_inputs(self, layer: int, kind: str, grad: Tensor) -> Tensor:
-        """(row, pos, head, d_head) gradients at q, k or v -> (row, pos, head, d_model) at each head's input."""
-        w = self.weights[kind][layer].to(grad.dtype)
+        """(row, pos, head, d_head) gradients at q, k or v -> (head, row, pos, d_model) at each head's input."""
+        w = self.weights[kind][layer].to(grad.dtype)  # (head, d_model, d_head)
         ln = runs.module(self.model, f"blocks.{layer}.ln1.hook_normalized")
-        u = torch.einsum("rphe,hde->rphd", grad, w)
+        rows, pos, heads, _ = grad.shape
+        u = torch.bmm(grad.permute(2, 0, 1, 3).reshape(heads, rows * pos, -1), w.transpose(1, 2))
+        u = u.view(heads, rows, pos, -1)  # (head, row, pos, d_model)
         if ln.weight is not None:
-            u = u * ln.weight.to(grad.dtype)
-        x_hat = self.acts[f"blocks.{layer}.ln1.hook_normalized"].to(grad.dtype)[:, :, None]  # (row, pos, 1, d)
-        scale = self.acts[f"blocks.{layer}.ln1.hook_scale"].to(grad.dtype)[:, :, None]  # (row, pos, 1, 1)
-        return (u - u.mean(-1, keepdim=True) - x_hat * (u * x_hat).mean(-1, keepdim=True)) / scale
+            u.mul_(ln.weight.to(grad.dtype))
+        x_hat = self.acts[f"blocks.{layer}.ln1.hook_normalized"].to(grad.dtype)  # (row, pos, d)
+        scale = self.acts[f"blocks.{layer}.ln1.hook_scale"].to(grad.dtype)  # (row, pos, 1)
+        along = torch.einsum("hrpd,rpd->hrp", u, x_hat)[..., None] / u.shape[-1]  # mean(u * x_hat), per head
+        u -= u.mean(-1, keepdim=True)
+        u -= x_hat * along
+        return u.div_(scale)
 
     def _flush(self, count: int) -> None:
         receivers = self.groups[count]
-        got = self.pending.pop(count)
-        grads = torch.stack([got[r] for r in receivers])  # (receiver, prompt * pos * d_model)
+        grads, _ = self.pending.pop(count)  # (receiver, prompt * pos * d_model)
         self.scores[:count, receivers] += self.deltas[0][:count].flatten(1) @ grads.T
