@@ -65,37 +65,51 @@ def timed(fn, repeat: int = 1):
 
 
 def in_child(fn, *args, repeat: int = 1, reference=None):
-    """Run fn(*args) in a forked child: (seconds, result, peak MiB above the child's start).
+    """Run fn(*args) in forked children: (seconds, result, peak MiB above the child's start).
 
-    With `reference=(model, task)` the child times a plain forward before each run of fn, and the time
-    comes back as the median ratio of the two, so load that drifts between runs cancels out.
+    The time comes from a child with the default allocator. With `reference=(model, task)` that child
+    times a plain forward before each run of fn, and the time comes back as the median ratio of the
+    two, so load that drifts between runs cancels out. The peak comes from a second child, run once,
+    that returns every freed block of 64 KiB or more to the system, so its high-water mark counts what
+    is live (that allocator is slower, so it is kept out of the timing).
     """
+    seconds, out = _fork(lambda: _timing(fn, args, repeat, reference))
+    peak = _fork(lambda: _peak(fn, args, reference))
+    return seconds, _tensors(out), peak
+
+
+def _fork(work):
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
-
-    def target():
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks >= 64 KiB get (and free) own pages
-        if reference is not None:
-            forward(*reference)  # warm up before the peak is reset
-        sampler = _Peak()
-        if reference is None:
-            seconds, out = timed(lambda: fn(*args), repeat=repeat)
-        else:  # forward and contender in turn, so drifting load hits both: the median of the ratios
-            ratios = []
-            for _ in range(repeat):
-                unit = timed(lambda: forward(*reference))[0]
-                seconds, out = timed(lambda: fn(*args))
-                ratios.append(seconds / unit)
-            seconds = sorted(ratios)[len(ratios) // 2]
-        child.send((seconds, _plain(out), sampler.stop() / 2**20))
-
-    proc = ctx.Process(target=target)
+    proc = ctx.Process(target=lambda: child.send(work()))
     proc.start()
-    seconds, out, peak = parent.recv()
+    result = parent.recv()
     proc.join()
-    return seconds, _tensors(out), peak
+    return result
+
+
+def _timing(fn, args, repeat: int, reference):
+    if reference is None:
+        seconds, out = timed(lambda: fn(*args), repeat=repeat)
+        return seconds, _plain(out)
+    forward(*reference)  # warm up
+    ratios = []
+    for _ in range(repeat):  # forward and contender in turn, so drifting load hits both: the median of the ratios
+        unit = timed(lambda: forward(*reference))[0]
+        seconds, out = timed(lambda: fn(*args))
+        ratios.append(seconds / unit)
+    return sorted(ratios)[len(ratios) // 2], _plain(out)
+
+
+def _peak(fn, args, reference) -> float:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks >= 64 KiB get (and free) own pages
+    if reference is not None:
+        forward(*reference)  # warm up before the peak is reset
+    sampler = _Peak()
+    fn(*args)
+    return sampler.stop() / 2**20
 
 
 class _Peak:
