@@ -10,11 +10,14 @@ byte-identical to an earlier one: a `duplicate_of` column and a warning.
 The fingerprint is the sha256 of the weight file (`model.safetensors` or `pytorch_model.bin`), the
 same number the hub shows for the file; for sharded checkpoints, the sha256 of the shards' names
 and sha256s. In a Hugging Face cache, files are stored under their sha256, so nothing is re-read.
+A toy checkpoint stored as `model.safetensors.xz` is fingerprinted by the `model.safetensors`
+inside it (what `xz -d` writes), so that the number does not depend on the compression.
 """
 
 from __future__ import annotations
 
 import hashlib
+import lzma
 import re
 import warnings
 from pathlib import Path
@@ -23,8 +26,9 @@ import pandas as pd
 import torch
 
 from interp import toy
+from interp.files import is_packed
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.xz", "pytorch_model*.bin")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -37,7 +41,7 @@ def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None =
     folder = checkpoint_folder(model, revision)
     files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)) if folder else []
     if files:
-        digests = [(p.name, file_sha256(p)) for p in files]
+        digests = [(p.name.removesuffix(".xz"), file_sha256(p)) for p in files]
         if len(digests) == 1:
             return digests[0][1]
         return hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests).encode()).hexdigest()
@@ -60,13 +64,14 @@ def checkpoint_folder(model: str, revision: str) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file; a hub-cache symlink into blobs/ already names it, so it is not re-read."""
+    """sha256 of a file (of the file inside, for .xz); a hub-cache symlink into blobs/ already names it, so it
+    is not re-read."""
     if path.is_symlink():
         target = path.resolve()
         if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
             return target.name
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (lzma.open if is_packed(path) else open)(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()

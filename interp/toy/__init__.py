@@ -21,6 +21,8 @@ from interp.errors import UnknownModelError, UnknownRevisionError, WeightsNotFou
 NAMES: tuple[str, ...] = ("toy-2l", "toy-4l", "toy-gpt2")
 ARCH: dict[str, str] = {"toy-2l": "neox", "toy-4l": "neox", "toy-gpt2": "gpt2"}  # GPTNeoXForCausalLM or GPT2LMHeadModel
 DEFAULT: str = "toy-2l"
+# Models whose checkpoints are stored as model.safetensors.xz (`xz -d` gives model.safetensors), to fit 10 MB.
+PACKED: frozenset[str] = frozenset({"toy-gpt2"})
 ALIASES: dict[str, str] = {"toy": DEFAULT}
 # What the model card's named heads do at the final checkpoint, as (layer, head).
 HEADS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
