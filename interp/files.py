@@ -70,7 +70,10 @@ def _read(path: Path) -> dict[str, Tensor]:
     if is_packed(path):
         return load(unpacked_bytes(path))
     if path.name.endswith(".safetensors"):
-        return load_file(path)
+        try:
+            return load_file(path, backend="pread")  # read now, not paged in later by whoever touches a tensor
+        except TypeError:  # safetensors < 0.8 maps the file
+            return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -119,14 +119,16 @@ class CheckpointFiles:
     """A checkpoint's local files as `load` would read them, found without reading any (see `checkpoint_files`)."""
 
     origin: Origin  # what `load` records, but `tokenizer`, which depends on the tokenizer that loads
-    config: Path | None
+    name_or_path: str  # what `from_pretrained` is given: a hub repo id or a folder
+    configs: tuple[Path, ...]  # config.json (absent: not local), generation_config.json where there is one
     weights: tuple[Path, ...]  # () when they are not all on this machine
     tokenizers: tuple[tuple[str, str | None], ...]  # where `load` looks for a tokenizer, in order
 
-    def tokenizer_fingerprint(self) -> tuple[tuple[tuple[str, str], ...], ...]:
-        """For each place a tokenizer is looked for, the sha256 of each tokenizer file found there."""
-        return tuple(tuple((name, _sha256(path)) for name, path in _tokenizer_inputs(where, revision))
-                     for where, revision in self.tokenizers)
+    def fingerprint(self) -> tuple:
+        """sha256 of every file `load` reads besides the weights: configs, and tokenizer files where it looks."""
+        configs = tuple((p.name, _sha256(p)) for p in self.configs)
+        return configs, tuple(tuple((name, _sha256(path)) for name, path in _tokenizer_inputs(where, revision))
+                              for where, revision in self.tokenizers)
 
 
 def checkpoint_files(name_or_path: str | os.PathLike, revision: str | None = None) -> CheckpointFiles:
@@ -138,9 +140,10 @@ def checkpoint_files(name_or_path: str | os.PathLike, revision: str | None = Non
         ('step3600', ['model.safetensors'])
     """
     source = _locate(name_or_path, revision)
-    resolve = _resolver(source.weights, source.revision or "main" if source.kind == "hub" else None)
+    resolve = _resolver(source.weights, (source.revision or "main") if source.kind == "hub" else None)
     origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source))
-    return CheckpointFiles(origin, resolve("config.json"), files.weight_files(resolve), source.tokenizers)
+    configs = tuple(p for name in ("config.json", "generation_config.json") if (p := resolve(name)) is not None)
+    return CheckpointFiles(origin, source.weights, configs, files.weight_files(resolve), source.tokenizers)
 
 
 def tokenizer_label(where: str, revision: str | None) -> str:

@@ -96,13 +96,15 @@ def flag_duplicates(frame: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
     ['', '', 'step1']
     """
     frame = frame.copy()
-    firsts = (frame[frame["weights_sha256"] != ""].sort_values("step", kind="stable")
-              .drop_duplicates(["model", "weights_sha256"])
-              .set_index(["model", "weights_sha256"])["revision"])
-    keys = list(zip(frame["model"], frame["weights_sha256"], strict=True))
-    first = [firsts.get(k, "") if k[1] else "" for k in keys]
+    order = frame.sort_values("step", kind="stable")
+    firsts: dict[tuple[str, str], str] = {}  # (model, fingerprint) -> its earliest revision
+    keys = zip(order["model"], order["weights_sha256"], strict=True)
+    for key, revision in zip(keys, order["revision"], strict=True):
+        if key[1]:
+            firsts.setdefault(key, revision)
+    first = [firsts.get(key, "") for key in zip(frame["model"], frame["weights_sha256"], strict=True)]
     frame["duplicate_of"] = [f if f != rev else "" for f, rev in zip(first, frame["revision"], strict=True)]
-    if warn:
+    if warn and (frame["duplicate_of"] != "").any():
         for message in duplicate_messages(frame):
             warnings.warn(message, DuplicateCheckpointWarning, stacklevel=3)
     return frame

@@ -9,35 +9,56 @@
     >>> [t["revision"] for t in run_local(jobs)]
     ['step0', 'step1']
 
-Memory holds at most two models: the one being analysed and the one loading. Loading reads
-files and copies tensors, which release the GIL, so it overlaps the analysis well.
+The first checkpoint of each model is loaded whole; every later one of the same model is read as
+tensors in the loading thread and copied into the live model in place (`analyses.sweep.reuse`), so
+the loading thread does file I/O, not Python, and takes little from the analysis. The analysis
+therefore gets the same `Model` object at every checkpoint of a model, its weights and revision
+updated: an analysis must not keep the model past its call. Memory holds the live model and the
+tensors of the next checkpoint (two models only where the next checkpoint is loaded whole). The
+loading thread runs torch on one thread, so that it does not compete with the analysis's threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import torch
+
 from analyses.sweep import work
+
+NICE = 19  # the loading thread's niceness: it runs when the analysis leaves a core free
 
 
 def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
               on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every job in order; return their timings. `on_done(timing)` is called after each."""
-    timings = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load") as pool:
-        pending: Future | None = pool.submit(work.load, jobs[0]) if jobs and prefetch else None
+    timings: list[dict] = []
+    live: work.Loaded | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load", initializer=_yielding) as pool:
+        ahead: Future | None = pool.submit(work.prepare, jobs[0], None) if jobs and prefetch else None
         for i, job in enumerate(jobs):
-            loaded = pending.result() if pending is not None else work.load(job)
-            pending = pool.submit(work.load, jobs[i + 1]) if prefetch and i + 1 < len(jobs) else None
+            live = work.take(ahead.result() if ahead is not None else work.prepare(job, live), live)
+            following = jobs[i + 1] if i + 1 < len(jobs) else None
+            ahead = pool.submit(work.prepare, following, live) if prefetch and following is not None else None
             try:
-                timing = work.analyse(job, loaded)
+                timing = work.analyse(job, live)
             except BaseException:
-                if pending is not None:
-                    pending.cancel()
+                if ahead is not None:
+                    ahead.cancel()
                 raise
-            del loaded  # drop this model before the next one is taken
             timings.append(timing)
             if on_done is not None:
                 on_done(timing)
     return timings
+
+
+def _yielding() -> None:
+    """Make the loading thread give way to the analysis: one torch thread, and the lowest CPU priority (Linux)."""
+    torch.set_num_threads(1)
+    if NICE and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)  # this thread only, on Linux

@@ -9,8 +9,10 @@
     >>> job.store.get(job.key, "toy-4l", "step0")[["model", "revision", "layer", "head"]].shape
     (8, 4)
 
-Both executors run exactly this: the local one splits `load` from `analyse` so that the next
-checkpoint loads while the current one is analysed; a Ray task calls `run`.
+Both executors run exactly this. A Ray task calls `run`. The local executor splits loading from
+`analyse`: `prepare` (in its loading thread) reads the next checkpoint while the current one is
+analysed, as tensors for the live model when they fit it (`analyses.sweep.reuse`), else as a
+whole model; `take` (in the main thread) swaps those tensors into the live model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 import interp
+from analyses.sweep import reuse
 from analyses.sweep.integrity import weights_sha256
 from analyses.sweep.registry import Analysis
 from analyses.sweep.revisions import Checkpoint
@@ -57,21 +60,55 @@ class Job:
 
 @dataclass
 class Loaded:
-    """A loaded checkpoint, its weights' fingerprint and how long loading took."""
+    """A loaded checkpoint, its weights' fingerprint, how long loading took, and what it can take in next."""
 
     model: interp.Model
     weights_sha256: str
     seconds: float
+    template: reuse.Template | None = None  # set when later checkpoints may be swapped into this model
+    target: tuple[str, str | None] = ("float32", None)  # (dtype, device) it was loaded for
+    swapped: bool = False  # whether this checkpoint was swapped into a live model
 
 
-def load(job: Job) -> Loaded:
-    """Load the job's checkpoint (quietly) and fingerprint its weights."""
+@dataclass
+class Next:
+    """A checkpoint read as tensors for the live model, waiting to be swapped in."""
+
+    staged: reuse.Staged
+    weights_sha256: str
+    seconds: float
+
+
+def load(job: Job, reusable: bool = False) -> Loaded:
+    """Load the job's checkpoint (quietly) and fingerprint its weights; with `reusable`, note its template."""
     start = time.perf_counter()
     ckpt = job.checkpoint
     with quiet_loading():
         model = interp.load(ckpt.model, revision=ckpt.revision, dtype=job.dtype, device=job.device)
     sha = weights_sha256(ckpt.model, ckpt.revision, model.hf)
-    return Loaded(model, sha, time.perf_counter() - start)
+    template = reuse.Template.of(model) if reusable else None
+    return Loaded(model, sha, time.perf_counter() - start, template, (job.dtype, job.device))
+
+
+def prepare(job: Job, live: Loaded | None) -> Loaded | Next:
+    """The job's checkpoint as tensors that fit the live model (`take` swaps them in), else as a whole model."""
+    start = time.perf_counter()
+    ckpt = job.checkpoint
+    fits = live is not None and live.target == (job.dtype, job.device)
+    staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if fits else None
+    if staged is None:
+        return load(job, reusable=True)
+    return Next(staged, weights_sha256(ckpt.model, ckpt.revision), time.perf_counter() - start)
+
+
+def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
+    """The checkpoint to analyse: a whole model as loaded, or the live model with the next tensors swapped in."""
+    if isinstance(prepared, Loaded):
+        return prepared
+    start = time.perf_counter()
+    model = reuse.swap_(live.model, prepared.staged)
+    seconds = prepared.seconds + time.perf_counter() - start
+    return Loaded(model, prepared.weights_sha256, seconds, live.template, live.target, swapped=True)
 
 
 def analyse(job: Job, loaded: Loaded) -> dict:
@@ -81,7 +118,7 @@ def analyse(job: Job, loaded: Loaded) -> dict:
     analysed = time.perf_counter()
     ckpt = job.checkpoint
     job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
-    return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds,
+    return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds, "swapped": loaded.swapped,
             "analysis_s": analysed - start, "write_s": time.perf_counter() - analysed}
 
 

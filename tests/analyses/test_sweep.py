@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import interp
-from analyses.sweep import sweep, work
+from analyses.sweep import reuse, sweep, work
 from analyses.sweep.registry import Analysis, AnalysisUnavailableError, analysis
 from analyses.sweep.revisions import checkpoints, log_spaced, model_names, tokens_seen
 
@@ -26,15 +26,22 @@ def detect(model):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Count every model load a sweep makes."""
+    """Count every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
     calls = []
-    real = interp.load
+    real_load, real_stage = interp.load, reuse.stage
 
     def counting(name, revision=None, **kwargs):
         calls.append((name, revision))
-        return real(name, revision=revision, **kwargs)
+        return real_load(name, revision=revision, **kwargs)
+
+    def staging(name, revision, template):
+        staged = real_stage(name, revision, template)
+        if staged is not None:
+            calls.append((name, revision))
+        return staged
 
     monkeypatch.setattr(interp, "load", counting)
+    monkeypatch.setattr(reuse, "stage", staging)
     return calls
 
 
@@ -134,14 +141,15 @@ def test_callables_are_keyed_by_code_and_params(tmp_path, loads):
 
 def test_prefetch_loads_next_while_analysing_and_holds_two_models(monkeypatch):
     alive, events, threads = weakref.WeakSet(), [], set()
-    real_load = work.load
+    real_prepare = work.prepare
 
-    def tracked_load(job):
+    def tracked_prepare(job, live):
         events.append(f"load {job.checkpoint.revision}")
         threads.add(threading.current_thread().name)
-        loaded = real_load(job)
-        alive.add(loaded.model.hf)
-        return loaded
+        prepared = real_prepare(job, live)
+        if isinstance(prepared, work.Loaded):
+            alive.add(prepared.model.hf)
+        return prepared
 
     def slow(model):
         n = sum(e.startswith("end") for e in events)
@@ -149,12 +157,15 @@ def test_prefetch_loads_next_while_analysing_and_holds_two_models(monkeypatch):
         events.append(f"end {n}")
         return {"models_alive": len(alive)}
 
-    monkeypatch.setattr(work, "load", tracked_load)
+    monkeypatch.setattr(work, "prepare", tracked_prepare)
     revisions = ["step0", "step1", "step2", "step4"]
-    result = sweep("toy-4l", slow, revisions, progress=False)
+    result = sweep(["toy-4l", "toy-2l"], slow, revisions, progress=False)
     assert result.to_frame()["models_alive"].max() <= 2, "one model analysed plus the one loading"
-    for i in range(1, 4):
-        assert events.index(f"load {revisions[i]}") < events.index(f"end {i - 1}"), f"no prefetch: {events}"
+    assert result.timings["swapped"].tolist() == [False, True, True, True] * 2, "later checkpoints swap in"
+    for i in range(1, 8):
+        revision = revisions[i % 4]
+        loaded = [j for j, e in enumerate(events) if e == f"load {revision}"][i // 4]
+        assert loaded < events.index(f"end {i - 1}"), f"no prefetch: {events}"
     assert {t.split("_")[0] for t in threads} == {"sweep-load"}, "loads run in the loader thread"
     events.clear()
     sweep("toy-4l", slow, revisions[:2], prefetch=False, progress=False)
