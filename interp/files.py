@@ -70,10 +70,7 @@ def _read(path: Path) -> dict[str, Tensor]:
     if is_packed(path):
         return load(unpacked_bytes(path))
     if path.name.endswith(".safetensors"):
-        try:
-            return load_file(path, backend="pread")  # read now, not paged in later by whoever touches a tensor
-        except TypeError:  # safetensors < 0.8 maps the file
-            return load_file(path)
+        return load_file(path)  # mapped: pages are read when a tensor is first touched
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

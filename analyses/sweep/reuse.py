@@ -1,4 +1,4 @@
-"""One live model per model name: each later checkpoint is read as tensors and copied into it in place.
+"""One live model per model name: each later checkpoint is read as tensors and put into it in place.
 
     >>> import interp
     >>> model = interp.load("toy-2l", revision="step0")
@@ -8,13 +8,13 @@
 
 Building a Hugging Face model (config, modules, `from_pretrained`'s bookkeeping, the tokenizer) is
 Python work that holds the GIL, and a sweep that does it in a background thread slows the
-analysis it should hide behind. Reading a checkpoint's tensors is file I/O that mostly releases
-the GIL. So a sweep builds each model once and, for every later checkpoint of it, reads the
-tensors in the loading thread (`stage`) and copies them into the live model (`swap_`): a model
-equal, tensor for tensor, to what `interp.load` gives for that checkpoint. Where that cannot be
-guaranteed (another config, generation config or tokenizer file, weights not on this machine, a
-tensor that is not a plain renaming of one parameter), `stage` returns None and the sweep loads
-the checkpoint in full.
+analysis it should hide behind. So a sweep builds each model once and, for every later
+checkpoint of it, `stage` reads the tensors and casts them to the model's dtypes (file I/O and
+one copy, in C++, in the loading thread) and `swap_` puts them into the live model's parameters
+(no copy on the CPU): a model equal, tensor for tensor, to what `interp.load` gives for that
+checkpoint. Where that cannot be guaranteed (another config, generation config or tokenizer
+file, weights not on this machine, a tensor that is not a plain renaming of one parameter),
+`stage` returns None and the sweep loads the checkpoint whole.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 import interp
 from interp.files import read_tensors
@@ -41,6 +42,7 @@ class Template:
     fingerprint: tuple
     tokenizer_at: int | None  # which of files.tokenizers gave its tokenizer (None: shipped or none)
     shapes: dict[str, tuple[int, ...]]  # state-dict name -> shape, each tensor once (not a tied copy)
+    dtypes: dict[str, torch.dtype]  # state-dict name -> its dtype
     tied: frozenset[str]  # state-dict names of tied copies (GPT-2's lm_head.weight)
     rename: Rename
 
@@ -55,8 +57,10 @@ class Template:
         at = labels.index(model.tokenizer_source) if model.tokenizer_source in labels else None
         every = dict(model.hf.named_parameters(remove_duplicate=False))
         tied = frozenset(every) - frozenset(dict(model.hf.named_parameters()))
-        shapes = {k: tuple(v.shape) for k, v in model.hf.state_dict().items() if k not in tied}
-        return cls(files, files.fingerprint(), at, shapes, tied, rename)
+        state = {k: v for k, v in model.hf.state_dict().items() if k not in tied}
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        dtypes = {k: v.dtype for k, v in state.items()}
+        return cls(files, files.fingerprint(), at, shapes, dtypes, tied, rename)
 
     def fit(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """The tensors under the model's names, or None unless they fill every tensor once with its shape."""
@@ -93,15 +97,24 @@ def stage(name: str, revision: str, template: Template | None) -> Staged | None:
     if not files.configs or files.configs[0].name != "config.json" or files.fingerprint() != template.fingerprint:
         return None
     fitted = template.fit(read_tensors(files.weights))
-    return None if fitted is None else Staged(files, fitted, template.tokenizer_at)
+    if fitted is None:
+        return None
+    for name, dtype in template.dtypes.items():  # read and cast here, in the loading thread, into fresh tensors
+        fitted[name] = fitted[name].to(dtype, copy=True)
+    return Staged(files, fitted, template.tokenizer_at)
 
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
-    """Copy the staged tensors into `model` in place (cast to its dtype, on its device) and relabel it."""
+    """Put the staged tensors into `model` in place (in its dtype, on its device) and relabel it."""
     targets = model.hf.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, tensor in staged.tensors.items():
-            targets[name].copy_(tensor)  # bumps each tensor's version: cached weight stacks rebuild
+            target = targets[name]
+            if (tensor.dtype, tensor.device) == (target.dtype, target.device):
+                target.data = tensor  # read and cast in the loading thread already: nothing to copy
+                increment_version(target)  # a new version, so that cached weight stacks rebuild
+            else:
+                target.copy_(tensor)  # to the model's device (a GPU); bumps the version too
     model.hf.eval()
     files = staged.files
     label = model.tokenizer_source
