@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def read_tensors(paths: Sequence[Path]) -> dict[str, Tensor]:
     for path in paths:
         state.update(_read(Path(path)))
     return state
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the OS to read a file into its page cache now, in the background (where it can; else do nothing)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 def unpacked_bytes(path: Path) -> bytes:

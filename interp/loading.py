@@ -19,6 +19,7 @@ Pythia model uses, shipped in `interp/data/` (Apache-2.0, EleutherAI), with a `T
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -274,6 +275,14 @@ def _tokenizer_inputs(where: str, revision: str | None) -> list[tuple[str, Path]
 
 
 def _sha256(path: Path) -> str:
+    """sha256 of a file, remembered while the file (after links) keeps its size and modification time."""
+    real = Path(path).resolve()
+    stat = real.stat()
+    return _sha256_of(str(real), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

@@ -9,13 +9,15 @@
     >>> [t["revision"] for t in run_local(jobs)]
     ['step0', 'step1']
 
-The first checkpoint of each model is loaded whole; every later one of the same model is read as
-tensors in the loading thread and copied into the live model in place (`analyses.sweep.reuse`), so
-the loading thread does file I/O, not Python, and takes little from the analysis. The analysis
-therefore gets the same `Model` object at every checkpoint of a model, its weights and revision
-updated: an analysis must not keep the model past its call. Memory holds the live model and the
-tensors of the next checkpoint (two models only where the next checkpoint is loaded whole). The
-loading thread runs torch on one thread, so that it does not compete with the analysis's threads.
+The first checkpoint of each model is loaded whole; for every later one of the same model the
+loading thread only finds its files, checks that they fit and has the OS read them ahead, and the
+main thread copies the tensors into the live model in place (`analyses.sweep.reuse`). The loading
+thread so does almost no CPU work and holds the GIL little, and takes almost nothing from the
+analysis; it also runs torch on one thread and at the lowest CPU priority, so that a whole load
+(the first checkpoint of the next model) gives way to the analysis's threads. The analysis gets
+the same `Model` object at every checkpoint of a model, its weights and revision updated: an
+analysis must not keep the model past its call. Memory holds the live model and the next
+checkpoint's file mapping (two models only while the next checkpoint is loaded whole).
 """
 
 from __future__ import annotations

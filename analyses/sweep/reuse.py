@@ -9,10 +9,11 @@
 Building a Hugging Face model (config, modules, `from_pretrained`'s bookkeeping, the tokenizer) is
 Python work that holds the GIL, and a sweep that does it in a background thread slows the
 analysis it should hide behind. So a sweep builds each model once and, for every later
-checkpoint of it, `stage` reads the tensors and casts them to the model's dtypes (file I/O and
-one copy, in C++, in the loading thread) and `swap_` puts them into the live model's parameters
-(no copy on the CPU): a model equal, tensor for tensor, to what `interp.load` gives for that
-checkpoint. Where that cannot be guaranteed (another config, generation config or tokenizer
+checkpoint of it, `stage` finds the files, checks that they fit, maps the tensors and has the OS
+read them ahead (the loading thread: little CPU, no GIL to speak of), and `swap_` copies them
+into the live model's parameters, casting on the way (one pass over memory already in place,
+with the analysis's threads): a model equal, tensor for tensor, to what `interp.load` gives for
+that checkpoint. Where that cannot be guaranteed (another config, generation config or tokenizer
 file, weights not on this machine, a tensor that is not a plain renaming of one parameter),
 `stage` returns None and the sweep loads the checkpoint whole.
 """
@@ -20,15 +21,15 @@ file, weights not on this machine, a tensor that is not a plain renaming of one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import increment_version
 
 import interp
-from interp.files import read_tensors
+from interp.files import read_ahead, read_tensors
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
 Rename = Callable[[str], "str | None"]  # a name in the files -> the model's state-dict name (None: not a renaming)
@@ -42,7 +43,6 @@ class Template:
     fingerprint: tuple
     tokenizer_at: int | None  # which of files.tokenizers gave its tokenizer (None: shipped or none)
     shapes: dict[str, tuple[int, ...]]  # state-dict name -> shape, each tensor once (not a tied copy)
-    dtypes: dict[str, torch.dtype]  # state-dict name -> its dtype
     tied: frozenset[str]  # state-dict names of tied copies (GPT-2's lm_head.weight)
     rename: Rename
 
@@ -57,10 +57,8 @@ class Template:
         at = labels.index(model.tokenizer_source) if model.tokenizer_source in labels else None
         every = dict(model.hf.named_parameters(remove_duplicate=False))
         tied = frozenset(every) - frozenset(dict(model.hf.named_parameters()))
-        state = {k: v for k, v in model.hf.state_dict().items() if k not in tied}
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        dtypes = {k: v.dtype for k, v in state.items()}
-        return cls(files, files.fingerprint(), at, shapes, dtypes, tied, rename)
+        shapes = {k: tuple(v.shape) for k, v in model.hf.state_dict().items() if k not in tied}
+        return cls(files, files.fingerprint(), at, shapes, tied, rename)
 
     def fit(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """The tensors under the model's names, or None unless they fill every tensor once with its shape."""
@@ -96,25 +94,20 @@ def stage(name: str, revision: str, template: Template | None) -> Staged | None:
         return None
     if not files.configs or files.configs[0].name != "config.json" or files.fingerprint() != template.fingerprint:
         return None
-    fitted = template.fit(read_tensors(files.weights))
+    fitted = template.fit(read_tensors(files.weights))  # safetensors: mapped, read when copied
     if fitted is None:
         return None
-    for name, dtype in template.dtypes.items():  # read and cast here, in the loading thread, into fresh tensors
-        fitted[name] = fitted[name].to(dtype, copy=True)
+    for path in files.weights:
+        read_ahead(path)  # into the page cache now, while the current checkpoint is analysed
     return Staged(files, fitted, template.tokenizer_at)
 
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
-    """Put the staged tensors into `model` in place (in its dtype, on its device) and relabel it."""
+    """Copy the staged tensors into `model`'s own (cast to its dtypes, on its device) and relabel it."""
     targets = model.hf.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, tensor in staged.tensors.items():
-            target = targets[name]
-            if (tensor.dtype, tensor.device) == (target.dtype, target.device):
-                target.data = tensor  # read and cast in the loading thread already: nothing to copy
-                increment_version(target)  # a new version, so that cached weight stacks rebuild
-            else:
-                target.copy_(tensor)  # to the model's device (a GPU); bumps the version too
+            targets[name].copy_(tensor)  # into memory already in place; bumps the version: weight stacks rebuild
     model.hf.eval()
     files = staged.files
     label = model.tokenizer_source
@@ -138,6 +131,7 @@ def _renamer(hf: torch.nn.Module) -> Rename | None:
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     known, prefix = dict.fromkeys(hf.state_dict(), True), hf.base_model_prefix
 
+    @functools.lru_cache(maxsize=4096)  # every checkpoint of a model has the same names
     def rename(key: str) -> str | None:
         name, converted = rename_source_key(key, renamings, converters, prefix, known)
         if name not in known and key in known:

@@ -10,9 +10,9 @@
     (8, 4)
 
 Both executors run exactly this. A Ray task calls `run`. The local executor splits loading from
-`analyse`: `prepare` (in its loading thread) reads the next checkpoint while the current one is
+`analyse`: `prepare` (in its loading thread) readies the next checkpoint while the current one is
 analysed, as tensors for the live model when they fit it (`analyses.sweep.reuse`), else as a
-whole model; `take` (in the main thread) swaps those tensors into the live model.
+whole model; `take` (in the main thread) copies those tensors into the live model.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Loaded:
 
 @dataclass
 class Next:
-    """A checkpoint read as tensors for the live model, waiting to be swapped in."""
+    """A checkpoint staged as tensors for the live model, waiting to be copied in."""
 
     staged: reuse.Staged
     weights_sha256: str
@@ -102,7 +102,7 @@ def prepare(job: Job, live: Loaded | None) -> Loaded | Next:
 
 
 def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
-    """The checkpoint to analyse: a whole model as loaded, or the live model with the next tensors swapped in."""
+    """The checkpoint to analyse: a whole model as loaded, or the live model with the next tensors copied in."""
     if isinstance(prepared, Loaded):
         return prepared
     start = time.perf_counter()
