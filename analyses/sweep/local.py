@@ -23,10 +23,11 @@ checkpoint's file mapping (two models only while the next checkpoint is loaded w
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -41,21 +42,48 @@ def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
     timings: list[dict] = []
     live: work.Loaded | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load", initializer=_yielding) as pool:
-        ahead: Future | None = pool.submit(work.prepare, jobs[0], None) if jobs and prefetch else None
+        ahead = _Ahead(pool, prefetch)
+        ahead.start(_at(jobs, 0), None, _at(jobs, 1))
         for i, job in enumerate(jobs):
-            live = work.take(ahead.result() if ahead is not None else work.prepare(job, live), live)
-            following = jobs[i + 1] if i + 1 < len(jobs) else None
-            ahead = pool.submit(work.prepare, following, live) if prefetch and following is not None else None
-            try:
-                timing = work.analyse(job, live)
+            live = ahead.take(job, live)
+            following, after = _at(jobs, i + 1), _at(jobs, i + 2)
+            if not work.swappable(live, following):
+                ahead.start(following, live, after)  # a whole model: load it during the whole analysis
+            try:  # a checkpoint to stage: stage it while the rows are written (fsync: the CPU is free)
+                timing = work.analyse(job, live, before_write=functools.partial(ahead.start, following, live, after))
             except BaseException:
-                if ahead is not None:
-                    ahead.cancel()
+                ahead.cancel()
                 raise
             timings.append(timing)
             if on_done is not None:
                 on_done(timing)
     return timings
+
+
+class _Ahead:
+    """The loading thread and the one checkpoint it readies next (nothing ahead without prefetch)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, enabled: bool):
+        self.pool, self.enabled, self.pending = pool, enabled, None
+
+    def start(self, job: work.Job | None, live: work.Loaded | None, after: work.Job | None) -> None:
+        """Ready `job` in the loading thread (once), reading `after`'s files ahead."""
+        if self.enabled and job is not None and self.pending is None:
+            self.pending = self.pool.submit(work.prepare, job, live, after)
+
+    def take(self, job: work.Job, live: work.Loaded | None) -> work.Loaded:
+        """The job's checkpoint, readied ahead or now."""
+        prepared = self.pending.result() if self.pending is not None else work.prepare(job, live)
+        self.pending = None
+        return work.take(prepared, live)
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
+
+def _at(jobs: Sequence[work.Job], i: int) -> work.Job | None:
+    return jobs[i] if i < len(jobs) else None
 
 
 def _yielding() -> None:

@@ -17,8 +17,9 @@ whole model; `take` (in the main thread) copies those tensors into the live mode
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ from analyses.sweep.integrity import weights_sha256
 from analyses.sweep.registry import Analysis
 from analyses.sweep.revisions import Checkpoint
 from analyses.sweep.store import KEY_COLUMNS, Key, ResultStore
-from interp.errors import InputError
+from interp import files
+from interp.errors import InputError, InterpError
+from interp.loading import checkpoint_files
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Loaded:
     weights_sha256: str
     seconds: float
     template: reuse.Template | None = None  # set when later checkpoints may be swapped into this model
-    target: tuple[str, str | None] = ("float32", None)  # (dtype, device) it was loaded for
+    target: tuple[str, str, str | None] = ("", "float32", None)  # the (model, dtype, device) it was loaded for
     swapped: bool = False  # whether this checkpoint was swapped into a live model
 
 
@@ -87,18 +90,33 @@ def load(job: Job, reusable: bool = False) -> Loaded:
         model = interp.load(ckpt.model, revision=ckpt.revision, dtype=job.dtype, device=job.device)
     sha = weights_sha256(ckpt.model, ckpt.revision, model.hf)
     template = reuse.Template.of(model) if reusable else None
-    return Loaded(model, sha, time.perf_counter() - start, template, (job.dtype, job.device))
+    return Loaded(model, sha, time.perf_counter() - start, template, _target(job))
 
 
-def prepare(job: Job, live: Loaded | None) -> Loaded | Next:
-    """The job's checkpoint as tensors that fit the live model (`take` swaps them in), else as a whole model."""
+def swappable(live: Loaded | None, job: Job | None) -> bool:
+    """Whether `job` is a later checkpoint of the live model's name (so probably staged, not loaded whole)."""
+    return live is not None and job is not None and live.template is not None and live.target == _target(job)
+
+
+def prepare(job: Job, live: Loaded | None, ahead: Job | None = None) -> Loaded | Next:
+    """The job's checkpoint as tensors that fit the live model (`take` copies them in), else as a whole model;
+    then have the OS read the `ahead` job's weight files into its page cache."""
     start = time.perf_counter()
     ckpt = job.checkpoint
-    fits = live is not None and live.target == (job.dtype, job.device)
-    staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if fits else None
-    if staged is None:
-        return load(job, reusable=True)
-    return Next(staged, weights_sha256(ckpt.model, ckpt.revision), time.perf_counter() - start)
+    staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if swappable(live, job) else None
+    prepared = load(job, reusable=True) if staged is None else \
+        Next(staged, weights_sha256(ckpt.model, ckpt.revision), time.perf_counter() - start)
+    if ahead is not None:
+        read_ahead(ahead)
+    return prepared
+
+
+def read_ahead(job: Job) -> None:
+    """Have the OS read a job's weight files (where they are on this machine) into its page cache, in the
+    background: the next `prepare` then maps pages that are there."""
+    with contextlib.suppress(InterpError, OSError):
+        for path in checkpoint_files(job.checkpoint.model, job.checkpoint.revision).weights:
+            files.read_ahead(path)
 
 
 def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
@@ -111,10 +129,13 @@ def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
     return Loaded(model, prepared.weights_sha256, seconds, live.template, live.target, swapped=True)
 
 
-def analyse(job: Job, loaded: Loaded) -> dict:
-    """Run the analysis on a loaded checkpoint and write its rows; return the timings."""
+def analyse(job: Job, loaded: Loaded, before_write: Callable[[], None] | None = None) -> dict:
+    """Run the analysis on a loaded checkpoint and write its rows (calling `before_write()` in between);
+    return the timings."""
     start = time.perf_counter()
     frame = job.analysis.run(loaded.model, **job.params)
+    if before_write is not None:
+        before_write()
     analysed = time.perf_counter()
     ckpt = job.checkpoint
     job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
@@ -126,6 +147,10 @@ def run(job: Job) -> dict:
     """Load, analyse, write: one Ray task."""
     loaded = load(job)
     return analyse(job, loaded)
+
+
+def _target(job: Job) -> tuple[str, str, str | None]:
+    return job.checkpoint.model, job.dtype, job.device
 
 
 def _with_key_columns(frame: pd.DataFrame, job: Job, sha: str) -> pd.DataFrame:
