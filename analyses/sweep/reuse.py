@@ -108,7 +108,8 @@ def swap_(model: interp.Model, staged: Staged) -> interp.Model:
     with torch.no_grad():
         for name, tensor in staged.tensors.items():
             targets[name].copy_(tensor)  # into memory already in place; bumps the version: weight stacks rebuild
-    model.hf.eval()
+    if model.hf.training:  # as interp.load returns it
+        model.hf.eval()
     files = staged.files
     label = model.tokenizer_source
     if staged.tokenizer_at is not None:

@@ -31,7 +31,7 @@ from analyses.sweep.integrity import weights_sha256
 from analyses.sweep.registry import Analysis
 from analyses.sweep.revisions import Checkpoint
 from analyses.sweep.store import KEY_COLUMNS, Key, ResultStore
-from interp import files
+from interp import files, toy
 from interp.errors import InputError, InterpError
 from interp.loading import checkpoint_files
 
@@ -112,8 +112,10 @@ def prepare(job: Job, live: Loaded | None, ahead: Job | None = None) -> Loaded |
 
 
 def read_ahead(job: Job) -> None:
-    """Have the OS read a job's weight files (where they are on this machine) into its page cache, in the
-    background: the next `prepare` then maps pages that are there."""
+    """Have the OS read a hub checkpoint's weight files (those in the local cache) into its page cache, in the
+    background: the next `prepare` then maps pages that are there. (The toy suite's are small.)"""
+    if toy.resolve(job.checkpoint.model) is not None:
+        return
     with contextlib.suppress(InterpError, OSError):
         for path in checkpoint_files(job.checkpoint.model, job.checkpoint.revision).weights:
             files.read_ahead(path)
