@@ -20,6 +20,7 @@ import hashlib
 import lzma
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -36,12 +37,15 @@ class DuplicateCheckpointWarning(UserWarning):
     """Two checkpoints of a sweep have byte-identical weights."""
 
 
-def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None = None) -> str:
-    """Fingerprint of a checkpoint's weights: from its files, or from `hf_model`'s tensors if no file is found."""
+def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None = None,
+                   known: Mapping[Path, str] | None = None) -> str:
+    """Fingerprint of a checkpoint's weights: from its files (`known`: the sha256 of some already read), or from
+    `hf_model`'s tensors if no file is found."""
     folder = checkpoint_folder(model, revision)
     files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)) if folder else []
     if files:
-        digests = [(p.name.removesuffix(".xz"), file_sha256(p)) for p in files]
+        known = known or {}
+        digests = [(p.name.removesuffix(".xz"), known.get(p) or file_sha256(p)) for p in files]
         if len(digests) == 1:
             return digests[0][1]
         return hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests).encode()).hexdigest()

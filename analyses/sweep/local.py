@@ -9,15 +9,17 @@
     >>> [t["revision"] for t in run_local(jobs)]
     ['step0', 'step1']
 
-The first checkpoint of each model is loaded whole; for every later one of the same model the
-loading thread only finds its files, checks that they fit and has the OS read them ahead, and the
-main thread copies the tensors into the live model in place (`analyses.sweep.reuse`). The loading
-thread so does almost no CPU work and holds the GIL little, and takes almost nothing from the
-analysis; it also runs torch on one thread and at the lowest CPU priority, so that a whole load
-(the first checkpoint of the next model) gives way to the analysis's threads. The analysis gets
-the same `Model` object at every checkpoint of a model, its weights and revision updated: an
-analysis must not keep the model past its call. Memory holds the live model and the next
-checkpoint's file mapping (two models only while the next checkpoint is loaded whole).
+The first checkpoint of each model is loaded whole, in the loading thread while the analysis
+before it runs. For every later checkpoint of the same model, the loading thread only finds its
+files, checks that they fit, maps (or, when small, reads) them and has the OS read the next one
+ahead, and the main thread copies the tensors into the live model in place
+(`analyses.sweep.reuse`). That staging is a few milliseconds of mostly GIL-free work, done while
+the previous checkpoint's rows are written: the write runs on one core, whereas the analysis keeps
+both busy (torch's threads), so staging then takes almost nothing from it. The loading thread runs
+torch on one thread and at the lowest CPU priority, so that a whole load gives way to the analysis.
+The analysis gets the same `Model` object at every checkpoint of a model, its weights and revision
+updated: an analysis must not keep the model past its call. Memory holds the live model and the
+next checkpoint's tensors (two models only while the next checkpoint is loaded whole).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
             following, after = _at(jobs, i + 1), _at(jobs, i + 2)
             if not work.swappable(live, following):
                 ahead.start(following, live, after)  # a whole model: load it during the whole analysis
-            try:  # a checkpoint to stage: stage it while the rows are written (fsync: the CPU is free)
+            try:  # a checkpoint to stage: stage it while the rows are written, on the core the analysis left
                 timing = work.analyse(job, live, before_write=functools.partial(ahead.start, following, live, after))
             except BaseException:
                 ahead.cancel()

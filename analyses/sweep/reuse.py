@@ -23,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 import interp
-from interp.files import read_ahead, read_tensors
+from interp.files import read_ahead, read_tensors, read_whole
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
+SMALL_FILE = 64 << 20  # bytes: a weight file this small is read whole (and hashed from memory), not mapped
 Rename = Callable[[str], "str | None"]  # a name in the files -> the model's state-dict name (None: not a renaming)
 
 
@@ -82,6 +84,7 @@ class Staged:
     files: CheckpointFiles
     tensors: dict[str, Tensor]
     tokenizer_at: int | None
+    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of weight files read whole
 
 
 def stage(name: str, revision: str, template: Template | None) -> Staged | None:
@@ -94,12 +97,14 @@ def stage(name: str, revision: str, template: Template | None) -> Staged | None:
         return None
     if not files.configs or files.configs[0].name != "config.json" or files.fingerprint() != template.fingerprint:
         return None
-    fitted = template.fit(read_tensors(files.weights))  # safetensors: mapped, read when copied
+    whole = len(files.weights) == 1 and _small_file(files.weights[0])
+    tensors, digests = _read_whole(files.weights[0]) if whole else (read_tensors(files.weights), {})
+    fitted = template.fit(tensors)  # safetensors files but small ones: mapped, read when copied
     if fitted is None:
         return None
     for path in files.weights:
-        read_ahead(path)  # into the page cache now, while the current checkpoint is analysed
-    return Staged(files, fitted, template.tokenizer_at)
+        read_ahead(path)  # into the page cache now
+    return Staged(files, fitted, template.tokenizer_at, digests)
 
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
@@ -118,6 +123,18 @@ def swap_(model: interp.Model, staged: Staged) -> interp.Model:
     model.origin = dataclasses.replace(files.origin, tokenizer=label)
     model.hf.config._name_or_path = model.hf.name_or_path = files.name_or_path  # as from_pretrained sets it
     return model
+
+
+def _small_file(path: Path) -> bool:
+    """A safetensors file (plain or .xz) small enough to read whole, and not a hub blob (whose name is its
+    sha256 already)."""
+    small = path.name.endswith((".safetensors", ".safetensors.xz")) and path.stat().st_size <= SMALL_FILE
+    return small and not path.is_symlink()
+
+
+def _read_whole(path: Path) -> tuple[dict[str, Tensor], dict[Path, str]]:
+    tensors, sha256 = read_whole(path)
+    return tensors, {path: sha256}
 
 
 def _renamer(hf: torch.nn.Module) -> Rename | None:

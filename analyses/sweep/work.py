@@ -105,7 +105,7 @@ def prepare(job: Job, live: Loaded | None, ahead: Job | None = None) -> Loaded |
     ckpt = job.checkpoint
     staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if swappable(live, job) else None
     prepared = load(job, reusable=True) if staged is None else \
-        Next(staged, weights_sha256(ckpt.model, ckpt.revision), time.perf_counter() - start)
+        Next(staged, weights_sha256(ckpt.model, ckpt.revision, known=staged.digests), time.perf_counter() - start)
     if ahead is not None:
         read_ahead(ahead)
     return prepared

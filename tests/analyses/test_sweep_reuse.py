@@ -9,6 +9,7 @@ import torch
 
 import interp
 from analyses.sweep import reuse, sweep
+from analyses.sweep.integrity import weights_sha256
 from interp import files, toy
 from interp.loading import SHIPPED
 from tests.hub_cache import HubCache, add_snapshot, use_hub_cache
@@ -139,6 +140,9 @@ def test_attention_sweep_tables_are_the_same_with_prefetch_or_without():
     tables = [sweep(["toy-2l", "toy-gpt2"], "attention", "all", prefetch=pf, progress=False) for pf in (True, False)]
     pd.testing.assert_frame_equal(tables[0].to_frame(), tables[1].to_frame())
     assert tables[0].timings["swapped"].sum() == 2 * (len(toy.revisions("toy-2l")) - 1), "all but each first"
+    shas = tables[0].to_frame().drop_duplicates(["model", "revision"])
+    for model, revision, sha in shas[["model", "revision", "weights_sha256"]].itertuples(index=False):
+        assert sha == weights_sha256(model, revision), f"{model} {revision}: the fingerprint of a staged read"
 
 
 def test_one_model_object_serves_every_checkpoint_of_a_name():
