@@ -268,21 +268,25 @@ def _resolver(where: str, revision: str | None) -> files.Resolve:
 
 def _tokenizer_inputs(where: str, revision: str | None) -> list[tuple[str, Path]]:
     """The tokenizer files a repo (at a revision) or directory holds locally."""
-    if revision is None and not Path(where).is_dir():
+    if revision is not None:
+        resolve = _resolver(where, revision)
+        return [(name, path) for name in _TOKENIZER_INPUTS if (path := resolve(name)) is not None]
+    try:
+        with os.scandir(where) as entries:
+            present = {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    resolve = _resolver(where, revision)
-    return [(name, path) for name in _TOKENIZER_INPUTS if (path := resolve(name)) is not None]
+    return [(name, Path(where, name)) for name in _TOKENIZER_INPUTS if name in present]
 
 
 def _sha256(path: Path) -> str:
-    """sha256 of a file, remembered while the file (after links) keeps its size and modification time."""
-    real = Path(path).resolve()
-    stat = real.stat()
-    return _sha256_of(str(real), stat.st_size, stat.st_mtime_ns)
+    """sha256 of a file, remembered while the file (after links) keeps its identity, size and modification time."""
+    stat = os.stat(path)
+    return _sha256_of(str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
