@@ -9,14 +9,15 @@
     >>> [t["revision"] for t in run_local(jobs)]
     ['step0', 'step1']
 
-The first checkpoint of each model is loaded whole, in the loading thread while the analysis
-before it runs. For every later checkpoint of the same model, the loading thread only finds its
+The sweep's first checkpoint is loaded whole in the main thread (there is nothing to overlap it
+with); the first checkpoint of any other model is loaded whole in the loading thread while the
+analysis before it runs. For every later checkpoint of the same model, the loading thread only finds its
 files, checks that they fit, maps (or, when small, reads) them and has the OS read the next one
 ahead, and the main thread copies the tensors into the live model in place
 (`analyses.sweep.reuse`). That staging is a few milliseconds of mostly GIL-free work, done while
 the previous checkpoint's rows are written: the write runs on one core, whereas the analysis keeps
-both busy (torch's threads), so staging then takes almost nothing from it. The loading thread runs
-torch on one thread and at the lowest CPU priority, so that a whole load gives way to the analysis.
+both busy (torch's threads), so staging then takes almost nothing from it. (The loading thread
+keeps torch's settings: `torch.set_num_threads` and thread priorities reach beyond one thread.)
 The analysis gets the same `Model` object at every checkpoint of a model, its weights and revision
 updated: an analysis must not keep the model past its call. Memory holds the live model and the
 next checkpoint's tensors (two models only while the next checkpoint is loaded whole).
@@ -24,18 +25,11 @@ next checkpoint's tensors (two models only while the next checkpoint is loaded w
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
 from analyses.sweep import work
-
-NICE = 19  # the loading thread's niceness: it runs when the analysis leaves a core free
 
 
 def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
@@ -43,12 +37,11 @@ def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
     """Run every job in order; return their timings. `on_done(timing)` is called after each."""
     timings: list[dict] = []
     live: work.Loaded | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load", initializer=_yielding) as pool:
-        ahead = _Ahead(pool, prefetch)
-        ahead.start(_at(jobs, 0), None, _at(jobs, 1))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load") as pool:
+        ahead = _Ahead(pool, prefetch)  # the first checkpoint loads here: there is nothing to overlap it with
         for i, job in enumerate(jobs):
-            live = ahead.take(job, live)
             following, after = _at(jobs, i + 1), _at(jobs, i + 2)
+            live = ahead.take(job, live, following)
             if not work.swappable(live, following):
                 ahead.start(following, live, after)  # a whole model: load it during the whole analysis
             try:  # a checkpoint to stage: stage it while the rows are written, on the core the analysis left
@@ -73,9 +66,12 @@ class _Ahead:
         if self.enabled and job is not None and self.pending is None:
             self.pending = self.pool.submit(work.prepare, job, live, after)
 
-    def take(self, job: work.Job, live: work.Loaded | None) -> work.Loaded:
-        """The job's checkpoint, readied ahead or now."""
-        prepared = self.pending.result() if self.pending is not None else work.prepare(job, live)
+    def take(self, job: work.Job, live: work.Loaded | None, following: work.Job | None) -> work.Loaded:
+        """The job's checkpoint, readied ahead or now (then reading `following`'s files ahead)."""
+        if self.pending is not None:
+            prepared = self.pending.result()
+        else:
+            prepared = work.prepare(job, live, following if self.enabled else None)
         self.pending = None
         return work.take(prepared, live)
 
@@ -86,11 +82,3 @@ class _Ahead:
 
 def _at(jobs: Sequence[work.Job], i: int) -> work.Job | None:
     return jobs[i] if i < len(jobs) else None
-
-
-def _yielding() -> None:
-    """Make the loading thread give way to the analysis: one torch thread, and the lowest CPU priority (Linux)."""
-    torch.set_num_threads(1)
-    if NICE and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)  # this thread only, on Linux
