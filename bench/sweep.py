@@ -14,8 +14,9 @@ this shows the orchestration's overhead alone; on a busy machine the two floors 
 excludes `ray.init`, shown apart; its workers import torch on their first task, as in any real run.
 
 --synthetic builds a Hugging Face cache of random-init checkpoints with a suite size's exact
-config (fp16, as on the hub) and points HF_HUB_CACHE at it, so that every executor (Ray workers
-too) loads them as `pythia-<size>` offline.
+config (fp16, as on the hub), laid out as `hf download` writes one (files under their sha256 in
+blobs/, so the integrity fingerprint reads no file, as in a real cache), and points HF_HUB_CACHE
+at it, so that every executor (Ray workers too) loads them as `pythia-<size>` offline.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,23 +68,39 @@ def run_child(mode: str, args: argparse.Namespace, revisions: list[str], env: di
 
 
 def synthetic_cache(size: str, n: int, root: Path) -> list[str]:
-    """A hub cache holding `n` random-init fp16 checkpoints of pythia-<size> (steps 0, 1, 2, 4, ...)."""
+    """A hub cache holding `n` random-init fp16 checkpoints of pythia-<size> (steps 0, 1, 2, 4, ...), laid out as
+    `hf download` lays out a real one: each file in blobs/ under its sha256, linked from snapshots/<commit>/."""
     import torch
     from transformers import GPTNeoXForCausalLM
 
     import interp
 
     repo = root / f"models--EleutherAI--pythia-{size}"
+    repo.mkdir(parents=True, exist_ok=True)
     steps = interp.suite.pythia_steps()[:n]
     for step in steps:
         snapshot = repo / "snapshots" / hashlib.sha1(f"{size}-{step}".encode()).hexdigest()
         if not (snapshot / "model.safetensors").exists():
             torch.manual_seed(step)
             hf = GPTNeoXForCausalLM(interp.suite.config(size)).half()
-            hf.save_pretrained(snapshot)
+            with tempfile.TemporaryDirectory(dir=root) as saved:
+                hf.save_pretrained(saved)
+                for file in sorted(Path(saved).iterdir()):
+                    _link_blob(file, repo / "blobs", snapshot)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / f"step{step}").write_text(snapshot.name)
     return [f"step{s}" for s in steps]
+
+
+def _link_blob(file: Path, blobs: Path, snapshot: Path) -> None:
+    """Move `file` to blobs/<its sha256> and link snapshot/<its name> to it, as the hub cache stores files."""
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    if not (blobs / digest).exists():
+        shutil.move(file, blobs / digest)
+    (snapshot / file.name).unlink(missing_ok=True)
+    (snapshot / file.name).symlink_to(Path("..", "..", "blobs", digest))
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -137,7 +155,7 @@ def main() -> None:
         return
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     if args.synthetic:
-        cache = args.cache or Path(tempfile.gettempdir()) / "bench-sweep-hub"
+        cache = args.cache or Path(tempfile.gettempdir()) / "bench-sweep-hub-blobs"
         revisions = synthetic_cache(args.synthetic, args.checkpoints, cache)
         args.model = f"pythia-{args.synthetic}"
         env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")

@@ -19,6 +19,8 @@ Pythia model uses, shipped in `interp/data/` (Apache-2.0, EleutherAI), with a `T
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from interp import suite, toy
+from interp import files, suite, toy
 from interp.errors import (
     InvalidOptionError,
     TokenizerWarning,
@@ -44,6 +46,7 @@ ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "gpt2": "GPT2LMHeadModel"}  #
 SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
 SHIPPED = "gpt-neox-20b (shipped with pythia-interp)"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_TOKENIZER_INPUTS = (*_TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json", "merges.txt")
 _EOT = "<|endoftext|>"
 
 
@@ -97,6 +100,56 @@ def load(
     model = Model(hf, tokenizer, name=label, revision=source.loaded, tokenizer_source=tokenizer_source)
     model.origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source), tokenizer_source)
     return model
+
+
+def load_hf(folder: str | os.PathLike, dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa"):
+    """The plain Hugging Face model saved in a folder, in eval mode: `from_pretrained(folder)`, and the same for a
+    folder whose weights are a `model.safetensors.xz` (as some toy checkpoints are).
+
+        >>> from interp import toy
+        >>> type(load_hf(toy.checkpoint_path("toy-gpt2", "step0"), attn_implementation="eager")).__name__
+        'GPT2LMHeadModel'
+    """
+    _check_attn(attn_implementation)
+    source = _directory(Path(folder).expanduser(), None)
+    return _weights(source, _config(source), dtype_of(dtype) or torch.float32, attn_implementation)
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """A checkpoint's local files as `load` would read them, found without reading any (see `checkpoint_files`)."""
+
+    origin: Origin  # what `load` records, but `tokenizer`, which depends on the tokenizer that loads
+    name_or_path: str  # what `from_pretrained` is given: a hub repo id or a folder
+    configs: tuple[Path, ...]  # config.json (absent: not local), generation_config.json where there is one
+    weights: tuple[Path, ...]  # () when they are not all on this machine
+    tokenizers: tuple[tuple[str, str | None], ...]  # where `load` looks for a tokenizer, in order
+
+    def fingerprint(self) -> tuple:
+        """sha256 of every file `load` reads besides the weights: configs, and tokenizer files where it looks."""
+        configs = tuple((p.name, _sha256(p)) for p in self.configs)
+        return configs, tuple(tuple((name, _sha256(path)) for name, path in _tokenizer_inputs(where, revision))
+                              for where, revision in self.tokenizers)
+
+
+def checkpoint_files(name_or_path: str | os.PathLike, revision: str | None = None) -> CheckpointFiles:
+    """Where `load(name_or_path, revision)` would read config, weights and tokenizer from (hub names: the local
+    cache only).
+
+        >>> found = checkpoint_files("toy-2l", "main")
+        >>> found.origin.revision, [p.name for p in found.weights]
+        ('step3600', ['model.safetensors'])
+    """
+    source = _locate(name_or_path, revision)
+    resolve = _resolver(source.weights, (source.revision or "main") if source.kind == "hub" else None)
+    origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source))
+    configs = tuple(p for name in ("config.json", "generation_config.json") if (p := resolve(name)) is not None)
+    return CheckpointFiles(origin, source.weights, configs, files.weight_files(resolve), source.tokenizers)
+
+
+def tokenizer_label(where: str, revision: str | None) -> str:
+    """How `model.tokenizer_source` names a tokenizer's repo (at a revision) or directory."""
+    return where if revision is None else f"{where}@{revision}"
 
 
 def shipped_tokenizer():
@@ -199,6 +252,44 @@ def _cached_repo(repo_ids: tuple[str, ...], revision: str) -> str:
     return repo_ids[0]
 
 
+def _resolver(where: str, revision: str | None) -> files.Resolve:
+    """File name -> local path: in a hub repo's cached snapshot at `revision`, or in the directory `where`."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def resolve(name: str) -> Path | None:
+        if revision is None:
+            path = Path(where) / name
+            return path if path.is_file() else None
+        cached = try_to_load_from_cache(where, name, revision=revision)
+        return Path(cached) if isinstance(cached, str) else None
+
+    return resolve
+
+
+def _tokenizer_inputs(where: str, revision: str | None) -> list[tuple[str, Path]]:
+    """The tokenizer files a repo (at a revision) or directory holds locally."""
+    if revision is not None:
+        resolve = _resolver(where, revision)
+        return [(name, path) for name in _TOKENIZER_INPUTS if (path := resolve(name)) is not None]
+    try:
+        with os.scandir(where) as entries:
+            present = {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [(name, Path(where, name)) for name in _TOKENIZER_INPUTS if name in present]
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, remembered while the file (after links) keeps its identity, size and modification time."""
+    stat = os.stat(path)
+    return _sha256_of(str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _commit(source: _Source) -> str | None:
     """The commit hash of the cached snapshot the weights came from (hub names only)."""
     if source.kind != "hub":
@@ -230,10 +321,40 @@ def _weights(source: _Source, config, dtype: torch.dtype, attn_implementation: s
 
     cls = getattr(transformers, ARCHITECTURES[config.model_type])
     try:
+        packed = _packed(source)
+        if packed is not None:
+            return _from_packed(cls, packed, config, dtype, attn_implementation)
         return cls.from_pretrained(source.weights, revision=source.revision, config=config, dtype=dtype,
                                    attn_implementation=attn_implementation).eval()
     except OSError as err:
         raise _not_found(source, err) from err
+
+
+def _packed(source: _Source) -> Path | None:
+    """The `model.safetensors.xz` of a local checkpoint that holds its weights so, else None."""
+    if source.kind == "hub":
+        return None
+    found = files.weight_files(Path(source.weights))
+    return found[0] if len(found) == 1 and files.is_packed(found[0]) else None
+
+
+def _from_packed(cls, path: Path, config, dtype: torch.dtype, attn_implementation: str):
+    """`from_pretrained` on the tensors of a `model.safetensors.xz`, refusing any that do not fit (strict)."""
+    from transformers import GenerationConfig
+
+    hf, info = cls.from_pretrained(None, config=config, state_dict=files.read_tensors([path]), dtype=dtype,
+                                   attn_implementation=attn_implementation, output_loading_info=True)
+    misfits = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
+    if misfits:
+        raise WeightsNotFoundError(
+            f"{path} does not fit the {cls.__name__} of its config.json: {misfits}. Decompress it with `xz -dk` "
+            "and check its tensors against the config."
+        )
+    folder = path.parent
+    hf.config._name_or_path = hf.name_or_path = str(folder)
+    if (folder / "generation_config.json").is_file():
+        hf.generation_config = GenerationConfig.from_pretrained(folder)
+    return hf.eval()
 
 
 def _not_found(source: _Source, err: Exception) -> WeightsNotFoundError:
@@ -259,8 +380,8 @@ def _tokenizer(source: _Source, config):
     for where, revision in source.tokenizers:
         tokenizer = _try_tokenizer(where, revision)
         if tokenizer is not None:
-            return tokenizer, where if revision is None else f"{where}@{revision}"
-    looked = ", ".join(w if r is None else f"{w}@{r}" for w, r in source.tokenizers)
+            return tokenizer, tokenizer_label(where, revision)
+    looked = ", ".join(tokenizer_label(w, r) for w, r in source.tokenizers)
     if config.model_type == "gpt_neox" and config.vocab_size >= suite.TOKENIZER_VOCAB:
         warnings.warn(
             f"No tokenizer for {source.name} (looked in {looked}); using the GPT-NeoX-20B tokenizer shipped with"

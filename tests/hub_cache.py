@@ -68,14 +68,16 @@ def build_hub_cache(root: Path) -> HubCache:
     return cache
 
 
-def add_snapshot(cache: HubCache, repo: str, revision: str, tokenizer: bool = True, kind: str | None = None) -> None:
-    """One snapshot: config.json, model.safetensors and (optionally) tokenizer files, plus refs/<revision>."""
+def add_snapshot(cache: HubCache, repo: str, revision: str, tokenizer: bool = True, kind: str | None = None,
+                 marker: str | None = None) -> None:
+    """One snapshot: config.json, model.safetensors and (optionally) tokenizer files, plus refs/<revision>.
+    The tokenizer's marker word is `<repo>@<revision>` unless `marker` is given (snapshots may share one)."""
     kind = kind or ("neox" if repo.startswith("EleutherAI/") else "gpt2")
     commit = commit_of(repo, revision)
     weights = _random_weights(kind, seed=int(commit[:8], 16))
     files = {"config.json": _config_json(kind), "model.safetensors": _safetensors(weights)}
     if tokenizer:
-        files["tokenizer.json"] = _tokenizer_json(f"{repo}@{revision}").encode()
+        files["tokenizer.json"] = _tokenizer_json(marker or f"{repo}@{revision}").encode()
         files["tokenizer_config.json"] = json.dumps(TOKENIZER_CONFIG).encode()
     repo_dir = cache.root / f"models--{repo.replace('/', '--')}"
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)

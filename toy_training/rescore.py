@@ -24,9 +24,9 @@ from toy_training.train import HEAD_SCORES, REPEAT_EVAL
 
 def load_checkpoint(path: Path):
     """A shipped checkpoint as it is measured: fp16 weights in fp32, eager attention, eval mode."""
-    from transformers import AutoModelForCausalLM
+    from interp.loading import load_hf
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    return load_hf(path, dtype=torch.float32, attn_implementation="eager")
 
 
 def rescore(root: Path) -> dict:

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import torch
 
-from interp.toy import MODELS_DIR
+from interp.files import SAFETENSORS
+from interp.toy import MODELS_DIR, PACKED
 from toy_training import corpus as corpus_mod
 from toy_training import metrics
 from toy_training.data import LONG_MIX, SHORT_MIX, Mix, batch, tokenize_docs
+from toy_training.pack import pack
 from toy_training.spec import SEQ_LEN, SHORT_LEN, SPECS, VOCAB_SIZE, ToySpec, hf_config, schedule
 from toy_training.tokenizer import load_tokenizer, train_tokenizer
 
@@ -144,11 +146,14 @@ def make_optimizer(model, spec: ToySpec) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
 
 
-def save_checkpoint(model, path: Path):
-    """Save an fp16 copy to `path`; return that copy in fp32 with eager attention, for evaluation."""
+def save_checkpoint(model, path: Path, packed: bool = False):
+    """Save an fp16 copy to `path` (its weights xz-compressed if `packed`); return that copy in fp32 with eager
+    attention, for evaluation."""
     half = copy.deepcopy(model).half()
     half.config.dtype = torch.float16
     half.save_pretrained(path, safe_serialization=True)
+    if packed:
+        pack(path / SAFETENSORS)
     shipped = half.float().eval()
     shipped.set_attn_implementation("eager")
     return shipped
@@ -179,7 +184,7 @@ def train_model(spec: ToySpec, corpus: Corpus, out: Path, steps: int) -> dict:
     checkpoints, losses, start, cpu = [], [], time.perf_counter(), time.process_time()
     for step in range(steps + 1):
         if step in saves:
-            record = evaluate(save_checkpoint(model, out / f"step{step}"), sets)
+            record = evaluate(save_checkpoint(model, out / f"step{step}", spec.name in PACKED), sets)
             checkpoints.append({"step": step, "lr": round(lr_at(step, spec), 8) if step else 0.0, **record})
             print(f"{spec.name} step{step}: {_summary(record)}", flush=True)
         if step == steps:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -151,12 +152,11 @@ def _execute(todo: list[Job], executor: str, prefetch: bool, address: str | None
 
 def _assemble(ckpts: list[Checkpoint], jobs: dict[tuple[str, str], Job]) -> pd.DataFrame:
     """Every checkpoint's stored rows in plan order, labelled as asked, duplicates flagged."""
-    frames = []
-    for ckpt in ckpts:
-        job = jobs[(ckpt.model, ckpt.revision)]
-        frame = job.store.get(job.key, ckpt.model, ckpt.revision)
-        frames.append(frame.drop(columns=["analysis", "key"]).assign(revision=ckpt.label))
-    return flag_duplicates(pd.concat(frames, ignore_index=True))
+    job = jobs[(ckpts[0].model, ckpts[0].revision)]  # every job of a sweep has the same key and store
+    frame, lengths = job.store.get_all(job.key, [(c.model, c.revision) for c in ckpts])
+    frame = frame.drop(columns=["analysis", "key"])
+    frame["revision"] = np.repeat(np.array([c.label for c in ckpts], dtype=object), lengths)
+    return flag_duplicates(frame)
 
 
 @contextlib.contextmanager

@@ -10,21 +10,26 @@ byte-identical to an earlier one: a `duplicate_of` column and a warning.
 The fingerprint is the sha256 of the weight file (`model.safetensors` or `pytorch_model.bin`), the
 same number the hub shows for the file; for sharded checkpoints, the sha256 of the shards' names
 and sha256s. In a Hugging Face cache, files are stored under their sha256, so nothing is re-read.
+A toy checkpoint stored as `model.safetensors.xz` is fingerprinted by the `model.safetensors`
+inside it (what `xz -d` writes), so that the number does not depend on the compression.
 """
 
 from __future__ import annotations
 
 import hashlib
+import lzma
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from interp import toy
+from interp.files import is_packed
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.xz", "pytorch_model*.bin")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -32,12 +37,15 @@ class DuplicateCheckpointWarning(UserWarning):
     """Two checkpoints of a sweep have byte-identical weights."""
 
 
-def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None = None) -> str:
-    """Fingerprint of a checkpoint's weights: from its files, or from `hf_model`'s tensors if no file is found."""
+def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None = None,
+                   known: Mapping[Path, str] | None = None) -> str:
+    """Fingerprint of a checkpoint's weights: from its files (`known`: the sha256 of some already read), or from
+    `hf_model`'s tensors if no file is found."""
     folder = checkpoint_folder(model, revision)
     files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)) if folder else []
     if files:
-        digests = [(p.name, file_sha256(p)) for p in files]
+        known = known or {}
+        digests = [(p.name.removesuffix(".xz"), known.get(p) or file_sha256(p)) for p in files]
         if len(digests) == 1:
             return digests[0][1]
         return hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests).encode()).hexdigest()
@@ -60,13 +68,14 @@ def checkpoint_folder(model: str, revision: str) -> Path | None:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file; a hub-cache symlink into blobs/ already names it, so it is not re-read."""
+    """sha256 of a file (of the file inside, for .xz); a hub-cache symlink into blobs/ already names it, so it
+    is not re-read."""
     if path.is_symlink():
         target = path.resolve()
         if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
             return target.name
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (lzma.open if is_packed(path) else open)(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -91,13 +100,15 @@ def flag_duplicates(frame: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
     ['', '', 'step1']
     """
     frame = frame.copy()
-    firsts = (frame[frame["weights_sha256"] != ""].sort_values("step", kind="stable")
-              .drop_duplicates(["model", "weights_sha256"])
-              .set_index(["model", "weights_sha256"])["revision"])
-    keys = list(zip(frame["model"], frame["weights_sha256"], strict=True))
-    first = [firsts.get(k, "") if k[1] else "" for k in keys]
+    order = frame.sort_values("step", kind="stable")
+    firsts: dict[tuple[str, str], str] = {}  # (model, fingerprint) -> its earliest revision
+    keys = zip(order["model"], order["weights_sha256"], strict=True)
+    for key, revision in zip(keys, order["revision"], strict=True):
+        if key[1]:
+            firsts.setdefault(key, revision)
+    first = [firsts.get(key, "") for key in zip(frame["model"], frame["weights_sha256"], strict=True)]
     frame["duplicate_of"] = [f if f != rev else "" for f, rev in zip(first, frame["revision"], strict=True)]
-    if warn:
+    if warn and (frame["duplicate_of"] != "").any():
         for message in duplicate_messages(frame):
             warnings.warn(message, DuplicateCheckpointWarning, stacklevel=3)
     return frame

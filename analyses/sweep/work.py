@@ -9,25 +9,31 @@
     >>> job.store.get(job.key, "toy-4l", "step0")[["model", "revision", "layer", "head"]].shape
     (8, 4)
 
-Both executors run exactly this: the local one splits `load` from `analyse` so that the next
-checkpoint loads while the current one is analysed; a Ray task calls `run`.
+Both executors run exactly this. A Ray task calls `run`. The local executor splits loading from
+`analyse`: `prepare` (in its loading thread) readies the next checkpoint while the current one is
+analysed, as tensors for the live model when they fit it (`analyses.sweep.reuse`), else as a
+whole model; `take` (in the main thread) copies those tensors into the live model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
 
 import interp
+from analyses.sweep import reuse
 from analyses.sweep.integrity import weights_sha256
 from analyses.sweep.registry import Analysis
 from analyses.sweep.revisions import Checkpoint
 from analyses.sweep.store import KEY_COLUMNS, Key, ResultStore
-from interp.errors import InputError
+from interp import files, toy
+from interp.errors import InputError, InterpError
+from interp.loading import checkpoint_files
 
 
 @dataclass(frozen=True)
@@ -57,31 +63,85 @@ class Job:
 
 @dataclass
 class Loaded:
-    """A loaded checkpoint, its weights' fingerprint and how long loading took."""
+    """A loaded checkpoint, its weights' fingerprint, how long loading took, and what it can take in next."""
 
     model: interp.Model
     weights_sha256: str
     seconds: float
+    template: reuse.Template | None = None  # set when later checkpoints may be swapped into this model
+    target: tuple[str, str, str | None] = ("", "float32", None)  # the (model, dtype, device) it was loaded for
+    swapped: bool = False  # whether this checkpoint was swapped into a live model
 
 
-def load(job: Job) -> Loaded:
-    """Load the job's checkpoint (quietly) and fingerprint its weights."""
+@dataclass
+class Next:
+    """A checkpoint staged as tensors for the live model, waiting to be copied in."""
+
+    staged: reuse.Staged
+    weights_sha256: str
+    seconds: float
+
+
+def load(job: Job, reusable: bool = False) -> Loaded:
+    """Load the job's checkpoint (quietly) and fingerprint its weights; with `reusable`, note its template."""
     start = time.perf_counter()
     ckpt = job.checkpoint
     with quiet_loading():
         model = interp.load(ckpt.model, revision=ckpt.revision, dtype=job.dtype, device=job.device)
     sha = weights_sha256(ckpt.model, ckpt.revision, model.hf)
-    return Loaded(model, sha, time.perf_counter() - start)
+    template = reuse.Template.of(model) if reusable else None
+    return Loaded(model, sha, time.perf_counter() - start, template, _target(job))
 
 
-def analyse(job: Job, loaded: Loaded) -> dict:
-    """Run the analysis on a loaded checkpoint and write its rows; return the timings."""
+def swappable(live: Loaded | None, job: Job | None) -> bool:
+    """Whether `job` is a later checkpoint of the live model's name (so probably staged, not loaded whole)."""
+    return live is not None and job is not None and live.template is not None and live.target == _target(job)
+
+
+def prepare(job: Job, live: Loaded | None, ahead: Job | None = None) -> Loaded | Next:
+    """The job's checkpoint as tensors that fit the live model (`take` copies them in), else as a whole model;
+    then have the OS read the `ahead` job's weight files into its page cache."""
+    start = time.perf_counter()
+    ckpt = job.checkpoint
+    staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if swappable(live, job) else None
+    prepared = load(job, reusable=True) if staged is None else \
+        Next(staged, weights_sha256(ckpt.model, ckpt.revision, known=staged.digests), time.perf_counter() - start)
+    if ahead is not None:
+        read_ahead(ahead)
+    return prepared
+
+
+def read_ahead(job: Job) -> None:
+    """Have the OS read a hub checkpoint's weight files (those in the local cache) into its page cache, in the
+    background: the next `prepare` then maps pages that are there. (The toy suite's are small.)"""
+    if toy.resolve(job.checkpoint.model) is not None:
+        return
+    with contextlib.suppress(InterpError, OSError):
+        for path in checkpoint_files(job.checkpoint.model, job.checkpoint.revision).weights:
+            files.read_ahead(path)
+
+
+def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
+    """The checkpoint to analyse: a whole model as loaded, or the live model with the next tensors copied in."""
+    if isinstance(prepared, Loaded):
+        return prepared
+    start = time.perf_counter()
+    model = reuse.swap_(live.model, prepared.staged)
+    seconds = prepared.seconds + time.perf_counter() - start
+    return Loaded(model, prepared.weights_sha256, seconds, live.template, live.target, swapped=True)
+
+
+def analyse(job: Job, loaded: Loaded, before_write: Callable[[], None] | None = None) -> dict:
+    """Run the analysis on a loaded checkpoint and write its rows (calling `before_write()` in between);
+    return the timings."""
     start = time.perf_counter()
     frame = job.analysis.run(loaded.model, **job.params)
+    if before_write is not None:
+        before_write()
     analysed = time.perf_counter()
     ckpt = job.checkpoint
     job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
-    return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds,
+    return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds, "swapped": loaded.swapped,
             "analysis_s": analysed - start, "write_s": time.perf_counter() - analysed}
 
 
@@ -89,6 +149,10 @@ def run(job: Job) -> dict:
     """Load, analyse, write: one Ray task."""
     loaded = load(job)
     return analyse(job, loaded)
+
+
+def _target(job: Job) -> tuple[str, str, str | None]:
+    return job.checkpoint.model, job.dtype, job.device
 
 
 def _with_key_columns(frame: pd.DataFrame, job: Job, sha: str) -> pd.DataFrame:

@@ -13,6 +13,7 @@ See interp/toy/README.md (the model card) for data, training and which heads do 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from interp.errors import UnknownModelError, UnknownRevisionError, WeightsNotFou
 NAMES: tuple[str, ...] = ("toy-2l", "toy-4l", "toy-gpt2")
 ARCH: dict[str, str] = {"toy-2l": "neox", "toy-4l": "neox", "toy-gpt2": "gpt2"}  # GPTNeoXForCausalLM or GPT2LMHeadModel
 DEFAULT: str = "toy-2l"
+# Models whose checkpoints are stored as model.safetensors.xz (`xz -d` gives model.safetensors), to fit 10 MB.
+PACKED: frozenset[str] = frozenset({"toy-gpt2"})
 ALIASES: dict[str, str] = {"toy": DEFAULT}
 # What the model card's named heads do at the final checkpoint, as (layer, head).
 HEADS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
@@ -57,9 +60,12 @@ def model_dir(name: str) -> Path:
 def revisions(name: str) -> list[str]:
     """Saved checkpoints in training order, e.g. ["step0", "step1", ..., "step3600"]."""
     root = model_dir(name)
-    steps = sorted(
-        int(m.group(1)) for p in root.glob("step*") if p.is_dir() and (m := _STEP.fullmatch(p.name))
-    )
+    try:
+        with os.scandir(root) as entries:
+            folders = [e.name for e in entries if e.is_dir()]
+    except FileNotFoundError:
+        folders = []
+    steps = sorted(int(m.group(1)) for folder in folders if (m := _STEP.fullmatch(folder)))
     if not steps:
         raise WeightsNotFoundError(
             f"No checkpoints under {root}; train them from a source checkout with "

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import interp
-from analyses.sweep import sweep, work
+from analyses.sweep import reuse, sweep, work
 from analyses.sweep.registry import Analysis, AnalysisUnavailableError, analysis
 from analyses.sweep.revisions import checkpoints, log_spaced, model_names, tokens_seen
 
@@ -26,15 +26,22 @@ def detect(model):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Count every model load a sweep makes."""
+    """Count every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
     calls = []
-    real = interp.load
+    real_load, real_stage = interp.load, reuse.stage
 
     def counting(name, revision=None, **kwargs):
         calls.append((name, revision))
-        return real(name, revision=revision, **kwargs)
+        return real_load(name, revision=revision, **kwargs)
+
+    def staging(name, revision, template):
+        staged = real_stage(name, revision, template)
+        if staged is not None:
+            calls.append((name, revision))
+        return staged
 
     monkeypatch.setattr(interp, "load", counting)
+    monkeypatch.setattr(reuse, "stage", staging)
     return calls
 
 
@@ -132,33 +139,40 @@ def test_callables_are_keyed_by_code_and_params(tmp_path, loads):
         sweep("toy-4l", lambda m: {"step": 1}, "step0", progress=False)
 
 
-def test_prefetch_loads_next_while_analysing_and_holds_two_models(monkeypatch):
-    alive, events, threads = weakref.WeakSet(), [], set()
-    real_load = work.load
+def test_prefetch_readies_the_next_checkpoint_in_the_loading_thread_and_holds_two_models(monkeypatch):
+    alive, events, threads = weakref.WeakSet(), [], []
+    real_prepare = work.prepare
 
-    def tracked_load(job):
-        events.append(f"load {job.checkpoint.revision}")
-        threads.add(threading.current_thread().name)
-        loaded = real_load(job)
-        alive.add(loaded.model.hf)
-        return loaded
+    def tracked_prepare(job, live, ahead=None):
+        events.append(f"load {job.checkpoint.model} {job.checkpoint.revision}")
+        threads.append(threading.current_thread().name)
+        prepared = real_prepare(job, live, ahead)
+        if isinstance(prepared, work.Loaded):
+            alive.add(prepared.model.hf)
+        return prepared
 
     def slow(model):
         n = sum(e.startswith("end") for e in events)
-        time.sleep(0.3)  # long enough for the next load to start meanwhile
+        events.append(f"start {n}")
+        time.sleep(0.3)  # long enough for a whole load to run meanwhile
         events.append(f"end {n}")
         return {"models_alive": len(alive)}
 
-    monkeypatch.setattr(work, "load", tracked_load)
+    monkeypatch.setattr(work, "prepare", tracked_prepare)
     revisions = ["step0", "step1", "step2", "step4"]
-    result = sweep("toy-4l", slow, revisions, progress=False)
+    result = sweep(["toy-4l", "toy-2l"], slow, revisions, progress=False)
     assert result.to_frame()["models_alive"].max() <= 2, "one model analysed plus the one loading"
-    for i in range(1, 4):
-        assert events.index(f"load {revisions[i]}") < events.index(f"end {i - 1}"), f"no prefetch: {events}"
-    assert {t.split("_")[0] for t in threads} == {"sweep-load"}, "loads run in the loader thread"
+    assert result.timings["swapped"].tolist() == [False, True, True, True] * 2, "later checkpoints swap in"
+    assert threads[0] == threading.current_thread().name, "the first load has nothing to overlap: it runs here"
+    assert {t.split("_")[0] for t in threads[1:]} == {"sweep-load"}, "the others run in the loader thread"
+    at = {e: i for i, e in enumerate(events)}
+    assert at["load toy-2l step0"] < at["end 3"], f"a whole load runs during the analysis before it: {events}"
+    for i in (1, 2, 3, 5, 6, 7):  # staged while the rows of the checkpoint before are written
+        model, revision = ("toy-4l", "toy-2l")[i // 4], revisions[i % 4]
+        assert at[f"end {i - 1}"] < at[f"load {model} {revision}"] < at[f"start {i}"], events
     events.clear()
     sweep("toy-4l", slow, revisions[:2], prefetch=False, progress=False)
-    assert events == ["load step0", "end 0", "load step1", "end 1"]
+    assert events == ["load toy-4l step0", "start 0", "end 0", "load toy-4l step1", "start 1", "end 1"]
 
 
 def test_loading_bars_stay_quiet(capfd):

@@ -15,6 +15,7 @@ import pytest
 
 import interp
 from analyses import cli
+from analyses.sweep import reuse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,14 +29,22 @@ def main():
 
 @pytest.fixture
 def loads(monkeypatch):
+    """Every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
     calls = []
-    real = interp.load
+    real_load, real_stage = interp.load, reuse.stage
 
     def counting(name, revision=None, **kwargs):
         calls.append((name, revision))
-        return real(name, revision=revision, **kwargs)
+        return real_load(name, revision=revision, **kwargs)
+
+    def staging(name, revision, template):
+        staged = real_stage(name, revision, template)
+        if staged is not None:
+            calls.append((name, revision))
+        return staged
 
     monkeypatch.setattr(interp, "load", counting)
+    monkeypatch.setattr(reuse, "stage", staging)
     return calls
 
 

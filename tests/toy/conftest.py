@@ -22,11 +22,16 @@ def require_checkpoints(name: str) -> None:
 @functools.lru_cache(maxsize=16)
 def hf_model(name: str, revision: str | None = None):
     """The HF model of a shipped checkpoint (GPTNeoXForCausalLM or GPT2LMHeadModel): fp32, eager, eval mode."""
-    from transformers import AutoModelForCausalLM
+    from interp.loading import load_hf
 
-    path = toy.checkpoint_path(name, revision)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    return model.eval()
+    return load_hf(toy.checkpoint_path(name, revision), dtype=torch.float32, attn_implementation="eager")
+
+
+def weights(name: str, revision: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a shipped checkpoint as stored (fp16), whatever its file format."""
+    from interp import files
+
+    return files.read_tensors(files.weight_files(toy.checkpoint_path(name, revision)))
 
 
 @functools.lru_cache(maxsize=4)

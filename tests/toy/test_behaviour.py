@@ -131,14 +131,11 @@ def test_the_card_names_the_heads_the_tests_check():
 @pytest.mark.parametrize("name", WITH_HEADS)
 def test_induction_appears_during_training(name):
     require_checkpoints(name)
-    from transformers import AutoModelForCausalLM
-
     ids = repeated_random(20)  # repeats within the short rows of the first training phase
     revisions = toy.revisions(name)
     curve = {}
     for rev in revisions[1:]:
-        model = AutoModelForCausalLM.from_pretrained(toy.checkpoint_path(name, rev), dtype=torch.float32,
-                                                   attn_implementation="eager").eval()
+        model = hf_model(name, rev)
         curve[rev] = round(max(float(scores(model, ids)["induction"][h]) for h in toy.HEADS[name]["induction"]), 2)
     middle = list(curve.items())[:-1]
     before = [i for i, (_, s) in enumerate(middle) if s < 0.1]

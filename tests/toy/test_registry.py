@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp import toy
-from tests.toy.conftest import require_checkpoints, tokenizer
+from interp import files, toy
+from tests.toy.conftest import require_checkpoints, tokenizer, weights
 from toy_training.spec import SPECS, VOCAB_SIZE, schedule
 
 ROOT = Path(__file__).resolve().parents[2]
-# fp16 bytes of all 16 checkpoints of each model: 420,480 / 331,136 / 346,752 parameters x 2 bytes x 16
-MAX_WEIGHT_BYTES = {"toy-2l": 13_600_000, "toy-4l": 10_700_000, "toy-gpt2": 11_200_000}
+# fp16 bytes of all 16 checkpoints of each model: 420,480 / 331,136 / 346,752 parameters x 2 bytes x 16;
+# toy-gpt2's are xz-compressed (toy.PACKED) to fit 10 MB
+MAX_WEIGHT_BYTES = {"toy-2l": 13_600_000, "toy-4l": 10_700_000, "toy-gpt2": 10_000_000}
 NEOX = [n for n in toy.NAMES if toy.ARCH[n] == "neox"]
 GPT2 = [n for n in toy.NAMES if toy.ARCH[n] == "gpt2"]
 
@@ -43,7 +44,8 @@ def test_checkpoint_path_main_and_none_mean_the_final_step(name):
     final = toy.revisions(name)[-1]
     assert toy.checkpoint_path(name) == toy.checkpoint_path(name, "main") == toy.model_dir(name) / final
     assert toy.checkpoint_path(name, "step0").name == "step0"
-    assert (toy.checkpoint_path(name, "step0") / "model.safetensors").is_file()
+    stored = files.PACKED if name in toy.PACKED else files.SAFETENSORS
+    assert [p.name for p in files.weight_files(toy.checkpoint_path(name, "step0"))] == [stored]
 
 
 def test_unknown_revision_names_the_nearest_saved_steps():
@@ -62,14 +64,14 @@ def test_unknown_revision_names_the_nearest_saved_steps():
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_shipped_weights_fit_the_budget(name):
     require_checkpoints(name)
-    total = sum(f.stat().st_size for f in toy.model_dir(name).glob("step*/*.safetensors"))
+    total = sum(f.stat().st_size for rev in toy.revisions(name)
+                for f in files.weight_files(toy.checkpoint_path(name, rev)))
     assert total <= MAX_WEIGHT_BYTES[name], f"{name} weights take {total / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("name", NEOX)
 def test_config_has_pythias_architecture(name):
     require_checkpoints(name)
-    from safetensors import safe_open
     from transformers import AutoConfig
 
     path = toy.checkpoint_path(name)
@@ -81,8 +83,7 @@ def test_config_has_pythias_architecture(name):
     assert config.intermediate_size == 4 * config.hidden_size and config.hidden_act == "gelu"
     assert not config.tie_word_embeddings and config.attention_bias and config.layer_norm_eps == 1e-5
     assert config.bos_token_id == config.eos_token_id == tokenizer(name).eos_token_id
-    with safe_open(path / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert {t.dtype for t in weights(name).values()} == {torch.float16}
 
 
 @pytest.mark.parametrize("name", toy.NAMES)
@@ -101,7 +102,6 @@ def test_tokenizer_is_neox_style_byte_level_bpe(name):
 @pytest.mark.parametrize("name", GPT2)
 def test_gpt2_config_is_gpt2_at_the_size_of_toy_2l(name):
     require_checkpoints(name)
-    from safetensors import safe_open
     from transformers import AutoConfig
 
     path = toy.checkpoint_path(name)
@@ -113,9 +113,9 @@ def test_gpt2_config_is_gpt2_at_the_size_of_toy_2l(name):
     assert config.tie_word_embeddings and config.activation_function == "gelu_new"
     assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
     assert config.bos_token_id == config.eos_token_id == tokenizer(name).eos_token_id
-    with safe_open(path / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-        assert "lm_head.weight" not in f.keys(), "the unembedding is the tied token embedding"
+    stored = weights(name)
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    assert "lm_head.weight" not in stored, "the unembedding is the tied token embedding"
     ours, theirs = (toy.model_dir(n) / "tokenizer.json" for n in (name, "toy-2l"))
     assert ours.read_text() == theirs.read_text(), "one tokenizer for the suite"
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from interp import toy
+from interp import files, toy
 from tests.toy.conftest import require_checkpoints
 from toy_training import corpus
 from toy_training.spec import SPECS, schedule
@@ -78,7 +77,10 @@ def test_short_run_is_deterministic_and_follows_the_shipped_run(tmp_path, name):
     a, b = (json.loads((out / name / "training.json").read_text()) for out in runs)
     assert a["batch_loss"] == b["batch_loss"] and a["checkpoints"] == b["checkpoints"], "two runs differ"
     assert a["schedule"] == [s for s in schedule(SPECS[name]) if s <= SHORT]
-    weights = [load_file(out / name / f"step{SHORT}" / "model.safetensors") for out in runs]
+    saved = [files.weight_files(out / name / f"step{SHORT}") for out in runs]
+    stored = files.PACKED if name in toy.PACKED else files.SAFETENSORS
+    assert [p.name for p in saved[0]] == [stored], "training saves a model's checkpoints as the suite ships them"
+    weights = [files.read_tensors(paths) for paths in saved]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "weights differ between runs"
 
     ship = shipped(name)

@@ -313,15 +313,14 @@ def test_no_toy_head_is_detected_at_initialisation(toy_model):
 @pytest.mark.parametrize("name", toy.NAMES)
 def test_training_json_holds_the_one_induction_score(name):
     """The scores training.json records at a checkpoint are this module's, recomputed on plain HF attention."""
-    from transformers import AutoModelForCausalLM
+    from interp.loading import load_hf
 
     record = json.loads((toy.model_dir(name) / "training.json").read_text())
     final = record["checkpoints"][-1]
     repeat = record["repeat_eval"]
     ids = repeated_random_tokens(torch.arange(2, record["vocab_size"]), repeat["half"], repeat["n_seqs"],
                                  repeat["seed"])
-    hf = AutoModelForCausalLM.from_pretrained(toy.checkpoint_path(name), dtype=torch.float32,
-                                              attn_implementation="eager").eval()
+    hf = load_hf(toy.checkpoint_path(name), dtype=torch.float32, attn_implementation="eager")  # plain HF model
     with torch.no_grad():
         pattern = torch.stack(hf(input_ids=ids, output_attentions=True).attentions)  # (layer, batch, head, q, k)
     recomputed = pattern_scores(pattern, ids)

@@ -1,0 +1,159 @@
+"""One live model per model name: each later checkpoint is read as tensors and put into it in place.
+
+    >>> import interp
+    >>> model = interp.load("toy-2l", revision="step0")
+    >>> staged = stage("toy-2l", "step450", Template.of(model))   # reads the file only: no model is built
+    >>> swap_(model, staged).revision
+    'step450'
+
+Building a Hugging Face model (config, modules, `from_pretrained`'s bookkeeping, the tokenizer) is
+Python work that holds the GIL, and a sweep that does it in a background thread slows the
+analysis it should hide behind. So a sweep builds each model once and, for every later
+checkpoint of it, `stage` finds the files, checks that they fit, maps the tensors and has the OS
+read them ahead (the loading thread: little CPU, no GIL to speak of), and `swap_` copies them
+into the live model's parameters, casting on the way (one pass over memory already in place,
+with the analysis's threads): a model equal, tensor for tensor, to what `interp.load` gives for
+that checkpoint. Where that cannot be guaranteed (another config, generation config or tokenizer
+file, weights not on this machine, a tensor that is not a plain renaming of one parameter),
+`stage` returns None and the sweep loads the checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import interp
+from interp.files import read_ahead, read_tensors, read_whole
+from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
+
+SMALL_FILE = 64 << 20  # bytes: a weight file this small is read whole (and hashed from memory), not mapped
+Rename = Callable[[str], "str | None"]  # a name in the files -> the model's state-dict name (None: not a renaming)
+
+
+@dataclass(frozen=True)
+class Template:
+    """What a live model accepts: the fingerprint of the files it came from, its tensors' names and shapes."""
+
+    files: CheckpointFiles
+    fingerprint: tuple
+    tokenizer_at: int | None  # which of files.tokenizers gave its tokenizer (None: shipped or none)
+    shapes: dict[str, tuple[int, ...]]  # state-dict name -> shape, each tensor once (not a tied copy)
+    tied: frozenset[str]  # state-dict names of tied copies (GPT-2's lm_head.weight)
+    rename: Rename
+
+    @classmethod
+    def of(cls, model: interp.Model) -> Template | None:
+        """The template of a model `interp.load` gave for a toy or hub name; None for anything else."""
+        origin, rename = getattr(model, "origin", None), _renamer(model.hf)
+        if origin is None or origin.kind not in ("toy", "hub") or rename is None:
+            return None
+        files = checkpoint_files(origin.name, origin.revision)
+        labels = [tokenizer_label(where, revision) for where, revision in files.tokenizers]
+        at = labels.index(model.tokenizer_source) if model.tokenizer_source in labels else None
+        every = dict(model.hf.named_parameters(remove_duplicate=False))
+        tied = frozenset(every) - frozenset(dict(model.hf.named_parameters()))
+        shapes = {k: tuple(v.shape) for k, v in model.hf.state_dict().items() if k not in tied}
+        return cls(files, files.fingerprint(), at, shapes, tied, rename)
+
+    def fit(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """The tensors under the model's names, or None unless they fill every tensor once with its shape."""
+        fitted: dict[str, Tensor] = {}
+        for key, tensor in tensors.items():
+            name = self.rename(key)
+            if name is None or name in self.tied or name in fitted:
+                return None
+            if name not in self.shapes:
+                continue  # from_pretrained ignores a tensor the model does not have (old buffers, e.g.)
+            if tuple(tensor.shape) != self.shapes[name]:
+                return None
+            fitted[name] = tensor
+        return fitted if len(fitted) == len(self.shapes) else None
+
+
+@dataclass
+class Staged:
+    """One checkpoint's tensors under the live model's names, and what to record about it."""
+
+    files: CheckpointFiles
+    tensors: dict[str, Tensor]
+    tokenizer_at: int | None
+    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of weight files read whole
+
+
+def stage(name: str, revision: str, template: Template | None) -> Staged | None:
+    """Read a checkpoint's tensors for a model of `template`; None when a full `interp.load` is needed."""
+    if template is None:
+        return None
+    files = checkpoint_files(name, revision)
+    known = template.files.origin
+    if (files.origin.name, files.origin.kind) != (known.name, known.kind) or not files.weights:
+        return None
+    if not files.configs or files.configs[0].name != "config.json" or files.fingerprint() != template.fingerprint:
+        return None
+    whole = len(files.weights) == 1 and _small_file(files.weights[0])
+    tensors, digests = _read_whole(files.weights[0]) if whole else (read_tensors(files.weights), {})
+    fitted = template.fit(tensors)  # safetensors files but small ones: mapped, read when copied
+    if fitted is None:
+        return None
+    for path in files.weights:
+        read_ahead(path)  # into the page cache now
+    return Staged(files, fitted, template.tokenizer_at, digests)
+
+
+def swap_(model: interp.Model, staged: Staged) -> interp.Model:
+    """Copy the staged tensors into `model`'s own (cast to its dtypes, on its device) and relabel it."""
+    targets = model.hf.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, tensor in staged.tensors.items():
+            targets[name].copy_(tensor)  # into memory already in place; bumps the version: weight stacks rebuild
+    if model.hf.training:  # as interp.load returns it
+        model.hf.eval()
+    files = staged.files
+    label = model.tokenizer_source
+    if staged.tokenizer_at is not None:
+        label = tokenizer_label(*files.tokenizers[staged.tokenizer_at])
+    model.revision, model.tokenizer_source = files.origin.revision, label
+    model.origin = dataclasses.replace(files.origin, tokenizer=label)
+    model.hf.config._name_or_path = model.hf.name_or_path = files.name_or_path  # as from_pretrained sets it
+    return model
+
+
+def _small_file(path: Path) -> bool:
+    """A safetensors file (plain or .xz) small enough to read whole, and not a hub blob (whose name is its
+    sha256 already)."""
+    small = path.name.endswith((".safetensors", ".safetensors.xz")) and path.stat().st_size <= SMALL_FILE
+    return small and not path.is_symlink()
+
+
+def _read_whole(path: Path) -> tuple[dict[str, Tensor], dict[Path, str]]:
+    tensors, sha256 = read_whole(path)
+    return tensors, {path: sha256}
+
+
+def _renamer(hf: torch.nn.Module) -> Rename | None:
+    """`from_pretrained`'s renaming of checkpoint names for this model, or None where it also converts tensors."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        return None
+    transforms = get_model_conversion_mapping(hf)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    known, prefix = dict.fromkeys(hf.state_dict(), True), hf.base_model_prefix
+
+    @functools.lru_cache(maxsize=4096)  # every checkpoint of a model has the same names
+    def rename(key: str) -> str | None:
+        name, converted = rename_source_key(key, renamings, converters, prefix, known)
+        if name not in known and key in known:
+            name, converted = rename_source_key(key, [], [], prefix, known)
+        return None if converted is not None else name
+
+    return rename
