@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="where to build the synthetic cache")
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--no-ray", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the local runs (Ray: one)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the local runs (Ray: one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
