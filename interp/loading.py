@@ -90,7 +90,7 @@ def load(
     """
     torch_dtype, torch_device = dtype_of(dtype) or torch.float32, _device(device)
     _check_attn(attn_implementation)
-    source = _locate(name_or_path, revision)
+    source = locate(name_or_path, revision)
     config = _config(source)
     hf = _weights(source, config, torch_dtype, attn_implementation)
     if torch_device is not None:
@@ -140,7 +140,7 @@ def checkpoint_files(name_or_path: str | os.PathLike, revision: str | None = Non
         >>> found.origin.revision, [p.name for p in found.weights]
         ('step3600', ['model.safetensors'])
     """
-    source = _locate(name_or_path, revision)
+    source = locate(name_or_path, revision)
     resolve = _resolver(source.weights, (source.revision or "main") if source.kind == "hub" else None)
     origin = Origin(source.name, source.kind, source.requested, source.loaded, _commit(source))
     configs = tuple(p for name in ("config.json", "generation_config.json") if (p := resolve(name)) is not None)
@@ -167,8 +167,10 @@ def shipped_tokenizer():
 # ---- names and paths ----------------------------------------------------------------------------
 
 
-def _locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
-    """Toy names, then suite and GPT-2 names, then existing directories; validate the revision first."""
+def locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
+    """Where a model name (or folder) and revision would load from, reading no weights: toy names, then
+    suite and GPT-2 names, then existing directories, the revision checked first. Raises the same
+    `InterpError` as `load` for an unknown name or revision."""
     suite.check_revision_type(revision)
     if isinstance(name_or_path, os.PathLike):
         return _directory(Path(name_or_path), revision)

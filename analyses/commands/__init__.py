@@ -143,11 +143,11 @@ def check_model(name: str, revision: str | None) -> None:
     ...
     interp.errors.UnknownRevisionError: 'step7' is not a checkpoint of 'toy-2l'. Nearest saved steps: step4, step8.
     """
-    from interp.loading import _locate  # the name and revision checks interp.load makes first
+    from interp.loading import locate  # the name and revision checks interp.load makes first
 
     with warnings.catch_warnings():  # interp.load warns again, where it matters
         warnings.simplefilter("ignore")
-        _locate(name, revision)
+        locate(name, revision)
 
 
 def load_model(args: argparse.Namespace):

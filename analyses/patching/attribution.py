@@ -242,14 +242,6 @@ class _Leaf:
         return self.tensor
 
 
-def _rows(index: list[int]) -> slice | list[int]:
-    """A slice when the rows are evenly spaced (a layer's q, k or v receivers are), else the list."""
-    step = index[1] - index[0] if len(index) > 1 else 1
-    if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
-        return slice(index[0], index[-1] + 1, step)
-    return index
-
-
 def _sender_deltas(model, graph: Graph, acts: dict, src) -> Tensor:
     """(sender, prompt, pos, d_model): source minus base output of every sender; a head's is its z change
     through its W_O (one product per layer for the differences, rather than per-head results in each run)."""
@@ -297,7 +289,7 @@ class _Scorer:
             names = [f"L{parts[1]}H{h}.{kind}" for h in range(self.model.n_heads)]
         index = [self.graph.receiver_index(r) for r in names]
         count = int(self.graph.mask[:, index[0]].sum())
-        rows = _rows([self.row_of[r] for r in index])
+        rows = runs.spaced([self.row_of[r] for r in index])
 
         def hook(grad: Tensor, site) -> None:
             g = grad.to(self.scores.dtype)

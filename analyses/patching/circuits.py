@@ -196,7 +196,7 @@ class _State:
         index = [self.graph.receiver_index(r) for r in _receivers_of(site.name, x)]
         count = int(self.graph.mask[:, index[0]].sum())
         fixes, position = self._fixes(count)
-        fix = _take(fixes, [position[i] for i in index])  # (k, receiver, prompt * pos * d_model)
+        fix = fixes[:, runs.spaced([position[i] for i in index])]  # (k, receiver, prompt * pos * d_model)
         if x.ndim == 4:  # (rows, pos, head, d_model): add without copying the permuted corrections
             k, heads, n, pos, d = self.k, len(index), self.n, x.shape[1], x.shape[-1]
             fix = fix.view(k, heads, n, pos, d).permute(0, 2, 3, 1, 4)
@@ -212,14 +212,6 @@ class _State:
             self.fixes = {count: (torch.bmm(m.transpose(1, 2), diffs),
                                   {int(r): i for i, r in enumerate(receivers.tolist())})}
         return self.fixes[count]
-
-
-def _take(x: Tensor, index: list[int]) -> Tensor:
-    """x[:, index]: a view when the indices are evenly spaced (a layer's q, k or v receivers are)."""
-    step = index[1] - index[0] if len(index) > 1 else 1
-    if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
-        return x[:, index[0]:index[-1] + 1:step]
-    return x[:, index]
 
 
 def _receivers_of(site: str, x: Tensor) -> list[str]:

@@ -115,6 +115,15 @@ def _ablate(x: Tensor, mask: Tensor, ablation: str, by_query: bool = False) -> T
     return mean.expand_as(x).contiguous()
 
 
+def spaced(index: list[int]) -> slice | list[int]:
+    """A slice when the indices are evenly spaced and increasing (a layer's q, k or v receivers are),
+    so that indexing with it gives a view; the list otherwise."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step > 0 and index == list(range(index[0], index[-1] + 1, step)):
+        return slice(index[0], index[-1] + 1, step)
+    return index
+
+
 def row_bytes(model, n_pos: int) -> int:
     """Rough peak bytes one batch row needs during a no-grad forward."""
     width = 2 * model.d_mlp + 8 * model.d_model + 3 * model.n_heads * n_pos

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import interp
-from analyses.sweep import reuse, sweep, work
+from analyses.sweep import sweep, work
 from analyses.sweep.registry import Analysis, AnalysisUnavailableError, analysis
 from analyses.sweep.revisions import checkpoints, log_spaced, model_names, tokens_seen
 
@@ -22,27 +22,6 @@ def detect(model):
     from analyses.attention import detect_heads
 
     return detect_heads(model, seq_len=50, batch=4, seed=0).to_frame()
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """Count every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
-    calls = []
-    real_load, real_stage = interp.load, reuse.stage
-
-    def counting(name, revision=None, **kwargs):
-        calls.append((name, revision))
-        return real_load(name, revision=revision, **kwargs)
-
-    def staging(name, revision, template):
-        staged = real_stage(name, revision, template)
-        if staged is not None:
-            calls.append((name, revision))
-        return staged
-
-    monkeypatch.setattr(interp, "load", counting)
-    monkeypatch.setattr(reuse, "stage", staging)
-    return calls
 
 
 def test_revision_specs():

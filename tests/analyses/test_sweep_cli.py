@@ -15,7 +15,6 @@ import pytest
 
 import interp
 from analyses import cli
-from analyses.sweep import reuse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,27 +24,6 @@ def main():
     """`pythia-interp` in this process."""
     assert "analyses.sweep.command" in cli.COMMANDS
     return cli.main
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """Every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
-    calls = []
-    real_load, real_stage = interp.load, reuse.stage
-
-    def counting(name, revision=None, **kwargs):
-        calls.append((name, revision))
-        return real_load(name, revision=revision, **kwargs)
-
-    def staging(name, revision, template):
-        staged = real_stage(name, revision, template)
-        if staged is not None:
-            calls.append((name, revision))
-        return staged
-
-    monkeypatch.setattr(interp, "load", counting)
-    monkeypatch.setattr(reuse, "stage", staging)
-    return calls
 
 
 def test_every_toy_checkpoint_then_a_rerun_from_the_store(main, loads, tmp_path, capsys):
