@@ -10,14 +10,13 @@ the table shows medians, the ratio to each baseline, and the bytes each run keep
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
 import torch
-from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from bridge import transformer_lens_bridge
+from transformers import GPTNeoXForCausalLM
 
 import interp
 from interp import suite
@@ -54,7 +53,7 @@ def contenders(size: str, ids: torch.Tensor) -> dict[str, Callable[[], int]]:
 
     runs = {"HF forward (sdpa)": plain, "HF eager + hidden_states + attentions": hf_outputs,
             "ours: residual stream": ours(resid), "ours: every standard site": ours(standard)}
-    bridge = _bridge(eager, config)
+    bridge = transformer_lens_bridge(eager)
     if bridge is not None:
         fired = bridge.run_with_cache(ids[:1, :8])[1].cache_dict  # registered is not fired: rot_q/rot_k are not
         shared = {n for n in standard if n in fired}
@@ -67,27 +66,6 @@ def contenders(size: str, ids: torch.Tensor) -> dict[str, Callable[[], int]]:
     if nnsight_run is not None:
         runs["nnsight: residual stream"] = nnsight_run
     return runs
-
-
-def _bridge(eager: GPTNeoXForCausalLM, config):
-    """TransformerLens's bridge over a copy of the weights, or None if it is not installed."""
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:
-        return None
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    from tokenizers import Tokenizer, models
-    from transformers import AutoTokenizer
-
-    path = tempfile.mkdtemp()
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<e>": 0}, unk_token="<e>")),
-                                  eos_token="<e>")
-    copy = GPTNeoXForCausalLM(config.__class__(**config.to_dict())).eval()
-    copy.load_state_dict(eager.state_dict())
-    copy.save_pretrained(path)
-    tok.save_pretrained(path)
-    return TransformerBridge.boot_transformers(path, hf_model=copy, tokenizer=AutoTokenizer.from_pretrained(path),
-                                               device="cpu")
 
 
 def _nnsight(hf, model, ids):

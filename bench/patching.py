@@ -25,11 +25,11 @@ set above the loaded model) is its own.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing as mp
 import time
 
 import torch
+from bridge import transformer_lens_bridge
 
 SEQ, CHANGED = 64, 31
 
@@ -265,31 +265,6 @@ def ours_curve(model, task, budget_mb=1024):
 # ---- the run ------------------------------------------------------------------------------
 
 
-def bridge_of(model):
-    """TransformerLens's bridge over a copy of the weights, or None if it is not installed."""
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:
-        return None
-    import tempfile
-
-    from tokenizers import Tokenizer, models
-    from transformers import AutoTokenizer, GPTNeoXForCausalLM, PreTrainedTokenizerFast
-
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    path = tempfile.mkdtemp()
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<e>": 0}, unk_token="<e>")),
-                                  eos_token="<e>")
-    config = model.hf.config
-    copy = GPTNeoXForCausalLM(config.__class__(**config.to_dict())).eval()
-    copy.load_state_dict(model.hf.state_dict())
-    copy.config._attn_implementation = "eager"
-    copy.save_pretrained(path)
-    tok.save_pretrained(path)
-    return TransformerBridge.boot_transformers(path, hf_model=copy, tokenizer=AutoTokenizer.from_pretrained(path),
-                                               device="cpu")
-
-
 def row(name: str, seconds: float, unit: str, ratio: str = "", check: str = "", peak: float | None = None):
     mem = f"{peak:7.0f} MiB" if peak is not None else " " * 11
     print(f"  {name:<52} {seconds:9.3f} s {unit:<14} {ratio:<16} {mem}  {check}")
@@ -320,7 +295,7 @@ def activation_rows(model, task, args):
     if changed != positions:
         ratio += f" ({loop_per * len(heads) * len(changed) / part_t:.1f}x from {CHANGED} on)"
     row("one forward per patch", loop_t, f"{1e3 * loop_per:.2f} ms/patch", ratio, f"max |diff| {err:.1e}", loop_mb)
-    bridge = bridge_of(model)
+    bridge = transformer_lens_bridge(model.hf)
     if bridge is None:
         print("  TransformerLens not installed: skipped")
         return
