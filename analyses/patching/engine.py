@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from analyses.patching import runs
+from analyses.patching import runs, suffix
 from analyses.patching.metrics import Metric
 from interp.attention import additive_mask
 from interp.tokens import Tokens
@@ -50,12 +50,8 @@ SITES = {"resid_pre", "attn_out", "mlp_out", "z"}
 
 def applies(model, sites: set[str], metric: Metric, n_pos: int) -> bool:
     """Whether patches of these sites, read by this metric, can run here (the metric reads only the last position)."""
-    from analyses.patching import suffix
-
     supported = model.parallel_residual or model.arch.kind == "gpt2"
-    odd = model.arch.kind == "gpt2" and any(
-        getattr(model.module(f"blocks.{ly}.attn.hook_z"), "reorder_and_upcast_attn", False)
-        for ly in range(model.n_layers))
+    odd = getattr(model.hf.config, "reorder_and_upcast_attn", False)  # GPT-2's fp32 attention path: use hooks
     return supported and not odd and sites <= SITES and suffix.applies(sites, metric, n_pos)
 
 
@@ -88,6 +84,7 @@ class Engine:
         self.base_qkv = [self._qkv(ly, x, slice(None)) for ly, x in enumerate(resid)]  # (prompt, head, pos, d_head)
         self.reference = self.values(final[:, -1:])
         self.diffs: dict[str, Tensor] = {}  # source - base per site
+        self.touched: dict[str, dict[int | None, list[int]]] = {}
 
     # ---- entry points -------------------------------------------------------------------
 
@@ -106,29 +103,34 @@ class Engine:
         return 2 * layer + 1  # GPT-2's attention output enters resid_mid
 
     def entry(self, patch, index: int, src) -> tuple[Entry, Tensor] | None:
-        """Where a patch enters and its delta (prompt, pos, d_model) from its first position on; None if it
+        """Where a patch enters and its delta (prompt, pos, d_model) over the positions it touches; None if it
         changes nothing the metric reads (its delta is zero, or it enters after the last attention elsewhere)."""
         name = patch.name()
-        if name not in self.diffs:
-            self.diffs[name] = src[name].to(self.model.dtype) - self.cache[name]
-        diff = self.diffs[name]
-        if patch.site == "z":
-            diff = diff[:, :, patch.head]  # (prompt, pos, d_head)
+        touched = self._touched(name, src)[patch.head]  # positions where any prompt's value changes
         if patch.position is not None:
-            keep = torch.zeros(diff.shape[1], dtype=torch.bool, device=diff.device)
-            keep[patch.position] = True
-            diff = diff * keep.view(1, -1, *([1] * (diff.ndim - 2)))
-        touched = diff.flatten(2).ne(0).any(-1).any(0).nonzero()  # positions where any prompt changes
-        if len(touched) == 0:
+            touched = [patch.position] if patch.position in touched else []
+        if not touched:
             return None
-        step, start = self.entry_step(patch.site, patch.layer), int(touched[0])
-        n_pos = diff.shape[1]
-        if step > self.last_attention_step() and int(touched[-1]) != n_pos - 1:
+        step, start, end = self.entry_step(patch.site, patch.layer), touched[0], touched[-1] + 1
+        if step > self.last_attention_step() and end != self.mask.shape[1]:
             return None
-        diff = diff[:, start:int(touched[-1]) + 1]  # the span it touches, from its first position
+        diff = self.diffs[name][:, start:end]
         if patch.site == "z":
-            diff = diff @ self.model.W_O[patch.layer, patch.head]
+            diff = diff[:, :, patch.head] @ self.model.W_O[patch.layer, patch.head]
         return Entry(step, start, index), diff
+
+    def _touched(self, name: str, src) -> dict[int | None, list[int]]:
+        """Per head (None for a whole-layer site): the positions where source and base differ in any prompt.
+
+        One host read per site, not per patch."""
+        if name not in self.touched:
+            self.diffs[name] = diff = src[name].to(self.model.dtype) - self.cache[name]
+            changed = diff.ne(0).any(-1).any(0)  # (pos, head) for z, (pos,) otherwise
+            if changed.ndim == 2:
+                self.touched[name] = {h: col.nonzero().flatten().tolist() for h, col in enumerate(changed.T.cpu())}
+            else:
+                self.touched[name] = {None: changed.cpu().nonzero().flatten().tolist()}
+        return self.touched[name]
 
     def state(self, step: int) -> Float[Tensor, "prompt pos d_model"]:
         return self.final if step == self.n_steps else self.cache[self.states[step]]
@@ -190,7 +192,6 @@ class Engine:
         attn = self._scores_to_output(layer, q[:, :, queries], k, v, start if not only_last else n_pos - 1, rows)
         mlp = self.cache[f"blocks.{layer}.hook_mlp_out"][:, start:].repeat(rows, 1, 1)
         if not only_last or start == n_pos - 1:
-            mlp = mlp.clone()
             mlp[:, :1] = self._module("mlp", layer)(self._module("ln2", layer)(x))
         base = self.state(layer)[:, start:].repeat(rows, 1, 1)
         base[:, :1] = x

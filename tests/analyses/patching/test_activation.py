@@ -163,3 +163,13 @@ def test_frame_and_figure():
     assert result.grid("z").shape == (model.n_layers, model.n_heads, task.n_pos)
     fig = result.figure()
     assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+
+
+def test_gpt2_with_its_fp32_attention_path_patches_through_hooks():
+    """`reorder_and_upcast_attn` changes GPT-2's attention arithmetic: the engine leaves it to the hooks, exactly."""
+    model = tiny_model("gpt2", reorder_and_upcast_attn=True)
+    task = random_task(model)
+    assert not engine.applies(model, {"z"}, LogitDiff.of(task), task.n_pos)
+    frame = activation_patch(model, task, sites=["z"], layers=[0]).to_frame()
+    row = frame[frame.position == 4].iloc[0]
+    assert abs(row.effect - reference(model, task, "z", 0, int(row["head"]), 4)) < 1e-5
