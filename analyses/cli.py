@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # One module per analysis; each defines add_parser(subparsers). Modules not present are skipped.
 COMMANDS = (
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from interp.errors import InterpError
 
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars would drown the output
+    out = getattr(args, "out", None)
+    new_folders = [] if out is None else [p for p in (Path(out), *Path(out).parents) if not p.exists()]
     try:
         return args.func(args) or 0
     except InterpError as err:  # a clear one-line message for bad input, not a traceback
@@ -82,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.prog, str(err), 1)
     except KeyboardInterrupt:
         return _fail(args.prog, "interrupted", 130)
+    finally:
+        _remove_if_empty(new_folders)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Folders this run made (--out and parents, innermost first) and left empty, as when it failed first."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            return
 
 
 def _fail(prog: str, message: str, status: int) -> int:

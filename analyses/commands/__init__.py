@@ -213,7 +213,8 @@ def check_png_renderer(no_png: bool) -> None:
 def print_written(paths: list[Path]) -> None:
     """A line per file written: its path and size."""
     for path in paths:
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+        size = path.stat().st_size
+        print(f"wrote {path} ({f'{size} bytes' if size < 1024 else f'{size / 1024:.0f} KiB'})")
 
 
 # ---- provenance ---------------------------------------------------------------------------------

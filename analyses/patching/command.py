@@ -148,7 +148,7 @@ def _own_task(args: argparse.Namespace, prompts: list[str]) -> dict | None:
         raise TaskError(f"--task {args.task} and your own prompts exclude each other: drop one of them.")
     corrupt = args.corrupt
     if args.corrupt_file is not None:
-        corrupt = read_lines(args.corrupt_file, "--corrupt-file", "or use --corrupt TEXT...")
+        corrupt = read_lines(args.corrupt_file, "--corrupt-file", "or use --corrupt TEXT ...")
     if not (clean and corrupt and args.answer and args.wrong):
         raise TaskError("Your own task needs clean prompts (--prompt, --prompts-file or --clean), --corrupt (or "
                         "--corrupt-file), --answer and --wrong together (or use --task induction|ioi|greater-than).")

@@ -17,3 +17,7 @@ class TaskError(PatchingError):
 
 class UnknownMethodError(PatchingError):
     """A method, site, metric or ablation name we do not know."""
+
+
+class WeakTaskWarning(UserWarning):
+    """The clean and corrupt runs give (almost) the same metric, so normalised numbers divide by about 0."""

@@ -42,6 +42,7 @@ from analyses.patching.graph import Graph
 
 SCHEMA = "pythia-interp/patching-graph/1"
 SELECTIONS = ("top", "greedy")  # circuits from scores: the n largest |scores|, or greedy from the logits
+WEAK = 1e-2  # |M(clean) - M(corrupt)| at most this share of the metric's size: normalised numbers mean little
 
 
 @dataclass
@@ -65,6 +66,16 @@ class Provenance:
             tokens = model.to_str_tokens(task.clean.ids[0])
         except Exception:  # no tokenizer
             tokens = [str(i) for i in task.clean.ids[0].tolist()]
+        if abs(clean - corrupt) <= WEAK * max(1.0, abs(clean), abs(corrupt)):
+            import warnings
+
+            from analyses.patching.errors import WeakTaskWarning
+
+            warnings.warn(WeakTaskWarning(
+                f"{model.name} gives almost the same {metric.describe()} on the clean and the corrupt run of task "
+                f"{task.name!r} ({clean:.4g} and {corrupt:.4g}): effect_normalized, faithfulness and completeness "
+                "divide by their difference and mean little. Use a task the model does, or compare raw effects."),
+                stacklevel=3)
         return cls(model.name, model.revision, task.name, metric.describe(), direction,
                    ablation if isinstance(ablation, str) else "cache", clean, corrupt, tokens)
 

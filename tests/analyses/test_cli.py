@@ -55,6 +55,15 @@ def test_a_missing_command_module_is_skipped_and_a_broken_one_is_not(monkeypatch
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_refused_run_leaves_no_empty_output_folder(command, tmp_path, capsys, no_loading):
+    out, kept = tmp_path / "new" / "out", tmp_path / "kept"
+    kept.mkdir()
+    for folder in (out, kept):
+        assert run(command, *COMMANDS[command], "--model", "toy-9l", "--out", str(folder)) == 2
+    assert not out.parent.exists() and kept.is_dir()  # made by the run and left empty: removed; given: kept
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_file_in_the_way_is_refused_before_any_work(command, tmp_path, capsys, no_loading):
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")

@@ -15,12 +15,12 @@ from analyses.patching.circuits import (
     masked_values,
     sizes,
 )
-from analyses.patching.errors import GraphError, UnknownMethodError
+from analyses.patching.errors import GraphError, UnknownMethodError, WeakTaskWarning
 from analyses.patching.graph import Graph
 from analyses.patching.path import path_patch
 from analyses.patching.results import SCHEMA
 
-from .helpers import random_task, tiny_model
+from .helpers import random_task, same, tiny_model
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -190,3 +190,20 @@ def test_masked_runs_from_the_first_change_equal_whole_prompt_runs(arch, padded,
     monkeypatch.setattr(circuits, "first_change", lambda task, ablation: 0)
     whole = masked_values(model, task, ablate)
     assert (from_change - whole).abs().max() < 1e-5 and whole.std() > 1e-3
+
+
+def test_a_task_the_model_does_not_do_warns_that_normalised_numbers_mean_little():
+    model = tiny_model()
+    task = random_task(model)
+    with pytest.warns(WeakTaskWarning, match="almost the same"):
+        circuit = evaluate_circuit(model, same(task), [])
+    assert circuit.faithfulness != circuit.faithfulness  # NaN: clean and corrupt are the same run
+    import warnings
+
+    import interp
+    from analyses.patching import tasks
+
+    toy = interp.load("toy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakTaskWarning)
+        evaluate_circuit(toy, tasks.induction(toy, n_prompts=2), [])  # a task the model does: no warning
