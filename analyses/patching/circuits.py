@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from analyses.patching import runs, suffix
+from analyses.patching import runs, sparse, suffix
 from analyses.patching.attribution import receiver_sites, sender_sites
 from analyses.patching.errors import GraphError
 from analyses.patching.graph import Graph
@@ -60,11 +60,13 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
         raise GraphError(f"ablate has shape {tuple(ablate.shape)}; expected (circuits, {graph.n_edges}), one "
                          "column per edge of Graph.from_model(model), in graph.edges order.")
     base = task.clean if direction == "noising" else task.corrupt
+    n, n_pos = len(base), base.ids.shape[1]
+    if not ablate.requires_grad and sparse.applies(model, metric, n_pos):
+        return _node_values(model, task, graph, base, ablate, metric, ablation, direction, budget_mb, progress)
     with torch.no_grad():
         src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
     if ablate.requires_grad:
         return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
-    n, n_pos = len(base), base.ids.shape[1]
     start = first_change(task, ablation) if suffix.applies(set(), metric, n_pos) else 0
     kv = suffix.prefix(model, base) if start else None
     # per row: every sender's difference, the corrections of one layer's receivers, the q/k/v input copies
@@ -77,6 +79,27 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
         for part in runs.progress(slices, len(slices), progress, "circuits"):
             out[part] = _masked_chunk(model, graph, base, ablate[part].to(model.device), src, metric, start=start,
                                       kv=kv)
+    return out
+
+
+def _node_values(model, task, graph: Graph, base, ablate: Tensor, metric: Metric, ablation, direction: str,
+                 budget_mb: float, progress: bool | None) -> Tensor:
+    """masked_values node by node (`sparse`): each circuit computes only the nodes its masks change."""
+    other = task.corrupt if direction == "noising" else task.clean
+    shortcut = isinstance(ablation, str) and ablation == "corrupt" and bool(
+        (other.attention_mask == base.attention_mask).all())
+    start = first_change(task, ablation)
+    with torch.no_grad():
+        if shortcut:
+            refs = sparse.References(model, graph, base, start, metric, other=other)
+        else:
+            src = runs.sources(model, task, sender_sites(model), direction, ablation)
+            refs = sparse.References(model, graph, base, start, metric, src=_source_stack(model, graph, src))
+        per = sparse.circuit_bytes(model, graph, len(base), base.ids.shape[1] - start)
+        slices = list(runs.chunks(ablate.shape[0], 1, per, budget_mb))
+        out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
+        for part in runs.progress(slices, len(slices), progress, "circuits"):
+            out[part] = sparse.node_values(refs, ablate[part].to(model.device)).to(out.dtype)
     return out
 
 

@@ -1,0 +1,420 @@
+"""Circuits evaluated node by node: each circuit computes only the nodes its masks change.
+
+    >>> import interp
+    >>> from analyses.patching import tasks
+    >>> from analyses.patching.metrics import LogitDiff
+    >>> model = interp.load("toy")
+    >>> task = tasks.induction(model, n_prompts=4)
+    >>> applies(model, LogitDiff.of(task), task.n_pos), applies(model, LogitDiff.of(task, positions=[1]), task.n_pos)
+    (True, False)
+    >>> from analyses.patching import masked_values     # runs through this module when it applies
+
+In a masked run, a node (a head or an MLP) often reads exactly what it reads in one of the two
+reference runs:
+
+- BASE: every incoming edge is kept and comes from a sender at its base value, so the node reads
+  its base input and gives its base output;
+- OTHER: every incoming edge is ablated, or comes from a sender already at its ablated value, so
+  the node reads the ablated input. With the corrupt run as the ablation (and the same padding),
+  its output is then the corrupt run's, which is its ablated value;
+- MIXED: anything else. Only these are computed, for the circuits where they are mixed, batched
+  over circuits, and only over the positions from the first one clean and corrupt differ in (the
+  earlier keys and values are the base run's). After the last attention, only the last position.
+
+A mixed receiver's input is assembled from the ablated input by adding back what its kept edges
+carry: input_r = ablated_in_r - sum over kept senders s of (ablated_s - value_s). Senders at their
+ablated value drop out, so a small circuit sums few terms; the sum over a circuit's changed senders
+is one matrix product per layer. The results equal the hooks' masked runs to float rounding (the
+tests check 1e-5 in fp32, on both architectures, padded or not).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from analyses.patching import runs, suffix
+from analyses.patching.attribution import sender_sites
+from analyses.patching.graph import Graph
+from analyses.patching.metrics import Metric
+from interp.attention import additive_mask
+from interp.tokens import Tokens
+
+BASE, OTHER, MIXED = 0, 1, 2
+
+
+def applies(model, metric: Metric, n_pos: int) -> bool:
+    """Whether node-by-node evaluation serves this model and metric (the metric reads only the last position)."""
+    odd = getattr(model.hf.config, "reorder_and_upcast_attn", False)  # GPT-2's fp32 attention path: use hooks
+    supported = bool(model.parallel_residual) or model.arch.kind == "gpt2"
+    return supported and not odd and not model.hf.training and suffix.applies(set(), metric, n_pos)
+
+
+class References:
+    """What every circuit shares: the base run, the ablated values and both runs' q, k, v, from `start` on.
+
+    With `src=None` the ablation is the `other` run (the corrupt one when noising): it runs once, on the
+    positions from `start` on (the earlier ones equal the base run's), and OTHER shortcuts apply.
+    Otherwise `src` holds every sender's ablated output (sender, prompt, pos, d_model) and no node is
+    ever at its ablated value (a mean or zero ablation is not any node's output).
+    """
+
+    def __init__(self, model, graph: Graph, base: Tokens, start: int, metric: Metric, other: Tokens | None = None,
+                 src: Tensor | None = None):
+        self.model, self.graph, self.start, self.metric = model, graph, start, metric
+        self.arch, self.n, self.n_pos = model.arch, len(base), base.ids.shape[1]
+        self.acc = torch.promote_types(model.dtype, torch.float32)  # sums of many terms: fp32 for half models
+        self.reads = [_read_site(graph, t) for t in range(_n_reads(graph))]
+        qkv = [f"blocks.{ly}.attn.hook_{x}" for ly in range(model.n_layers) for x in "qkv"]
+        names = sorted({*sender_sites(model), *qkv, *(r for r in self.reads if r)})
+        final, cache = model.run_with_cache(base, names=names, stop_at_layer=model.n_layers)
+        self.mask = base.attention_mask.to(model.device).bool()
+        # per-head weights, (layer, head, ...): read once (each property access checks every layer's parameters)
+        self.w_qkv, self.b_qkv, self.w_o = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V), model.W_O
+        self._folded: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self._scratch: tuple[Tensor, Tensor] | None = None
+        self.cos_sin = _rotary(model, final, base.position_ids.to(model.device))
+        self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
+                         for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
+        self.other_qkv = None
+        if src is None and torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
+            src = _stack(graph, cache)  # the same tokens: the same run, exactly
+            self.other_qkv = [[t[:, :, start:] for t in qkv] for qkv in self.base_qkv]
+        if src is None:
+            acts = self._suffix_run(other, [*sender_sites(model), *qkv])
+            src = _stack(graph, acts)
+            self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
+                              for ly in range(model.n_layers)]  # from `start` on
+        else:
+            src = src[:, :, start:]
+        self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
+        self.delta = self.src - _stack(graph, cache)[:, :, start:].to(self.acc)
+        writes = torch.tensor([graph.writes_at(s) for s in graph.senders])
+        base_in = [(cache[r] if r else final)[:, start:].to(self.acc) for r in self.reads]
+        sums = self.delta.cumsum(0)
+        # every receiver's input with every edge ablated: the base input plus every earlier sender's change
+        self.other_in = [b + sums[int((writes <= t).sum()) - 1] for t, b in enumerate(base_in)]
+        self.base_values = self.values(base_in[-1][:, -1:])
+        self.other_values = self.values(self.other_in[-1][:, -1:])
+
+    def _suffix_run(self, tokens: Tokens, names: list[str]) -> dict[str, Tensor]:
+        """The named sites of a run of `tokens` from `start` on, the earlier keys and values the base run's."""
+        from transformers import DynamicCache
+
+        start, acts = self.start, {}
+
+        def keep(x: Tensor, site) -> None:
+            acts[site.name] = x.detach()
+
+        cache = DynamicCache([(k[:, :, :start], v[:, :, :start]) for _, k, v in self.base_qkv]) if start else None
+        with torch.no_grad(), self.model.hooks(fwd={name: keep for name in names}):
+            self.model.hf(input_ids=tokens.ids[:, start:].to(self.model.device),
+                          attention_mask=tokens.attention_mask.to(self.model.device),
+                          position_ids=tokens.position_ids[:, start:].to(self.model.device), past_key_values=cache,
+                          use_cache=start > 0, logits_to_keep=1)
+        return acts
+
+    def _rotated(self, qkv: list[Tensor], first: int) -> list[Tensor]:
+        """q, k, v (prompt, pos, head, d_head) as (prompt, head, pos, d_head), q and k rotated at positions first.."""
+        q, k, v = (t.transpose(1, 2) for t in qkv)
+        if self.cos_sin is not None:
+            cos, sin = (t[:, first:] for t in self.cos_sin)
+            q, k = self.arch.apply_rotary(q, k, cos, sin)
+        return [q, k, v]
+
+    def scratch(self, k: int) -> tuple[Tensor, Tensor]:
+        """The bank (sender, circuit, prompt, pos, d_model) and input (receiver, circuit, ...) buffers for k circuits,
+        kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them."""
+        if self._scratch is None or self._scratch[0].shape[1] < k:
+            shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
+            receivers = max(sum(self.graph.reads_at(r) == t for r in self.graph.receivers) for t in range(len(self.reads)))
+            self._scratch = (torch.empty(len(self.graph.senders), *shape, dtype=self.acc, device=self.model.device),
+                             # zeros: batched steps also read the (unused) rows of circuits not mixed there
+                             torch.zeros(receivers, *shape, dtype=self.acc, device=self.model.device))
+        bank, x = self._scratch
+        return bank[:, :k], x[:, :k]
+
+    def folded(self, layer: int, which: int) -> tuple[Tensor, Tensor, Tensor]:
+        """ln1 folded into each head's q (0), k (1) or v (2) projection: (g W, sum of g W over d_model, b W + b')."""
+        key = (layer, which)
+        if key not in self._folded:
+            ln = self.arch.module(self.model.hf, "ln1", layer)
+            w = self.w_qkv[which][layer].to(self.acc)  # (head, d_model, d_head)
+            gw = ln.weight.to(self.acc)[None, :, None] * w
+            bias = ln.bias.to(self.acc) @ w + self.b_qkv[which][layer].to(self.acc)
+            self._folded[key] = (gw, gw.sum(1), bias)
+        return self._folded[key]
+
+    def ln_eps(self, layer: int) -> float:
+        return self.arch.module(self.model.hf, "ln1", layer).eps
+
+    def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Tensor:
+        return self.metric.values(runs.unembed(self.model, resid.to(self.model.dtype)))
+
+
+def node_values(refs: References, ablate: Float[Tensor, "circuit edge"]) -> Float[Tensor, " circuit"]:
+    """The metric of each circuit's masked run (1 = edge ablated), rows of `ablate` evaluated together."""
+    return _Chunk(refs, ablate).run()
+
+
+def circuit_bytes(model, graph: Graph, n: int, n_pos: int) -> int:
+    """Rough peak bytes one circuit needs: its sender-change bank, one layer's inputs, the MLP's hidden layer."""
+    width = (len(graph.senders) + 3 * model.n_heads + 2) * model.d_model + 2 * model.d_mlp + 3 * model.n_heads * n_pos
+    return n * n_pos * width * torch.finfo(torch.promote_types(model.dtype, torch.float32)).bits // 8
+
+
+class _Chunk:
+    """Statuses, sender changes and the layer-by-layer run of k circuits.
+
+    Two buffers, both in the accumulation dtype: `bank` (sender, circuit, prompt, pos, d_model) holds
+    each sender's ablated minus running value per circuit (BASE: the run-wide delta; OTHER: 0 once
+    read, as it carries no change), and `x` (receiver, circuit, ...) one read point's assembled inputs.
+    Both are laid out so that a circuit's senders, and a receiver's run of circuits, are plain
+    strided views: the matrix products read and write them in place.
+    """
+
+    def __init__(self, refs: References, ablate: Tensor):
+        self.model, self.graph, self.refs, self.metric = refs.model, refs.graph, refs, refs.metric
+        graph, self.k, self.acc = self.graph, ablate.shape[0], refs.acc
+        dense = torch.zeros(self.k, *graph.mask.shape, dtype=refs.acc, device=ablate.device)
+        s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
+        self.ablated = dense.index_put((torch.arange(self.k)[:, None], s_idx[None], r_idx[None]), ablate.to(refs.acc))
+        self.status = torch.full((self.k, len(graph.senders)), OTHER, dtype=torch.int8)
+        self.status[:, 0] = BASE  # the embedding is never masked
+        self.zeroed = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)
+        self.bank, self.x = refs.scratch(self.k)
+        self.bank[0] = refs.delta[0]
+        self.writes = [graph.writes_at(s) for s in graph.senders]
+        self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
+        self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t] for t in range(len(refs.reads))]
+
+    def run(self) -> Tensor:
+        for t, recv in enumerate(self.stages):
+            count = sum(w <= t for w in self.writes)
+            status = self._statuses(recv, count)  # (circuit, receiver at t)
+            self._inputs(t, recv, count, status)
+            nodes = [self.graph.receivers[r] for r in recv]
+            if nodes[0].kind == "logits":
+                return self._logits(status[:, 0])
+            heads = [j for j, node in enumerate(nodes) if node.kind in "qkv"]
+            if heads:
+                self._heads(nodes[0].layer, status[:, heads])
+            mlp = [j for j, node in enumerate(nodes) if node.kind == "mlp"]
+            if mlp:
+                self._mlp(nodes[mlp[0]].layer, mlp[0], status[:, mlp[0]])
+        raise AssertionError("the logits are the last receiver")
+
+    # ---- statuses and inputs ----------------------------------------------------------------
+
+    def _statuses(self, recv: list[int], count: int) -> Tensor:
+        a = self.ablated[:, :count][:, :, recv]  # (circuit, sender, receiver): every earlier sender has an edge
+        st = self.status[:, :count, None].to(a.device)
+        base = ((a == 0) & (st == BASE)).all(1)
+        other = ((a == 1) | (st == OTHER)).all(1) if self.refs.other_qkv is not None else torch.zeros_like(base)
+        out = torch.full(base.shape, MIXED, dtype=torch.int8, device=base.device)
+        out[other] = OTHER
+        out[base] = BASE
+        return out.cpu()
+
+    def _last_only(self, receiver: int) -> bool:
+        """Whether only the last position of a receiver's input is needed: nothing reads its node's output at
+        another position (no attention after it). A head's keys and values are read at every position."""
+        node = self.graph.receivers[receiver]
+        if node.kind == "logits":
+            return True
+        return node.kind == "mlp" and self.writes[self.graph.sender_index(node.name)] > self.last_attention
+
+    def _inputs(self, t: int, recv: list[int], count: int, status: Tensor) -> None:
+        """Each mixed (receiver, circuit)'s input into x: the ablated input, minus what its kept edges undo.
+
+        input_r = ablated_in_r - sum over senders s of keep(s, r) * (ablated_s - running_s); one matrix
+        product per circuit, over the receivers between its first and last mixed one (any receiver's input
+        comes out right, so the few unmixed ones in between cost a little and change nothing)."""
+        last = torch.tensor([self._last_only(r) for r in recv])
+        recv_t, changing = torch.tensor(recv), (self.status[:, :count] != OTHER)
+        for c in (status == MIXED).any(1).nonzero().flatten().tolist():
+            mixed = status[c] == MIXED
+            keep = 1 - self.ablated[c, :count][:, recv_t]  # (sender, receiver)
+            cols = (changing[c] & keep[:, mixed].ne(0).any(1)).nonzero().flatten()
+            if 2 * len(cols) >= count:  # most senders count: the whole bank, no copy of its rows
+                self._zero_others(c, count)
+                bank, coef = self.bank[:count, c], keep * changing[c, :, None].to(keep)
+            else:
+                bank, coef = self.bank[cols, c], keep[cols]
+            for group, pos in ((mixed & ~last, slice(None)), (mixed & last, slice(-1, None))):
+                if not group.any():
+                    continue
+                span = group.nonzero().flatten()
+                j0, j1 = int(span[0]), int(span[-1]) + 1
+                out = self.x[j0:j1, c, :, pos]
+                base = self.refs.other_in[t][:, pos]
+                if not len(cols):
+                    out.copy_(base.expand_as(out))
+                elif pos.start is None:  # every position: write the product in place
+                    torch.addmm(base.reshape(1, -1), coef[:, j0:j1].T, bank.reshape(len(coef), -1), alpha=-1,
+                                out=out.view(j1 - j0, -1))
+                else:
+                    out.copy_(base - torch.einsum("sr,snpd->rnpd", coef[:, j0:j1], bank[:, :, pos]))
+
+    def _zero_others(self, c: int, count: int) -> None:
+        """Zero circuit c's bank rows of OTHER senders before `count` (they are multiplied by 0, not skipped)."""
+        rows = ((self.status[c, :count] == OTHER) & ~self.zeroed[c, :count]).nonzero().flatten()
+        if len(rows):
+            self.bank[rows, c] = 0
+            self.zeroed[c, rows] = True
+
+    # ---- nodes --------------------------------------------------------------------------------
+
+    def _heads(self, layer: int, status: Tensor) -> None:
+        """The mixed heads of one layer in every circuit: their q, k, v, attention and result.
+
+        Every head runs over the run of circuits from the first to the last with a mixed head in this
+        layer (one batched product per step, no gathering); only mixed heads' results are kept."""
+        H, refs = self.model.n_heads, self.refs
+        st = status.view(self.k, H, 3)  # receivers are head-major: (head, q|k|v)
+        head_status = torch.where((st == BASE).all(-1), BASE, torch.where((st == OTHER).all(-1), OTHER, MIXED))
+        first = self.graph.sender_index(f"L{layer}H0")
+        circuits = (head_status == MIXED).any(1).nonzero().flatten()
+        if len(circuits):
+            c0, c1 = int(circuits[0]), int(circuits[-1]) + 1
+            only_last = self.writes[first] > self.last_attention  # nothing attends after this layer: the last query
+            x = self.x[:3 * H].view(H, 3, *self.x.shape[1:])[:, :, c0:c1]  # (head, q|k|v, circuit, prompt, pos, d)
+            q, k, v = (self._piece(layer, which, x[:, which], st[c0:c1, :, which].T,
+                                   slice(-1, None) if only_last and which == 0 else slice(None)) for which in range(3))
+            z = self._attend(layer, q, k, v, only_last)  # (head, circuit, prompt, pos, d_head)
+            out = torch.bmm(z.flatten(1, 3), refs.w_o[layer].to(z.dtype)).view(*z.shape[:4], -1)
+            P = out.shape[3]
+            torch.sub(refs.src[first:first + H, None, :, -P:], out, out=self.bank[first:first + H, c0:c1, :, -P:])
+        self._set(first, head_status)  # after the batched write: BASE senders' rows are the delta again
+
+    def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
+        """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): projected
+        from x where the head's input is mixed (over that head's run of such circuits), else a reference run's."""
+        refs = self.refs
+        out = refs.base_qkv[layer][which][:, :, refs.start:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1, ...)
+        if refs.other_qkv is not None:
+            other = refs.other_qkv[layer][which][:, :, pos].transpose(0, 1)[:, None]
+            out = torch.where((st == OTHER)[:, :, None, None, None], other, out)
+        out = out.expand(*st.shape, *out.shape[2:]).to(self.acc).contiguous()
+        mixed = st == MIXED
+        for h in mixed.any(1).nonzero().flatten().tolist():
+            rows = mixed[h].nonzero().flatten()
+            run = slice(int(rows[0]), int(rows[-1]) + 1)
+            projected = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
+            if refs.cos_sin is not None and which < 2:
+                cos, sin = (t[:, refs.start:][:, pos] for t in refs.cos_sin)
+                turned = projected.transpose(0, 1)  # (prompt, circuit, pos, d_head): the circuits as heads
+                projected = refs.arch.apply_rotary(turned, turned, cos, sin)[0].transpose(0, 1)
+            out[h, run] = torch.where(mixed[h, run, None, None, None], projected, out[h, run])
+        return out.to(self.model.dtype)
+
+    def _project(self, layer: int, which: int, head: int, x: Tensor) -> Tensor:
+        """ln1 then one head's q, k or v projection, folded into one product that reads x where it lies:
+        ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b')."""
+        w, c, b = (t[head] for t in self.refs.folded(layer, which))  # (d_model, d_head), (d_head,), (d_head,)
+        mean = x.mean(-1, keepdim=True)  # two reductions that read x in place (var_mean is far slower here)
+        square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() / x.shape[-1]
+        std = (square - mean.square() + self.refs.ln_eps(layer)).sqrt_()
+        return (x @ w - mean * c) / std + b
+
+    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
+        """HF's attention arithmetic for every head's queries over the base prefix's keys and the circuit's own."""
+        refs, start = self.refs, self.refs.start
+        if start:
+            H, m = k.shape[:2]
+            pk, pv = (t[:, :, :start].transpose(0, 1)[:, None].expand(H, m, -1, -1, -1)
+                      for t in refs.base_qkv[layer][1:])
+            k, v = torch.cat([pk, k], 3), torch.cat([pv, v], 3)
+        module = self._module("attn", layer)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * module.scaling  # (head, circuit, prompt, q_pos, k_pos)
+        if self.model.arch.kind == "gpt2" and getattr(module, "scale_attn_by_inverse_layer_idx", False):
+            scores = scores / float(layer + 1)
+        scores = scores + self._mask(refs.n_pos - 1 if only_last else start, scores)
+        pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        return torch.matmul(pattern.to(v.dtype), v)
+
+    def _mask(self, first_query: int, scores: Tensor) -> Tensor:
+        mask, n_pos = self.refs.mask, self.refs.n_pos
+        queries = torch.arange(first_query, n_pos, device=mask.device)
+        keys = torch.arange(n_pos, device=mask.device)
+        allowed = (keys[None, :] <= queries[:, None])[None] & mask[:, None, :]  # (prompt, q, k)
+        return additive_mask(allowed, scores.flatten(0, -4)[0])
+
+    def _mlp(self, layer: int, j: int, status: Tensor) -> None:
+        """One layer's MLP over the run of circuits from the first to the last where it is mixed."""
+        index = self.graph.sender_index(f"mlp{layer}")
+        circuits = (status == MIXED).nonzero().flatten()
+        if len(circuits):
+            c0, c1 = int(circuits[0]), int(circuits[-1]) + 1
+            pos = slice(-1, None) if self.writes[index] > self.last_attention else slice(None)
+            x = self.x[j, c0:c1, :, pos].to(self.model.dtype)
+            out = self._module("mlp", layer)(self._module("ln2", layer)(x))
+            P = out.shape[2]
+            torch.sub(self.refs.src[index, :, -P:], out, out=self.bank[index, c0:c1, :, -P:])
+        self._set(index, status[:, None])
+
+    def _logits(self, status: Tensor) -> Tensor:
+        refs, n = self.refs, self.refs.n
+        values = torch.empty(self.k, n, dtype=refs.base_values.dtype, device=refs.base_values.device)
+        values[status == BASE] = refs.base_values
+        values[status == OTHER] = refs.other_values
+        circuits = (status == MIXED).nonzero().flatten()
+        if len(circuits):
+            x = self.x[0][_run(circuits)][:, :, -1:]  # (circuit, prompt, 1, d_model)
+            values[circuits] = refs.values(x.flatten(0, 1)).view(len(circuits), n).to(values.dtype)
+        return self.metric.per_patch(values.flatten())
+
+    # ---- sender bookkeeping --------------------------------------------------------------------
+
+    def _set(self, first: int, status: Tensor) -> None:
+        """Statuses of senders first.. (circuit, sender); BASE senders' changes are the run-wide delta."""
+        self.status[:, first:first + status.shape[1]] = status
+        c, s = (status == BASE).nonzero(as_tuple=True)
+        if len(c):
+            self.bank[first + s, c] = self.refs.delta[first + s]
+
+    def _module(self, role: str, layer: int) -> nn.Module:
+        return self.model.arch.module(self.model.hf, role, layer)
+
+
+def _run(index: Tensor) -> slice | Tensor:
+    """A slice when the indices are one increasing run (indexing with it gives a view), else the indices."""
+    if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+# ---- reference runs --------------------------------------------------------------------------
+
+
+def _n_reads(graph: Graph) -> int:
+    return graph.reads_at(graph.receivers[-1]) + 1
+
+
+def _read_site(graph: Graph, t: int) -> str | None:
+    """The site holding the residual stream receivers read at `t` (None: the final one)."""
+    if t == _n_reads(graph) - 1:
+        return None
+    if graph.parallel_residual:
+        return f"blocks.{t}.hook_resid_pre"
+    layer, half = divmod(t, 2)
+    return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
+
+
+def _stack(graph: Graph, cache) -> Float[Tensor, "sender prompt pos d_model"]:
+    rows = []
+    for node in graph.senders:
+        if node.kind == "embed":
+            rows.append(cache["hook_embed"])
+        elif node.kind == "head":
+            rows.append(cache[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head])
+        else:
+            rows.append(cache[f"blocks.{node.layer}.hook_mlp_out"])
+    return torch.stack(rows)
+
+
+def _rotary(model, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+    if model.arch.positional != "rotary":
+        return None
+    return model.hf.get_submodule(model.arch.path("rotary"))(x, position_ids)
