@@ -60,6 +60,7 @@ class References:
     ever at its ablated value (a mean or zero ablation is not any node's output).
     """
 
+    @torch.no_grad()
     def __init__(self, model, graph: Graph, base: Tokens, start: int, metric: Metric, other: Tokens | None = None,
                  src: Tensor | None = None):
         self.model, self.graph, self.start, self.metric = model, graph, start, metric
@@ -189,6 +190,7 @@ class _Chunk:
         self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
         self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t] for t in range(len(refs.reads))]
 
+    @torch.no_grad()
     def run(self) -> Tensor:
         for t, recv in enumerate(self.stages):
             count = sum(w <= t for w in self.writes)

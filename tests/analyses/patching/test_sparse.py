@@ -1,0 +1,118 @@
+"""Circuits evaluated node by node equal the hooks' masked runs, for every ablation, direction, padding and both
+architectures; they compute only the nodes a circuit changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from analyses.patching import circuits, sparse, tasks
+from analyses.patching.circuits import masked_values
+from analyses.patching.graph import Graph
+from analyses.patching.metrics import LogitDiff
+
+from .helpers import random_task, tiny_model
+
+
+def _rows(graph: Graph, seed: int = 0) -> torch.Tensor:
+    """Circuits of every kind: nested top-n circuits of random scores, random fractions, none and every edge."""
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.randperm(graph.n_edges, generator=g)
+    nested = [(rank >= n).float() for n in (1, 3, 10, graph.n_edges // 3, graph.n_edges - 5)]
+    fractional = torch.rand(graph.n_edges, generator=g)
+    return torch.stack([torch.zeros(graph.n_edges), *nested, fractional, torch.ones(graph.n_edges)])
+
+
+def _by_hooks(monkeypatch, model, task, rows, **kwargs) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr(sparse, "applies", lambda *args: False)
+        return masked_values(model, task, rows, **kwargs)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("ablation, direction", [("corrupt", "noising"), ("corrupt", "denoising"),
+                                                 ("mean", "noising"), ("zero", "noising")])
+def test_node_by_node_equals_the_hooks_masked_runs(monkeypatch, arch, padded, ablation, direction):
+    model = tiny_model(arch)
+    task = random_task(model, padded=padded, changed=(5, 7))
+    rows = _rows(Graph.from_model(model))
+    assert sparse.applies(model, LogitDiff.of(task), task.n_pos)
+    got = masked_values(model, task, rows, ablation=ablation, direction=direction)
+    expected = _by_hooks(monkeypatch, model, task, rows, ablation=ablation, direction=direction)
+    assert (got - expected).abs().max() < 1e-5
+    assert expected.std() > 1e-2  # the circuits differ
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_in_double_precision_to_its_rounding(monkeypatch, arch):
+    model = tiny_model(arch, dtype=torch.float64)
+    task = random_task(model, changed=(3,))
+    rows = _rows(Graph.from_model(model), seed=1).double()
+    got = masked_values(model, task, rows)
+    assert got.dtype == torch.float64
+    assert (got - _by_hooks(monkeypatch, model, task, rows)).abs().max() < 1e-10
+
+
+def test_the_two_ends_are_the_reference_runs_exactly():
+    """Keeping every edge computes no node and gives the base run's metric; keeping none gives the ablated run's."""
+    model = tiny_model()
+    task = random_task(model, changed=(2,))
+    graph, metric = Graph.from_model(model), LogitDiff.of(task)
+    refs = sparse.References(model, graph, task.clean, 2, metric, other=task.corrupt)
+    with torch.no_grad():
+        clean, corrupt = (metric(model(t)).mean() for t in (task.clean, task.corrupt))
+    every, none = sparse.node_values(refs, torch.stack([torch.zeros(graph.n_edges), torch.ones(graph.n_edges)]))
+    assert float(every) == pytest.approx(float(clean), abs=1e-5)
+    assert float(none) == pytest.approx(float(corrupt), abs=1e-5)
+
+
+def test_a_circuit_computes_only_the_nodes_it_changes():
+    """Keep one edge, embed -> L1H0.k: only that head reads a mixed input; the nodes downstream of it are mixed;
+    nothing upstream or beside it is."""
+    model = tiny_model()
+    task = random_task(model, changed=(2,))
+    graph = Graph.from_model(model)
+    refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
+    ablate = torch.ones(1, graph.n_edges)
+    ablate[0, graph.edge_index("embed", "L1H0.k")] = 0
+    chunk = sparse._Chunk(refs, ablate)
+    chunk.run()
+    mixed = {graph.senders[s].name for s in (chunk.status[0] == sparse.MIXED).nonzero().flatten().tolist()}
+    assert mixed == {"L1H0"}  # its outputs reach later nodes only through ablated edges
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_chunks_of_circuits_agree_with_one_batch(arch):
+    model = tiny_model(arch)
+    task = random_task(model, padded=True)
+    rows = _rows(Graph.from_model(model), seed=2)
+    one = masked_values(model, task, rows)
+    per_circuit = sparse.circuit_bytes(model, Graph.from_model(model), len(task.clean), task.n_pos)
+    several = masked_values(model, task, rows, budget_mb=2.5 * per_circuit / 2**20)  # two circuits per chunk
+    assert torch.equal(one, several) or (one - several).abs().max() < 1e-6
+
+
+def test_the_toy_induction_curve_equals_the_hooks_runs(monkeypatch):
+    from analyses.patching import eap
+
+    model = interp.load("toy")
+    task = tasks.induction(model, n_prompts=4)
+    scores = eap(model, task)
+    ns = circuits.sizes(scores.graph.n_edges, 12)
+    rank = torch.empty_like(scores.ranked("top"))
+    rank[scores.ranked("top")] = torch.arange(scores.graph.n_edges)
+    rows = torch.stack([(rank >= n).float() for n in ns])
+    got = masked_values(model, task, rows)
+    assert (got - _by_hooks(monkeypatch, model, task, rows)).abs().max() < 1e-5
+
+
+def test_where_it_does_not_apply_the_hooks_run():
+    model = tiny_model()
+    task = random_task(model)
+    assert not sparse.applies(model, LogitDiff.of(task, positions=[2]), task.n_pos)  # reads an earlier position
+    upcast = tiny_model("gpt2", reorder_and_upcast_attn=True)
+    assert not sparse.applies(upcast, LogitDiff.of(task), task.n_pos)  # GPT-2's fp32 attention path
+    model.hf.train()
+    assert not sparse.applies(model, LogitDiff.of(task), task.n_pos)
