@@ -72,7 +72,8 @@ class References:
         final, cache = model.run_with_cache(base, names=names, stop_at_layer=model.n_layers)
         self.mask = base.attention_mask.to(model.device).bool()
         # per-head weights, (layer, head, ...): read once (each property access checks every layer's parameters)
-        self.w_qkv, self.b_qkv, self.w_o = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V), model.W_O
+        self.w_qkv, self.b_qkv = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V)
+        self.w_o = model.W_O
         self._folded: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self._scratch: tuple[Tensor, Tensor] | None = None
         self.cos_sin = _rotary(model, final, base.position_ids.to(model.device))
@@ -80,24 +81,27 @@ class References:
                          for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
         self.other_qkv = None
         if src is None and torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
-            src = _stack(graph, cache)  # the same tokens: the same run, exactly
+            src = _stack(graph, cache, start)  # the same tokens: the same run, exactly
             self.other_qkv = [[t[:, :, start:] for t in qkv] for qkv in self.base_qkv]
         if src is None:
             acts = self._suffix_run(other, [*sender_sites(model), *qkv])
-            src = _stack(graph, acts)
+            src = _stack(graph, acts, 0)
             self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
                               for ly in range(model.n_layers)]  # from `start` on
         else:
             src = src[:, :, start:]
         self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
-        self.delta = self.src - _stack(graph, cache)[:, :, start:].to(self.acc)
-        writes = torch.tensor([graph.writes_at(s) for s in graph.senders])
+        self.delta = self.src - _stack(graph, cache, start).to(self.acc)
         base_in = [(cache[r] if r else final)[:, start:].to(self.acc) for r in self.reads]
-        sums = self.delta.cumsum(0)
         # every receiver's input with every edge ablated: the base input plus every earlier sender's change
-        self.other_in = [b + sums[int((writes <= t).sum()) - 1] for t, b in enumerate(base_in)]
-        self.base_values = self.values(base_in[-1][:, -1:])
-        self.other_values = self.values(self.other_in[-1][:, -1:])
+        self.other_in, total, done = [], torch.zeros_like(base_in[0]), 0
+        for t, b in enumerate(base_in):
+            count = sum(graph.writes_at(s) <= t for s in graph.senders)
+            total += self.delta[done:count].sum(0)
+            self.other_in.append(b + total)
+            done = count
+        ends = torch.cat([base_in[-1][:, -1:], self.other_in[-1][:, -1:]])  # both runs' final states, one unembedding
+        self.base_values, self.other_values = self.values(ends).view(2, self.n)
 
     def _suffix_run(self, tokens: Tokens, names: list[str]) -> dict[str, Tensor]:
         """The named sites of a run of `tokens` from `start` on, the earlier keys and values the base run's."""
@@ -110,10 +114,10 @@ class References:
 
         cache = DynamicCache([(k[:, :, :start], v[:, :, :start]) for _, k, v in self.base_qkv]) if start else None
         with torch.no_grad(), self.model.hooks(fwd={name: keep for name in names}):
-            self.model.hf(input_ids=tokens.ids[:, start:].to(self.model.device),
-                          attention_mask=tokens.attention_mask.to(self.model.device),
-                          position_ids=tokens.position_ids[:, start:].to(self.model.device), past_key_values=cache,
-                          use_cache=start > 0, logits_to_keep=1)
+            self.model.hf.base_model(input_ids=tokens.ids[:, start:].to(self.model.device),  # no unembedding
+                                     attention_mask=tokens.attention_mask.to(self.model.device),
+                                     position_ids=tokens.position_ids[:, start:].to(self.model.device),
+                                     past_key_values=cache, use_cache=start > 0)
         return acts
 
     def _rotated(self, qkv: list[Tensor], first: int) -> list[Tensor]:
@@ -129,22 +133,25 @@ class References:
         kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them."""
         if self._scratch is None or self._scratch[0].shape[1] < k:
             shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
-            receivers = max(sum(self.graph.reads_at(r) == t for r in self.graph.receivers) for t in range(len(self.reads)))
-            self._scratch = (torch.empty(len(self.graph.senders), *shape, dtype=self.acc, device=self.model.device),
-                             # zeros: batched steps also read the (unused) rows of circuits not mixed there
-                             torch.zeros(receivers, *shape, dtype=self.acc, device=self.model.device))
+            receivers = max(sum(self.graph.reads_at(r) == t for r in self.graph.receivers)
+                            for t in range(len(self.reads)))
+            # batched steps also read rows of circuits that are not mixed there: whatever they hold is discarded
+            self._scratch = tuple(torch.empty(rows, *shape, dtype=self.acc, device=self.model.device)
+                                  for rows in (len(self.graph.senders), receivers))
         bank, x = self._scratch
         return bank[:, :k], x[:, :k]
 
     def folded(self, layer: int, which: int) -> tuple[Tensor, Tensor, Tensor]:
-        """ln1 folded into each head's q (0), k (1) or v (2) projection: (g W, sum of g W over d_model, b W + b')."""
+        """ln1 folded into each head's q (0), k (1) or v (2) projection: (g W with a last column 1 / d_model that
+        gives the mean, sum of g W over d_model, b W + b')."""
         key = (layer, which)
         if key not in self._folded:
             ln = self.arch.module(self.model.hf, "ln1", layer)
             w = self.w_qkv[which][layer].to(self.acc)  # (head, d_model, d_head)
             gw = ln.weight.to(self.acc)[None, :, None] * w
             bias = ln.bias.to(self.acc) @ w + self.b_qkv[which][layer].to(self.acc)
-            self._folded[key] = (gw, gw.sum(1), bias)
+            mean = torch.full((*gw.shape[:2], 1), 1 / gw.shape[1], dtype=self.acc, device=gw.device)
+            self._folded[key] = (torch.cat([gw, mean], 2), gw.sum(1), bias)
         return self._folded[key]
 
     def ln_eps(self, layer: int) -> float:
@@ -188,7 +195,8 @@ class _Chunk:
         self.bank[0] = refs.delta[0]
         self.writes = [graph.writes_at(s) for s in graph.senders]
         self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
-        self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t] for t in range(len(refs.reads))]
+        self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
+                       for t in range(len(refs.reads))]
 
     @torch.no_grad()
     def run(self) -> Tensor:
@@ -234,30 +242,32 @@ class _Chunk:
         product per circuit, over the receivers between its first and last mixed one (any receiver's input
         comes out right, so the few unmixed ones in between cost a little and change nothing)."""
         last = torch.tensor([self._last_only(r) for r in recv])
-        recv_t, changing = torch.tensor(recv), (self.status[:, :count] != OTHER)
-        for c in (status == MIXED).any(1).nonzero().flatten().tolist():
-            mixed = status[c] == MIXED
-            keep = 1 - self.ablated[c, :count][:, recv_t]  # (sender, receiver)
-            cols = (changing[c] & keep[:, mixed].ne(0).any(1)).nonzero().flatten()
-            if 2 * len(cols) >= count:  # most senders count: the whole bank, no copy of its rows
+        changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
+        mixed = (status == MIXED).to(self.ablated.device)
+        coef = (1 - self.ablated[:, :count][:, :, recv]) * changing[:, :, None]  # (circuit, sender, receiver)
+        used = (coef.ne(0) & mixed[:, None, :]).any(2)  # (circuit, sender): senders whose change reaches a mixed one
+        counts = used.sum(1).tolist()
+        for c in mixed.any(1).nonzero().flatten().tolist():
+            if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
                 self._zero_others(c, count)
-                bank, coef = self.bank[:count, c], keep * changing[c, :, None].to(keep)
+                bank, k = self.bank[:count, c], coef[c]
             else:
-                bank, coef = self.bank[cols, c], keep[cols]
-            for group, pos in ((mixed & ~last, slice(None)), (mixed & last, slice(-1, None))):
-                if not group.any():
+                cols = used[c].nonzero().flatten()
+                bank, k = self.bank[cols, c], coef[c, cols]
+            for group, pos in ((mixed[c] & ~last, slice(None)), (mixed[c] & last, slice(-1, None))):
+                span = group.nonzero().flatten().tolist()
+                if not span:
                     continue
-                span = group.nonzero().flatten()
-                j0, j1 = int(span[0]), int(span[-1]) + 1
+                j0, j1 = span[0], span[-1] + 1
                 out = self.x[j0:j1, c, :, pos]
                 base = self.refs.other_in[t][:, pos]
-                if not len(cols):
+                if not len(k):
                     out.copy_(base.expand_as(out))
                 elif pos.start is None:  # every position: write the product in place
-                    torch.addmm(base.reshape(1, -1), coef[:, j0:j1].T, bank.reshape(len(coef), -1), alpha=-1,
-                                out=out.view(j1 - j0, -1))
+                    _subtract_product(base.reshape(1, -1), k[:, j0:j1].T, bank.reshape(len(k), -1),
+                                      out.view(j1 - j0, -1))
                 else:
-                    out.copy_(base - torch.einsum("sr,snpd->rnpd", coef[:, j0:j1], bank[:, :, pos]))
+                    out.copy_(base - torch.einsum("sr,snpd->rnpd", k[:, j0:j1], bank[:, :, pos]))
 
     def _zero_others(self, c: int, count: int) -> None:
         """Zero circuit c's bank rows of OTHER senders before `count` (they are multiplied by 0, not skipped)."""
@@ -285,40 +295,44 @@ class _Chunk:
             q, k, v = (self._piece(layer, which, x[:, which], st[c0:c1, :, which].T,
                                    slice(-1, None) if only_last and which == 0 else slice(None)) for which in range(3))
             z = self._attend(layer, q, k, v, only_last)  # (head, circuit, prompt, pos, d_head)
-            out = torch.bmm(z.flatten(1, 3), refs.w_o[layer].to(z.dtype)).view(*z.shape[:4], -1)
-            P = out.shape[3]
-            torch.sub(refs.src[first:first + H, None, :, -P:], out, out=self.bank[first:first + H, c0:c1, :, -P:])
+            P = z.shape[3]
+            bank = self.bank[first:first + H, c0:c1, :, -P:]  # (head, circuit, prompt, pos, d_model), in place:
+            bank.copy_(refs.src[first:first + H, None, :, -P:].expand_as(bank))  # ablated minus z W_O
+            bank.view(H, -1, bank.shape[-1]).baddbmm_(z.flatten(1, 3).to(self.acc), refs.w_o[layer].to(self.acc),
+                                                     alpha=-1)
         self._set(first, head_status)  # after the batched write: BASE senders' rows are the delta again
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): projected
         from x where the head's input is mixed (over that head's run of such circuits), else a reference run's."""
-        refs = self.refs
+        refs, mixed = self.refs, st == MIXED
+        H, m, n, P = x.shape[0], x.shape[1], x.shape[2], x[0, 0, 0, pos].shape[0]
+        projected = torch.empty(H, m, n, P, refs.w_o.shape[2], dtype=self.acc, device=x.device)
+        for h in mixed.any(1).nonzero().flatten().tolist():
+            rows = mixed[h].nonzero().flatten()
+            run = slice(int(rows[0]), int(rows[-1]) + 1)
+            projected[h, run] = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
+        if refs.cos_sin is not None and which < 2:
+            cos, sin = (t[:, refs.start:][:, pos] for t in refs.cos_sin)
+            turned = projected.permute(2, 0, 1, 3, 4).reshape(n, H * m, P, -1)  # every (head, circuit) as a head
+            projected = refs.arch.apply_rotary(turned, turned, cos, sin)[0].view(n, H, m, P, -1).permute(1, 2, 0, 3, 4)
         out = refs.base_qkv[layer][which][:, :, refs.start:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1, ...)
         if refs.other_qkv is not None:
             other = refs.other_qkv[layer][which][:, :, pos].transpose(0, 1)[:, None]
             out = torch.where((st == OTHER)[:, :, None, None, None], other, out)
-        out = out.expand(*st.shape, *out.shape[2:]).to(self.acc).contiguous()
-        mixed = st == MIXED
-        for h in mixed.any(1).nonzero().flatten().tolist():
-            rows = mixed[h].nonzero().flatten()
-            run = slice(int(rows[0]), int(rows[-1]) + 1)
-            projected = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
-            if refs.cos_sin is not None and which < 2:
-                cos, sin = (t[:, refs.start:][:, pos] for t in refs.cos_sin)
-                turned = projected.transpose(0, 1)  # (prompt, circuit, pos, d_head): the circuits as heads
-                projected = refs.arch.apply_rotary(turned, turned, cos, sin)[0].transpose(0, 1)
-            out[h, run] = torch.where(mixed[h, run, None, None, None], projected, out[h, run])
-        return out.to(self.model.dtype)
+        # rows never projected hold whatever the buffer held: where() takes none of them
+        return torch.where(mixed[:, :, None, None, None], projected, out.to(self.acc)).to(self.model.dtype)
 
     def _project(self, layer: int, which: int, head: int, x: Tensor) -> Tensor:
         """ln1 then one head's q, k or v projection, folded into one product that reads x where it lies:
-        ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b')."""
-        w, c, b = (t[head] for t in self.refs.folded(layer, which))  # (d_model, d_head), (d_head,), (d_head,)
-        mean = x.mean(-1, keepdim=True)  # two reductions that read x in place (var_mean is far slower here)
+        ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b').
+        The product's last column gives the mean; one more reduction gives the mean square."""
+        w, c, b = (t[head] for t in self.refs.folded(layer, which))  # (d_model, d_head + 1), (d_head,), (d_head,)
+        product = x @ w
+        mean = product[..., -1:]
         square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() / x.shape[-1]
         std = (square - mean.square() + self.refs.ln_eps(layer)).sqrt_()
-        return (x @ w - mean * c) / std + b
+        return (product[..., :-1] - mean * c) / std + b
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
         """HF's attention arithmetic for every head's queries over the base prefix's keys and the circuit's own."""
@@ -380,6 +394,13 @@ class _Chunk:
         return self.model.arch.module(self.model.hf, role, layer)
 
 
+def _subtract_product(base: Tensor, a: Tensor, b: Tensor, out: Tensor, tile: int = 2048) -> None:
+    """out = base - a @ b, over tiles of b's columns: with few rows in a, a tile of b that stays in cache
+    multiplies faster than the whole of it."""
+    for i in range(0, b.shape[1], tile):
+        torch.addmm(base[:, i:i + tile], a, b[:, i:i + tile], alpha=-1, out=out[:, i:i + tile])
+
+
 def _run(index: Tensor) -> slice | Tensor:
     """A slice when the indices are one increasing run (indexing with it gives a view), else the indices."""
     if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index):
@@ -404,15 +425,16 @@ def _read_site(graph: Graph, t: int) -> str | None:
     return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
 
 
-def _stack(graph: Graph, cache) -> Float[Tensor, "sender prompt pos d_model"]:
+def _stack(graph: Graph, cache, start: int) -> Float[Tensor, "sender prompt pos d_model"]:
+    """Every sender's output from position `start` on, in graph.senders order."""
     rows = []
     for node in graph.senders:
         if node.kind == "embed":
-            rows.append(cache["hook_embed"])
+            rows.append(cache["hook_embed"][:, start:])
         elif node.kind == "head":
-            rows.append(cache[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head])
+            rows.append(cache[f"blocks.{node.layer}.attn.hook_result"][:, start:, node.head])
         else:
-            rows.append(cache[f"blocks.{node.layer}.hook_mlp_out"])
+            rows.append(cache[f"blocks.{node.layer}.hook_mlp_out"][:, start:])
     return torch.stack(rows)
 
 
