@@ -255,12 +255,15 @@ class _Chunk:
                 cols = used[c].nonzero().flatten()
                 bank, k = self.bank[cols, c], coef[c, cols]
             for group, pos in ((mixed[c] & ~last, slice(None)), (mixed[c] & last, slice(-1, None))):
-                span = group.nonzero().flatten().tolist()
-                if not span:
+                rows = group.nonzero().flatten().tolist()
+                if not rows:
                     continue
-                j0, j1 = span[0], span[-1] + 1
-                out = self.x[j0:j1, c, :, pos]
                 base = self.refs.other_in[t][:, pos]
+                j0, j1 = rows[0], rows[-1] + 1
+                if 2 * len(rows) < j1 - j0:  # a few scattered receivers: only theirs, then into place
+                    self.x[rows, c, :, pos] = base - torch.einsum("sr,snpd->rnpd", k[:, rows], bank[:, :, pos])
+                    continue
+                out = self.x[j0:j1, c, :, pos]
                 if not len(k):
                     out.copy_(base.expand_as(out))
                 elif pos.start is None:  # every position: write the product in place
