@@ -383,7 +383,7 @@ def main(argv=None) -> None:
         "target <= 3.5", "", eap_mb)
     _, (curve_f, curve_t, values), curve_mb = in_child(ours_curve, model, task, args.budget_mb)
     print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly")
-    row("ours (all 32 circuits along the batch)", curve_t, f"{curve_f:.1f} forwards", "target <= 8", "",
+    row("ours (node by node: only the heads and MLPs a circuit changes)", curve_t, f"{curve_f:.1f} forwards", "target <= 8", "",
         curve_mb)
     activation_rows(model, task, args)  # last: it builds TransformerLens's bridge in this process
     toy_correlations()

@@ -16,6 +16,11 @@ Each receiver's input is its input in the running pass plus, for every ablated e
 that edge only. Keeping every edge gives the clean run; keeping none gives the corrupt run. Masks
 are floats, so the same pass is differentiable in them: its gradient at "keep everything" is EAP.
 
+Two ways run it, with the same results to float rounding: node by node (`sparse`: each circuit
+computes only the heads and MLPs whose inputs it changes, from the first changed token on), when
+the metric reads the last position and no gradient is asked for; otherwise hooks on the model's
+own forward, which correct every receiver's input.
+
 - faithfulness = (M(circuit) - M(corrupt)) / (M(clean) - M(corrupt)): the circuit alone, complement ablated;
 - completeness = (M(clean) - M(complement)) / (M(clean) - M(corrupt)): how much is lost when the
   circuit's own edges are ablated and everything else is kept (1 for a complete circuit).
