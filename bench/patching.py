@@ -250,16 +250,10 @@ def ours_eap(model, task):
     return eap(model, task).scores
 
 
-def ours_curve(model, task, budget_mb=1024):
-    """(forwards, seconds, values) of the curve alone; the forward is timed just before it."""
-    from analyses.patching import eap, faithfulness_curve
+def ours_curve(model, task, scores, budget_mb=1024):
+    from analyses.patching import faithfulness_curve
 
-    scores = eap(model, task)
-    unit = timed(lambda: forward(model, task), repeat=3)[0]
-    start = time.perf_counter()
-    curve = faithfulness_curve(model, task, scores, points=32, budget_mb=budget_mb, progress=False)
-    seconds = time.perf_counter() - start
-    return seconds / unit, seconds, curve.values
+    return faithfulness_curve(model, task, scores, points=32, budget_mb=budget_mb, progress=False).values
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -381,10 +375,13 @@ def main(argv=None) -> None:
     print(f"2. EAP over all {len(scores)} edges (median of 5 ratios to a forward timed just before each)")
     row("ours (2 forwards + 1 backward, scores in backward hooks)", eap_f * fwd_t, f"{eap_f:.2f} forwards",
         "target <= 3.5", "", eap_mb)
-    _, (curve_f, curve_t, values), curve_mb = in_child(ours_curve, model, task, args.budget_mb)
-    print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly")
-    row("ours (node by node: only the heads and MLPs a circuit changes)", curve_t, f"{curve_f:.1f} forwards", "target <= 8", "",
-        curve_mb)
+    from analyses.patching import eap
+
+    scores = eap(model, task)
+    curve_f, _, curve_mb = in_child(ours_curve, model, task, scores, args.budget_mb, repeat=3, reference=(model, task))
+    print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly (median of 3 ratios to a forward)")
+    row("ours (node by node: only the heads and MLPs a circuit changes)", curve_f * fwd_t, f"{curve_f:.1f} forwards",
+        "target <= 8", "", curve_mb)
     activation_rows(model, task, args)  # last: it builds TransformerLens's bridge in this process
     toy_correlations()
 
