@@ -32,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from analyses.sweep import work
 
 
-def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
-              on_done: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every job in order; return their timings. `on_done(timing)` is called after each."""
+def run_local(jobs: Sequence[work.Job], prefetch: bool = True, on_done: Callable[[dict], None] | None = None,
+              written: dict | None = None) -> list[dict]:
+    """Run every job in order; return their timings. `on_done(timing)` is called after each; `written` (a dict)
+    receives the Arrow table stored for each (model, revision)."""
     timings: list[dict] = []
     live: work.Loaded | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load") as pool:
@@ -45,7 +46,7 @@ def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
             if not work.swappable(live, following):
                 ahead.start(following, live, after)  # a whole model: load it during the whole analysis
             try:  # a checkpoint to stage: stage it while the rows are written, on the core the analysis left
-                timing = work.analyse(job, live, before_write=functools.partial(ahead.start, following, live, after))
+                timing = work.analyse(job, live, functools.partial(ahead.start, following, live, after), written)
             except BaseException:
                 ahead.cancel()
                 raise

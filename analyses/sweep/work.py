@@ -131,16 +131,21 @@ def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
     return Loaded(model, prepared.weights_sha256, seconds, live.template, live.target, swapped=True)
 
 
-def analyse(job: Job, loaded: Loaded, before_write: Callable[[], None] | None = None) -> dict:
+def analyse(job: Job, loaded: Loaded, before_write: Callable[[], None] | None = None,
+            written: dict | None = None) -> dict:
     """Run the analysis on a loaded checkpoint and write its rows (calling `before_write()` in between);
-    return the timings."""
+    return the timings. With `written`, keep the Arrow table written there under (model, revision)."""
     start = time.perf_counter()
     frame = job.analysis.run(loaded.model, **job.params)
     if before_write is not None:
         before_write()
     analysed = time.perf_counter()
     ckpt = job.checkpoint
-    job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
+    store = job.store
+    table = store.table(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
+    store.write(job.key, ckpt.model, ckpt.revision, table)
+    if written is not None:
+        written[(ckpt.model, ckpt.revision)] = table
     return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds, "swapped": loaded.swapped,
             "analysis_s": analysed - start, "write_s": time.perf_counter() - analysed}
 
