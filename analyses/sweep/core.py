@@ -155,8 +155,8 @@ def _assemble(ckpts: list[Checkpoint], jobs: dict[tuple[str, str], Job], written
     """Every checkpoint's stored rows in plan order, labelled as asked, duplicates flagged (what this call
     wrote itself is not read back where Parquet returns it as it was: `ResultStore.get_all`)."""
     job = jobs[(ckpts[0].model, ckpts[0].revision)]  # every job of a sweep has the same key and store
-    frame, lengths = job.store.get_all(job.key, [(c.model, c.revision) for c in ckpts], written)
-    frame = frame.drop(columns=["analysis", "key"])
+    pairs = [(c.model, c.revision) for c in ckpts]
+    frame, lengths = job.store.get_all(job.key, pairs, written, drop=["analysis", "key"])
     frame["revision"] = np.repeat(np.array([c.label for c in ckpts], dtype=object), lengths)
     return flag_duplicates(frame)
 

@@ -9,19 +9,22 @@
 Building a Hugging Face model (config, modules, `from_pretrained`'s bookkeeping, the tokenizer) is
 Python work that holds the GIL, and a sweep that does it in a background thread slows the
 analysis it should hide behind. So a sweep builds each model once and, for every later
-checkpoint of it, `stage` finds the files, checks that they fit, maps the tensors and has the OS
-read them ahead (the loading thread: little CPU, no GIL to speak of), and `swap_` copies them
-into the live model's parameters, casting on the way (one pass over memory already in place,
-with the analysis's threads): a model equal, tensor for tensor, to what `interp.load` gives for
-that checkpoint. Where that cannot be guaranteed (another config, generation config or tokenizer
-file, weights not on this machine, a tensor that is not a plain renaming of one parameter),
-`stage` returns None and the sweep loads the checkpoint whole.
+checkpoint of it, `find` finds the files and checks that they fit (config, generation config and
+tokenizer files the live model's), `fetch` reads the weights (a small file whole, with its sha256;
+large ones mapped and read ahead by the OS: I/O that releases the GIL, which a loading thread
+does), `fit` makes tensors under the model's names, and `swap_` copies them into the live model's
+parameters, casting on the way (one pass over memory already in place, with the analysis's
+threads): a model equal, tensor for tensor, to what `interp.load` gives for that checkpoint.
+`stage` runs the first three in a row. Where equality cannot be guaranteed (another config,
+generation config or tokenizer file, weights not on this machine, a tensor that is not a plain
+renaming of one parameter), `find` or `fit` returns None and the sweep loads the checkpoint whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor
 
 import interp
-from interp.files import read_ahead, read_tensors, read_whole
+from interp.files import is_packed, read_ahead, read_tensors, unpacked_bytes
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
 SMALL_FILE = 64 << 20  # bytes: a weight file this small is read whole (and hashed from memory), not mapped
@@ -87,8 +90,35 @@ class Staged:
     digests: dict[Path, str] = field(default_factory=dict)  # sha256 of weight files read whole
 
 
+@dataclass(frozen=True)
+class Found:
+    """A checkpoint whose files may fit a live model (its config and tokenizer files do), weights not yet read."""
+
+    files: CheckpointFiles
+    tokenizer_at: int | None
+    whole: bool  # one small weight file: read whole and hashed from memory (else mapped)
+
+
+@dataclass
+class Fetched:
+    """A found checkpoint's weights as read: a small file's safetensors bytes and their sha256, or mapped tensors."""
+
+    found: Found
+    data: bytes | None = None
+    sha256: str | None = None
+    tensors: dict[str, Tensor] | None = None
+
+
 def stage(name: str, revision: str, template: Template | None) -> Staged | None:
-    """Read a checkpoint's tensors for a model of `template`; None when a full `interp.load` is needed."""
+    """Read a checkpoint's tensors for a model of `template`; None when a full `interp.load` is needed.
+    (`find`, `fetch` and `fit` in a row: a sweep runs `fetch` in its loading thread.)"""
+    found = find(name, revision, template)
+    return None if found is None else fit(fetch(found), template)
+
+
+def find(name: str, revision: str, template: Template | None) -> Found | None:
+    """The checkpoint's files if they may fit `template`'s model (the same model, config, generation config and
+    tokenizer files), reading no weights; None when a full `interp.load` is needed."""
     if template is None:
         return None
     files = checkpoint_files(name, revision)
@@ -97,14 +127,33 @@ def stage(name: str, revision: str, template: Template | None) -> Staged | None:
         return None
     if not files.configs or files.configs[0].name != "config.json" or files.fingerprint() != template.fingerprint:
         return None
-    whole = len(files.weights) == 1 and _small_file(files.weights[0])
-    tensors, digests = _read_whole(files.weights[0]) if whole else (read_tensors(files.weights), {})
-    fitted = template.fit(tensors)  # safetensors files but small ones: mapped, read when copied
-    if fitted is None:
-        return None
-    for path in files.weights:
+    return Found(files, template.tokenizer_at, len(files.weights) == 1 and _small_file(files.weights[0]))
+
+
+def fetch(found: Found) -> Fetched:
+    """Read the found weights: a small file whole, and its sha256 (reading, unpacking and hashing release the
+    GIL, so a loading thread does this beside an analysis at little cost to it); else have the OS read the
+    files ahead and map them (small safetensors files but mapped ones are read when copied)."""
+    if found.whole:
+        path = found.files.weights[0]
+        data = unpacked_bytes(path) if is_packed(path) else path.read_bytes()
+        return Fetched(found, data=data, sha256=hashlib.sha256(data).hexdigest())
+    for path in found.files.weights:
         read_ahead(path)  # into the page cache now
-    return Staged(files, fitted, template.tokenizer_at, digests)
+    return Fetched(found, tensors=read_tensors(found.files.weights))
+
+
+def fit(fetched: Fetched, template: Template) -> Staged | None:
+    """The fetched tensors under the model's names, or None unless they fill every tensor of it once."""
+    from safetensors.torch import load
+
+    found = fetched.found
+    if fetched.data is not None:
+        tensors, digests = load(fetched.data), {found.files.weights[0]: fetched.sha256}
+    else:
+        tensors, digests = fetched.tensors, {}
+    fitted = template.fit(tensors)
+    return None if fitted is None else Staged(found.files, fitted, found.tokenizer_at, digests)
 
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
@@ -130,11 +179,6 @@ def _small_file(path: Path) -> bool:
     sha256 already)."""
     small = path.name.endswith((".safetensors", ".safetensors.xz")) and path.stat().st_size <= SMALL_FILE
     return small and not path.is_symlink()
-
-
-def _read_whole(path: Path) -> tuple[dict[str, Tensor], dict[Path, str]]:
-    tensors, sha256 = read_whole(path)
-    return tensors, {path: sha256}
 
 
 def _renamer(hf: torch.nn.Module) -> Rename | None:

@@ -26,6 +26,7 @@ pyarrow, and globs on `*.parquet` do not match it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,7 +52,7 @@ class Key:
     data_hash: str = "none"
     version: str = "1"
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """12 hex digits of the sha256 of the key's canonical JSON: the directory name of the key."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
@@ -100,12 +101,12 @@ class ResultStore:
         path = self.path(key, model, revision)
         return pd.read_parquet(path) if path.is_file() else None
 
-    def get_all(self, key: Key, pairs: Sequence[tuple[str, str]],
-                written: Mapping[tuple[str, str], object] | None = None) -> tuple[pd.DataFrame, list[int]]:
+    def get_all(self, key: Key, pairs: Sequence[tuple[str, str]], written: Mapping | None = None,
+                drop: Sequence[str] = ()) -> tuple[pd.DataFrame, list[int]]:
         """The stored frames of several (model, revision) pairs, one after another with a fresh index, as
-        `pd.concat` of their `get`s gives them; and how many rows each has. `written` may hold the Arrow
-        tables this process just stored (`table` then `write`), by (model, revision): those whose column
-        types come back from Parquet exactly as they went in are not read again."""
+        `pd.concat` of their `get`s gives them (less the columns in `drop`); and how many rows each has.
+        `written` may hold the Arrow tables this process just stored (`table` then `write`), by (model,
+        revision): those whose column types come back from Parquet exactly as they went in are not read again."""
         import pyarrow as pa
 
         written = written or {}
@@ -114,9 +115,9 @@ class ResultStore:
         if not tables:
             return pd.DataFrame(), lengths
         first = tables[0].schema
-        if all(_same_frame_schema(t.schema, first) for t in tables):
-            return pa.concat_tables(tables).to_pandas(), lengths  # one conversion: much faster than one each
-        return pd.concat([t.to_pandas() for t in tables], ignore_index=True), lengths
+        if all(_same_frame_schema(t.schema, first) for t in tables):  # one conversion: much faster than one each
+            return pa.concat_tables(tables).drop_columns(list(drop)).to_pandas(), lengths
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True).drop(columns=list(drop)), lengths
 
     def put(self, key: Key, model: str, revision: str, frame: pd.DataFrame) -> Path:
         """Write a frame atomically (temp file, fsync, rename) with the key in its metadata."""

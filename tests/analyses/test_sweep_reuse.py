@@ -117,7 +117,7 @@ def logits(model) -> pd.DataFrame:
 
 
 def whole_loads_only(monkeypatch) -> None:
-    monkeypatch.setattr(reuse, "stage", lambda name, revision, template: None)
+    monkeypatch.setattr(reuse, "find", lambda name, revision, template: None)
 
 
 @pytest.mark.parametrize("models, revisions", [
