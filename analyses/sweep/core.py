@@ -95,7 +95,8 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
         root = ResultStore(root.expanduser().absolute()).root  # absolute: Ray workers have their own cwd
         jobs = {(c.model, c.revision): Job(c, plan.spec, plan.params, str(root), plan.dtype, device)
                 for c in plan.checkpoints}
-        todo = [job for job in jobs.values() if not job.done]
+        stored = ResultStore(root).stored(plan.key, list(jobs))
+        todo = [job for pair, job in jobs.items() if pair not in stored]
         written: dict = {}  # (model, revision) -> the Arrow table this call stored (local executor)
         with quiet_loading(), _progress(len(jobs), len(jobs) - len(todo), plan.spec.name, progress) as bar:
             timings = _execute(todo, executor, prefetch, ray_address, ray_options or {}, bar, written)

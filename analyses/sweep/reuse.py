@@ -25,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,9 @@ import interp
 from interp.files import is_packed, read_ahead, read_tensors, unpacked_bytes
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # safetensors' names of the dtypes read as views (others: safetensors.torch.load)
 SMALL_FILE = 64 << 20  # bytes: a weight file this small is read whole (and hashed from memory), not mapped
 Rename = Callable[[str], "str | None"]  # a name in the files -> the model's state-dict name (None: not a renaming)
 
@@ -104,7 +110,7 @@ class Fetched:
     """A found checkpoint's weights as read: a small file's safetensors bytes and their sha256, or mapped tensors."""
 
     found: Found
-    data: bytes | None = None
+    data: bytearray | None = None
     sha256: str | None = None
     tensors: dict[str, Tensor] | None = None
 
@@ -136,7 +142,7 @@ def fetch(found: Found) -> Fetched:
     files ahead and map them (small safetensors files but mapped ones are read when copied)."""
     if found.whole:
         path = found.files.weights[0]
-        data = unpacked_bytes(path) if is_packed(path) else path.read_bytes()
+        data = bytearray(unpacked_bytes(path)) if is_packed(path) else _read_bytes(path)
         return Fetched(found, data=data, sha256=hashlib.sha256(data).hexdigest())
     for path in found.files.weights:
         read_ahead(path)  # into the page cache now
@@ -145,11 +151,9 @@ def fetch(found: Found) -> Fetched:
 
 def fit(fetched: Fetched, template: Template) -> Staged | None:
     """The fetched tensors under the model's names, or None unless they fill every tensor of it once."""
-    from safetensors.torch import load
-
     found = fetched.found
     if fetched.data is not None:
-        tensors, digests = load(fetched.data), {found.files.weights[0]: fetched.sha256}
+        tensors, digests = _tensors_of(fetched.data), {found.files.weights[0]: fetched.sha256}
     else:
         tensors, digests = fetched.tensors, {}
     fitted = template.fit(tensors)
@@ -158,10 +162,14 @@ def fit(fetched: Fetched, template: Template) -> Staged | None:
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
     """Copy the staged tensors into `model`'s own (cast to its dtypes, on its device) and relabel it."""
-    targets = model.hf.state_dict(keep_vars=True)
+    try:
+        targets = [_tensor_at(model.hf, name) for name in staged.tensors]
+    except (KeyError, AttributeError):  # not a plain tree of modules: as the state dict names them
+        state = model.hf.state_dict(keep_vars=True)
+        targets = [state[name] for name in staged.tensors]
     with torch.no_grad():
-        for name, tensor in staged.tensors.items():
-            targets[name].copy_(tensor)  # into memory already in place; bumps the version: weight stacks rebuild
+        for target, tensor in zip(targets, staged.tensors.values(), strict=True):
+            target.copy_(tensor)  # into memory already in place; bumps the version: weight stacks rebuild
     if model.hf.training:  # as interp.load returns it
         model.hf.eval()
     files = staged.files
@@ -174,11 +182,66 @@ def swap_(model: interp.Model, staged: Staged) -> interp.Model:
     return model
 
 
+def _tensor_at(root: torch.nn.Module, name: str) -> Tensor:
+    """The parameter or buffer a state-dict name stands for, looked up in the module tree as it is now (an
+    analysis may have replaced a module or parameter): a few dict lookups, where `state_dict` walks every
+    module."""
+    *path, leaf = name.split(".")
+    module = root
+    for part in path:
+        module = module._modules[part]
+    tensor = module._parameters.get(leaf)
+    return tensor if tensor is not None else module._buffers[leaf]
+
+
 def _small_file(path: Path) -> bool:
     """A safetensors file (plain or .xz) small enough to read whole, and not a hub blob (whose name is its
     sha256 already)."""
     small = path.name.endswith((".safetensors", ".safetensors.xz")) and path.stat().st_size <= SMALL_FILE
     return small and not path.is_symlink()
+
+
+def _read_bytes(path: Path) -> bytearray:
+    """A file's bytes, in a buffer that tensors may view."""
+    data = bytearray(path.stat().st_size)
+    with open(path, "rb", buffering=0) as f:
+        view, done = memoryview(data), 0
+        while done < len(data) and (n := f.readinto(view[done:])):
+            done += n
+    return data if done == len(data) else bytearray(path.read_bytes())  # the file changed size: read it again
+
+
+def _tensors_of(data: bytearray) -> dict[str, Tensor]:
+    """The tensors of safetensors bytes, as views of them (`safetensors.torch.load` copies each tensor's bytes
+    twice); that function where the bytes hold anything but plain non-empty tensors, or on a big-endian machine."""
+    from safetensors.torch import load
+
+    tensors = _views(data) if sys.byteorder == "little" else None
+    return tensors if tensors is not None else load(bytes(data))
+
+
+def _views(data: bytearray) -> dict[str, Tensor] | None:
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        header = json.loads(bytes(data[8:8 + size])) if 0 <= size <= len(data) - 8 else None
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    tensors, start = {}, 8 + size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, (begin, end), shape = _DTYPES.get(entry["dtype"]), entry["data_offsets"], entry["shape"]
+            count = (end - begin) // dtype.itemsize if dtype is not None else 0
+            fits = count > 0 and count * dtype.itemsize == end - begin and math.prod(shape) == count
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not fits or begin < 0 or start + end > len(data):
+            return None
+        tensors[name] = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin).view(shape)
+    return tensors
 
 
 def _renamer(hf: torch.nn.Module) -> Rename | None:

@@ -96,6 +96,24 @@ class ResultStore:
         """Whether a complete result is stored."""
         return self.path(key, model, revision).is_file()
 
+    def stored(self, key: Key, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (model, revision) pairs have a complete result stored, as `has` says (one listing per model).
+
+        >>> import tempfile
+        >>> store = ResultStore(tempfile.mkdtemp())
+        >>> _ = store.put(Key("a"), "toy-2l", "step0", pd.DataFrame({"x": [1]}))
+        >>> store.stored(Key("a"), [("toy-2l", "step0"), ("toy-2l", "step1"), ("toy-4l", "step0")])
+        {('toy-2l', 'step0')}
+        """
+        listed: dict[str, set[str]] = {}
+        for model in dict.fromkeys(model for model, _ in pairs):
+            try:
+                with os.scandir(self.key_dir(key) / _safe(model)) as entries:
+                    listed[model] = {e.name for e in entries if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listed[model] = set()
+        return {(m, r) for m, r in pairs if f"{_safe(r)}.parquet" in listed[m]}
+
     def get(self, key: Key, model: str, revision: str) -> pd.DataFrame | None:
         """The stored frame, or None when there is none."""
         path = self.path(key, model, revision)
