@@ -10,14 +10,15 @@ Building a Hugging Face model (config, modules, `from_pretrained`'s bookkeeping,
 Python work that holds the GIL, and a sweep that does it in a background thread slows the
 analysis it should hide behind. So a sweep builds each model once and, for every later
 checkpoint of it, `find` finds the files and checks that they fit (config, generation config and
-tokenizer files the live model's), `fetch` reads the weights (a small file whole, with its sha256;
-large ones mapped and read ahead by the OS: I/O that releases the GIL, which a loading thread
-does), `fit` makes tensors under the model's names, and `swap_` copies them into the live model's
-parameters, casting on the way (one pass over memory already in place, with the analysis's
-threads): a model equal, tensor for tensor, to what `interp.load` gives for that checkpoint.
-`stage` runs the first three in a row. Where equality cannot be guaranteed (another config,
-generation config or tokenizer file, weights not on this machine, a tensor that is not a plain
-renaming of one parameter), `find` or `fit` returns None and the sweep loads the checkpoint whole.
+tokenizer files the live model's), `fetch` reads and fingerprints the weights (a small file
+whole, hashed from memory; large ones read ahead by the OS and mapped: I/O and hashing that
+release the GIL, which a loading thread does), `fit` makes tensors under the model's names, and
+`swap_` copies them into the live model's parameters, casting on the way (one pass over memory
+already in place, with the analysis's threads): a model equal, tensor for tensor, to what
+`interp.load` gives for that checkpoint. `stage` runs the first three in a row. Where equality
+cannot be guaranteed (another config, generation config or tokenizer file, weights not on this
+machine, a tensor that is not a plain renaming of one parameter), `find` or `fit` returns None and
+the sweep loads the checkpoint whole.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 
 import interp
+from analyses.sweep.integrity import file_sha256
 from interp.files import is_packed, read_ahead, read_tensors, unpacked_bytes
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
@@ -93,7 +95,7 @@ class Staged:
     files: CheckpointFiles
     tensors: dict[str, Tensor]
     tokenizer_at: int | None
-    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of weight files read whole
+    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of the weight files, as `fetch` found them
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,12 @@ class Found:
 
 @dataclass
 class Fetched:
-    """A found checkpoint's weights as read: a small file's safetensors bytes and their sha256, or mapped tensors."""
+    """A found checkpoint's weights as read (a small file's safetensors bytes, or mapped tensors) and the sha256
+    of its weight files."""
 
     found: Found
+    digests: dict[Path, str]
     data: bytearray | None = None
-    sha256: str | None = None
     tensors: dict[str, Tensor] | None = None
 
 
@@ -137,27 +140,25 @@ def find(name: str, revision: str, template: Template | None) -> Found | None:
 
 
 def fetch(found: Found) -> Fetched:
-    """Read the found weights: a small file whole, and its sha256 (reading, unpacking and hashing release the
-    GIL, so a loading thread does this beside an analysis at little cost to it); else have the OS read the
-    files ahead and map them (small safetensors files but mapped ones are read when copied)."""
+    """Read the found weights and fingerprint their files: a small file whole, hashed from memory; large ones
+    read ahead by the OS, hashed (free for a hub cache's blobs, whose names are their sha256) and mapped.
+    Reading, unpacking and hashing release the GIL, so a loading thread does this beside an analysis at
+    little cost to it."""
     if found.whole:
         path = found.files.weights[0]
         data = bytearray(unpacked_bytes(path)) if is_packed(path) else _read_bytes(path)
-        return Fetched(found, data=data, sha256=hashlib.sha256(data).hexdigest())
+        return Fetched(found, {path: hashlib.sha256(data).hexdigest()}, data=data)
     for path in found.files.weights:
         read_ahead(path)  # into the page cache now
-    return Fetched(found, tensors=read_tensors(found.files.weights))
+    digests = {path: file_sha256(path) for path in found.files.weights}
+    return Fetched(found, digests, tensors=read_tensors(found.files.weights))
 
 
 def fit(fetched: Fetched, template: Template) -> Staged | None:
     """The fetched tensors under the model's names, or None unless they fill every tensor of it once."""
     found = fetched.found
-    if fetched.data is not None:
-        tensors, digests = _tensors_of(fetched.data), {found.files.weights[0]: fetched.sha256}
-    else:
-        tensors, digests = fetched.tensors, {}
-    fitted = template.fit(tensors)
-    return None if fitted is None else Staged(found.files, fitted, found.tokenizer_at, digests)
+    fitted = template.fit(_tensors_of(fetched.data) if fetched.data is not None else fetched.tensors)
+    return None if fitted is None else Staged(found.files, fitted, found.tokenizer_at, dict(fetched.digests))
 
 
 def swap_(model: interp.Model, staged: Staged) -> interp.Model:
