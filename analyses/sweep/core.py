@@ -95,10 +95,12 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
         root = ResultStore(root.expanduser().absolute()).root  # absolute: Ray workers have their own cwd
         jobs = {(c.model, c.revision): Job(c, plan.spec, plan.params, str(root), plan.dtype, device)
                 for c in plan.checkpoints}
-        todo = [job for job in jobs.values() if not job.done]
+        stored = ResultStore(root).stored(plan.key, list(jobs))
+        todo = [job for pair, job in jobs.items() if pair not in stored]
+        written: dict = {}  # (model, revision) -> the Arrow table this call stored (local executor)
         with quiet_loading(), _progress(len(jobs), len(jobs) - len(todo), plan.spec.name, progress) as bar:
-            timings = _execute(todo, executor, prefetch, ray_address, ray_options or {}, bar)
-        frame = _assemble(plan.checkpoints, jobs)
+            timings = _execute(todo, executor, prefetch, ray_address, ray_options or {}, bar, written)
+        frame = _assemble(plan.checkpoints, jobs, written)
     computed = tuple((j.checkpoint.model, j.checkpoint.revision) for j in todo)
     cached = tuple(k for k in jobs if k not in set(computed))
     return Sweep(frame, plan.spec, plan.key, tuple(plan.models), root if store is not None else None,
@@ -138,7 +140,7 @@ def dtype_name(dtype: str | torch.dtype | None) -> str:
 
 
 def _execute(todo: list[Job], executor: str, prefetch: bool, address: str | None, options: Mapping,
-             bar) -> list[dict]:
+             bar, written: dict) -> list[dict]:
     if not todo:
         return []
     if executor == "ray":
@@ -147,14 +149,15 @@ def _execute(todo: list[Job], executor: str, prefetch: bool, address: str | None
         return run_ray(todo, address=address, on_done=lambda _: bar.update(1), **options)
     from analyses.sweep.local import run_local
 
-    return run_local(todo, prefetch=prefetch, on_done=lambda _: bar.update(1))
+    return run_local(todo, prefetch=prefetch, on_done=lambda _: bar.update(1), written=written)
 
 
-def _assemble(ckpts: list[Checkpoint], jobs: dict[tuple[str, str], Job]) -> pd.DataFrame:
-    """Every checkpoint's stored rows in plan order, labelled as asked, duplicates flagged."""
+def _assemble(ckpts: list[Checkpoint], jobs: dict[tuple[str, str], Job], written: Mapping) -> pd.DataFrame:
+    """Every checkpoint's stored rows in plan order, labelled as asked, duplicates flagged (what this call
+    wrote itself is not read back where Parquet returns it as it was: `ResultStore.get_all`)."""
     job = jobs[(ckpts[0].model, ckpts[0].revision)]  # every job of a sweep has the same key and store
-    frame, lengths = job.store.get_all(job.key, [(c.model, c.revision) for c in ckpts])
-    frame = frame.drop(columns=["analysis", "key"])
+    pairs = [(c.model, c.revision) for c in ckpts]
+    frame, lengths = job.store.get_all(job.key, pairs, written, drop=["analysis", "key"])
     frame["revision"] = np.repeat(np.array([c.label for c in ckpts], dtype=object), lengths)
     return flag_duplicates(frame)
 

@@ -100,14 +100,14 @@ def flag_duplicates(frame: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
     ['', '', 'step1']
     """
     frame = frame.copy()
-    order = frame.sort_values("step", kind="stable")
+    models, revisions = frame["model"].tolist(), frame["revision"].tolist()
+    shas, steps = frame["weights_sha256"].tolist(), frame["step"].tolist()
     firsts: dict[tuple[str, str], str] = {}  # (model, fingerprint) -> its earliest revision
-    keys = zip(order["model"], order["weights_sha256"], strict=True)
-    for key, revision in zip(keys, order["revision"], strict=True):
-        if key[1]:
-            firsts.setdefault(key, revision)
-    first = [firsts.get(key, "") for key in zip(frame["model"], frame["weights_sha256"], strict=True)]
-    frame["duplicate_of"] = [f if f != rev else "" for f, rev in zip(first, frame["revision"], strict=True)]
+    for i in sorted(range(len(steps)), key=steps.__getitem__):  # stable: ties keep the frame's order
+        if shas[i]:
+            firsts.setdefault((models[i], shas[i]), revisions[i])
+    first = [firsts.get(key, "") for key in zip(models, shas, strict=True)]
+    frame["duplicate_of"] = [f if f != rev else "" for f, rev in zip(first, revisions, strict=True)]
     if warn and (frame["duplicate_of"] != "").any():
         for message in duplicate_messages(frame):
             warnings.warn(message, DuplicateCheckpointWarning, stacklevel=3)

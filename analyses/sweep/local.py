@@ -11,30 +11,33 @@
 
 The sweep's first checkpoint is loaded whole in the main thread (there is nothing to overlap it
 with); the first checkpoint of any other model is loaded whole in the loading thread while the
-analysis before it runs. For every later checkpoint of the same model, the loading thread only finds its
-files, checks that they fit, maps (or, when small, reads) them and has the OS read the next one
-ahead, and the main thread copies the tensors into the live model in place
-(`analyses.sweep.reuse`). That staging is a few milliseconds of mostly GIL-free work, done while
-the previous checkpoint's rows are written: the write runs on one core, whereas the analysis keeps
-both busy (torch's threads), so staging then takes almost nothing from it. (The loading thread
-keeps torch's settings: `torch.set_num_threads` and thread priorities reach beyond one thread.)
+analysis before it runs. For every later checkpoint of the same model (`analyses.sweep.reuse`),
+the work is split by what it holds. Finding its files and checking that they fit the live model
+(`find`), making tensors of the bytes read and copying them into the live model (`take`) are
+Python bookkeeping that holds the GIL: the main thread does it, since in a loading thread it
+would only wait for the GIL and make the analysis wait for it in turn (with a small model, whose
+analysis is mostly Python, that costs more than doing the work in line). Reading the weights
+(`fetch`: a small file read whole and hashed, a large one mapped and read ahead by the OS) is
+I/O and hashing that release the GIL: the loading thread does it while the analysis before runs,
+and has the OS read the following checkpoint's files ahead. (The loading thread keeps torch's
+settings: `torch.set_num_threads` and thread priorities reach beyond one thread.)
 The analysis gets the same `Model` object at every checkpoint of a model, its weights and revision
 updated: an analysis must not keep the model past its call. Memory holds the live model and the
-next checkpoint's tensors (two models only while the next checkpoint is loaded whole).
+next checkpoint's weights (two models only while the next checkpoint is loaded whole).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from analyses.sweep import work
 
 
-def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
-              on_done: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every job in order; return their timings. `on_done(timing)` is called after each."""
+def run_local(jobs: Sequence[work.Job], prefetch: bool = True, on_done: Callable[[dict], None] | None = None,
+              written: dict | None = None) -> list[dict]:
+    """Run every job in order; return their timings. `on_done(timing)` is called after each; `written` (a dict)
+    receives the Arrow table stored for each (model, revision)."""
     timings: list[dict] = []
     live: work.Loaded | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-load") as pool:
@@ -42,10 +45,9 @@ def run_local(jobs: Sequence[work.Job], prefetch: bool = True,
         for i, job in enumerate(jobs):
             following, after = _at(jobs, i + 1), _at(jobs, i + 2)
             live = ahead.take(job, live, following)
-            if not work.swappable(live, following):
-                ahead.start(following, live, after)  # a whole model: load it during the whole analysis
-            try:  # a checkpoint to stage: stage it while the rows are written, on the core the analysis left
-                timing = work.analyse(job, live, before_write=functools.partial(ahead.start, following, live, after))
+            ahead.start(following, live, after)  # read (or load) the next checkpoint during this analysis
+            try:
+                timing = work.analyse(job, live, written)
             except BaseException:
                 ahead.cancel()
                 raise
@@ -62,18 +64,19 @@ class _Ahead:
         self.pool, self.enabled, self.pending = pool, enabled, None
 
     def start(self, job: work.Job | None, live: work.Loaded | None, after: work.Job | None) -> None:
-        """Ready `job` in the loading thread (once), reading `after`'s files ahead."""
+        """Ready `job`: find its files here, read them (or load it whole) in the loading thread, and have the OS
+        read `after`'s files ahead."""
         if self.enabled and job is not None and self.pending is None:
-            self.pending = self.pool.submit(work.prepare, job, live, after)
+            self.pending = self.pool.submit(work.prepare, job, work.find(job, live), after)
 
     def take(self, job: work.Job, live: work.Loaded | None, following: work.Job | None) -> work.Loaded:
         """The job's checkpoint, readied ahead or now (then reading `following`'s files ahead)."""
         if self.pending is not None:
             prepared = self.pending.result()
         else:
-            prepared = work.prepare(job, live, following if self.enabled else None)
+            prepared = work.prepare(job, work.find(job, live), following if self.enabled else None)
         self.pending = None
-        return work.take(prepared, live)
+        return work.take(job, prepared, live)
 
     def cancel(self) -> None:
         if self.pending is not None:

@@ -26,11 +26,12 @@ pyarrow, and globs on `*.parquet` do not match it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class Key:
     data_hash: str = "none"
     version: str = "1"
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """12 hex digits of the sha256 of the key's canonical JSON: the directory name of the key."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
@@ -95,33 +96,62 @@ class ResultStore:
         """Whether a complete result is stored."""
         return self.path(key, model, revision).is_file()
 
+    def stored(self, key: Key, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (model, revision) pairs have a complete result stored, as `has` says (one listing per model).
+
+        >>> import tempfile
+        >>> store = ResultStore(tempfile.mkdtemp())
+        >>> _ = store.put(Key("a"), "toy-2l", "step0", pd.DataFrame({"x": [1]}))
+        >>> store.stored(Key("a"), [("toy-2l", "step0"), ("toy-2l", "step1"), ("toy-4l", "step0")])
+        {('toy-2l', 'step0')}
+        """
+        listed: dict[str, set[str]] = {}
+        for model in dict.fromkeys(model for model, _ in pairs):
+            try:
+                with os.scandir(self.key_dir(key) / _safe(model)) as entries:
+                    listed[model] = {e.name for e in entries if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listed[model] = set()
+        return {(m, r) for m, r in pairs if f"{_safe(r)}.parquet" in listed[m]}
+
     def get(self, key: Key, model: str, revision: str) -> pd.DataFrame | None:
         """The stored frame, or None when there is none."""
         path = self.path(key, model, revision)
         return pd.read_parquet(path) if path.is_file() else None
 
-    def get_all(self, key: Key, pairs: Sequence[tuple[str, str]]) -> tuple[pd.DataFrame, list[int]]:
+    def get_all(self, key: Key, pairs: Sequence[tuple[str, str]], written: Mapping | None = None,
+                drop: Sequence[str] = ()) -> tuple[pd.DataFrame, list[int]]:
         """The stored frames of several (model, revision) pairs, one after another with a fresh index, as
-        `pd.concat` of their `get`s gives them; and how many rows each has."""
+        `pd.concat` of their `get`s gives them (less the columns in `drop`); and how many rows each has.
+        `written` may hold the Arrow tables this process just stored (`table` then `write`), by (model,
+        revision): those whose column types come back from Parquet exactly as they went in are not read again."""
         import pyarrow as pa
 
-        tables = [_read_table(self.path(key, model, revision)) for model, revision in pairs]
+        written = written or {}
+        tables = [_kept(written.get(pair)) or _read_table(self.path(key, *pair)) for pair in pairs]
         lengths = [t.num_rows for t in tables]
         if not tables:
             return pd.DataFrame(), lengths
         first = tables[0].schema
-        if all(_same_frame_schema(t.schema, first) for t in tables):
-            return pa.concat_tables(tables).to_pandas(), lengths  # one conversion: much faster than one each
-        return pd.concat([t.to_pandas() for t in tables], ignore_index=True), lengths
+        if all(_same_frame_schema(t.schema, first) for t in tables):  # one conversion: much faster than one each
+            return pa.concat_tables(tables).drop_columns(list(drop)).to_pandas(), lengths
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True).drop(columns=list(drop)), lengths
 
     def put(self, key: Key, model: str, revision: str, frame: pd.DataFrame) -> Path:
         """Write a frame atomically (temp file, fsync, rename) with the key in its metadata."""
+        return self.write(key, model, revision, self.table(key, model, revision, frame))
+
+    def table(self, key: Key, model: str, revision: str, frame: pd.DataFrame):
+        """The Arrow table `put` writes for a frame: its columns, and the key in the schema's metadata."""
         import pyarrow as pa
 
-        self._write_params(key)
         table = pa.Table.from_pandas(frame, preserve_index=False)
         record = {"key": json.loads(key.to_json()), "digest": key.digest, "model": model, "revision": revision}
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(record)})
+        return table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(record)})
+
+    def write(self, key: Key, model: str, revision: str, table) -> Path:
+        """Write a table made by `table` atomically (temp file, fsync, rename)."""
+        self._write_params(key)
         path = self.path(key, model, revision)
         atomic_write(path, lambda f: _write_parquet(table, f))
         return path
@@ -183,6 +213,17 @@ def _read_table(path: Path):
 
     with pq.ParquetFile(path) as f:
         return f.read(use_threads=False)
+
+
+def _kept(table):
+    """A table just written, if Parquet gives its columns back exactly (plain numbers, booleans and strings: the
+    same types, values bit for bit, and the same schema metadata); else None, and the file is read."""
+    import pyarrow.types as pt
+
+    exact = (pt.is_integer, pt.is_float32, pt.is_float64, pt.is_boolean, pt.is_string, pt.is_large_string)
+    if table is None or not all(any(is_(f.type) for is_ in exact) and not f.metadata for f in table.schema):
+        return None
+    return table
 
 
 def _same_frame_schema(schema, other) -> bool:

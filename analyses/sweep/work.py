@@ -10,16 +10,18 @@
     (8, 4)
 
 Both executors run exactly this. A Ray task calls `run`. The local executor splits loading from
-`analyse`: `prepare` (in its loading thread) readies the next checkpoint while the current one is
-analysed, as tensors for the live model when they fit it (`analyses.sweep.reuse`), else as a
-whole model; `take` (in the main thread) copies those tensors into the live model.
+`analyse`: `find` (in the main thread) checks whether the next checkpoint fits the live model
+(`analyses.sweep.reuse`); `prepare` (in its loading thread, while the current checkpoint is
+analysed) reads its weights, or loads it whole when it does not fit; `take` (in the main thread)
+copies the weights read into the live model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,11 +49,11 @@ class Job:
     dtype: str = "float32"
     device: str | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> Key:
         return self.analysis.key(self.params, self.dtype)
 
-    @property
+    @functools.cached_property
     def store(self) -> ResultStore:
         return ResultStore(self.store_root)
 
@@ -74,11 +76,18 @@ class Loaded:
 
 
 @dataclass
-class Next:
-    """A checkpoint staged as tensors for the live model, waiting to be copied in."""
+class Lookup:
+    """Whether a checkpoint may go into the live model: its files when they fit it (None: load it whole)."""
 
-    staged: reuse.Staged
-    weights_sha256: str
+    found: reuse.Found | None
+    seconds: float
+
+
+@dataclass
+class Read:
+    """A later checkpoint of the live model, its weights read (`reuse.fetch`), waiting to be copied in."""
+
+    fetched: reuse.Fetched
     seconds: float
 
 
@@ -94,18 +103,27 @@ def load(job: Job, reusable: bool = False) -> Loaded:
 
 
 def swappable(live: Loaded | None, job: Job | None) -> bool:
-    """Whether `job` is a later checkpoint of the live model's name (so probably staged, not loaded whole)."""
+    """Whether `job` is a later checkpoint of the live model's name (so probably swapped in, not loaded whole)."""
     return live is not None and job is not None and live.template is not None and live.target == _target(job)
 
 
-def prepare(job: Job, live: Loaded | None, ahead: Job | None = None) -> Loaded | Next:
-    """The job's checkpoint as tensors that fit the live model (`take` copies them in), else as a whole model;
-    then have the OS read the `ahead` job's weight files into its page cache."""
+def find(job: Job, live: Loaded | None) -> Lookup:
+    """The job's files if its checkpoint may go into the live model (`reuse.find`: no weights read)."""
     start = time.perf_counter()
     ckpt = job.checkpoint
-    staged = reuse.stage(ckpt.model, ckpt.revision, live.template) if swappable(live, job) else None
-    prepared = load(job, reusable=True) if staged is None else \
-        Next(staged, weights_sha256(ckpt.model, ckpt.revision, known=staged.digests), time.perf_counter() - start)
+    found = reuse.find(ckpt.model, ckpt.revision, live.template) if swappable(live, job) else None
+    return Lookup(found, time.perf_counter() - start)
+
+
+def prepare(job: Job, lookup: Lookup, ahead: Job | None = None) -> Loaded | Read:
+    """The loading thread's part: read the found weights (`reuse.fetch`), or load the job's checkpoint whole when
+    none were found; then have the OS read the `ahead` job's weight files into its page cache."""
+    start = time.perf_counter()
+    if lookup.found is None:
+        prepared = load(job, reusable=True)
+        prepared.seconds += lookup.seconds
+    else:
+        prepared = Read(reuse.fetch(lookup.found), lookup.seconds + time.perf_counter() - start)
     if ahead is not None:
         read_ahead(ahead)
     return prepared
@@ -121,26 +139,34 @@ def read_ahead(job: Job) -> None:
             files.read_ahead(path)
 
 
-def take(prepared: Loaded | Next, live: Loaded | None) -> Loaded:
-    """The checkpoint to analyse: a whole model as loaded, or the live model with the next tensors copied in."""
+def take(job: Job, prepared: Loaded | Read, live: Loaded | None) -> Loaded:
+    """The checkpoint to analyse: a whole model as loaded, or the live model with the read tensors copied in
+    (loaded whole after all if they do not fit it)."""
     if isinstance(prepared, Loaded):
         return prepared
     start = time.perf_counter()
-    model = reuse.swap_(live.model, prepared.staged)
+    staged = reuse.fit(prepared.fetched, live.template)
+    if staged is None:
+        return load(job, reusable=True)
+    ckpt = job.checkpoint
+    sha = weights_sha256(ckpt.model, ckpt.revision, known=staged.digests)
+    model = reuse.swap_(live.model, staged)
     seconds = prepared.seconds + time.perf_counter() - start
-    return Loaded(model, prepared.weights_sha256, seconds, live.template, live.target, swapped=True)
+    return Loaded(model, sha, seconds, live.template, live.target, swapped=True)
 
 
-def analyse(job: Job, loaded: Loaded, before_write: Callable[[], None] | None = None) -> dict:
-    """Run the analysis on a loaded checkpoint and write its rows (calling `before_write()` in between);
-    return the timings."""
+def analyse(job: Job, loaded: Loaded, written: dict | None = None) -> dict:
+    """Run the analysis on a loaded checkpoint and write its rows; return the timings. With `written`, keep the
+    Arrow table written there under (model, revision)."""
     start = time.perf_counter()
     frame = job.analysis.run(loaded.model, **job.params)
-    if before_write is not None:
-        before_write()
     analysed = time.perf_counter()
     ckpt = job.checkpoint
-    job.store.put(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
+    store = job.store
+    table = store.table(job.key, ckpt.model, ckpt.revision, _with_key_columns(frame, job, loaded.weights_sha256))
+    store.write(job.key, ckpt.model, ckpt.revision, table)
+    if written is not None:
+        written[(ckpt.model, ckpt.revision)] = table
     return {"model": ckpt.model, "revision": ckpt.revision, "load_s": loaded.seconds, "swapped": loaded.swapped,
             "analysis_s": analysed - start, "write_s": time.perf_counter() - analysed}
 

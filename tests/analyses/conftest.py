@@ -12,18 +12,18 @@ from analyses.sweep import reuse
 def loads(monkeypatch):
     """Count every checkpoint a sweep reads: whole (interp.load) or as tensors swapped into a live model."""
     calls = []
-    real_load, real_stage = interp.load, reuse.stage
+    real_load, real_find = interp.load, reuse.find
 
     def counting(name, revision=None, **kwargs):
         calls.append((name, revision))
         return real_load(name, revision=revision, **kwargs)
 
-    def staging(name, revision, template):
-        staged = real_stage(name, revision, template)
-        if staged is not None:
+    def finding(name, revision, template):
+        found = real_find(name, revision, template)
+        if found is not None:
             calls.append((name, revision))
-        return staged
+        return found
 
     monkeypatch.setattr(interp, "load", counting)
-    monkeypatch.setattr(reuse, "stage", staging)
+    monkeypatch.setattr(reuse, "find", finding)
     return calls

@@ -119,16 +119,20 @@ def test_callables_are_keyed_by_code_and_params(tmp_path, loads):
 
 
 def test_prefetch_readies_the_next_checkpoint_in_the_loading_thread_and_holds_two_models(monkeypatch):
-    alive, events, threads = weakref.WeakSet(), [], []
-    real_prepare = work.prepare
+    alive, events, threads, finders = weakref.WeakSet(), [], [], set()
+    real_prepare, real_find = work.prepare, work.find
 
-    def tracked_prepare(job, live, ahead=None):
+    def tracked_prepare(job, lookup, ahead=None):
         events.append(f"load {job.checkpoint.model} {job.checkpoint.revision}")
         threads.append(threading.current_thread().name)
-        prepared = real_prepare(job, live, ahead)
+        prepared = real_prepare(job, lookup, ahead)
         if isinstance(prepared, work.Loaded):
             alive.add(prepared.model.hf)
         return prepared
+
+    def tracked_find(job, live):
+        finders.add(threading.current_thread().name)
+        return real_find(job, live)
 
     def slow(model):
         n = sum(e.startswith("end") for e in events)
@@ -138,17 +142,19 @@ def test_prefetch_readies_the_next_checkpoint_in_the_loading_thread_and_holds_tw
         return {"models_alive": len(alive)}
 
     monkeypatch.setattr(work, "prepare", tracked_prepare)
+    monkeypatch.setattr(work, "find", tracked_find)
     revisions = ["step0", "step1", "step2", "step4"]
     result = sweep(["toy-4l", "toy-2l"], slow, revisions, progress=False)
     assert result.to_frame()["models_alive"].max() <= 2, "one model analysed plus the one loading"
     assert result.timings["swapped"].tolist() == [False, True, True, True] * 2, "later checkpoints swap in"
     assert threads[0] == threading.current_thread().name, "the first load has nothing to overlap: it runs here"
     assert {t.split("_")[0] for t in threads[1:]} == {"sweep-load"}, "the others run in the loader thread"
+    assert finders == {threading.current_thread().name}, "whether a checkpoint fits the live model: checked here"
     at = {e: i for i, e in enumerate(events)}
-    assert at["load toy-2l step0"] < at["end 3"], f"a whole load runs during the analysis before it: {events}"
-    for i in (1, 2, 3, 5, 6, 7):  # staged while the rows of the checkpoint before are written
+    assert at["end 2"] < at["load toy-2l step0"] < at["end 3"], "a whole load runs during the analysis before it"
+    for i in (1, 2, 3, 5, 6, 7):  # read during the analysis before
         model, revision = ("toy-4l", "toy-2l")[i // 4], revisions[i % 4]
-        assert at[f"end {i - 1}"] < at[f"load {model} {revision}"] < at[f"start {i}"], events
+        assert at.get(f"end {i - 2}", -1) < at[f"load {model} {revision}"] < at[f"end {i - 1}"], events
     events.clear()
     sweep("toy-4l", slow, revisions[:2], prefetch=False, progress=False)
     assert events == ["load toy-4l step0", "start 0", "end 0", "load toy-4l step1", "start 1", "end 1"]

@@ -54,6 +54,33 @@ def test_every_toy_checkpoint_swapped_in_equals_a_fresh_load(name, dtype):
         assert model.hf.lm_head.weight is model.hf.get_input_embeddings().weight, "the head must stay tied"
 
 
+def test_weights_read_whole_are_viewed_as_safetensors_loads_them(tmp_path):
+    from safetensors.torch import load, save
+
+    paths = [p for name in toy.NAMES for r in toy.revisions(name)[:3] for p in files.weight_files(
+        toy.checkpoint_path(name, r))]
+    odd = {"empty": torch.zeros(0, 3), "f8": torch.ones(4).to(torch.float8_e4m3fn), "b": torch.tensor([True, False])}
+    cases = [files.unpacked_bytes(p) if files.is_packed(p) else p.read_bytes() for p in paths]
+    cases += [save({"a": torch.arange(5, dtype=torch.int16), "b": torch.randn(3, 2).bfloat16()}), save(odd)]
+    for data in cases:
+        want, got = load(data), reuse._tensors_of(bytearray(data))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+            assert torch.equal(got[key].view(torch.uint8), want[key].view(torch.uint8)), key
+    assert reuse._views(bytearray(save(odd))) is None, "an empty tensor or a float8 one: safetensors reads it"
+    assert reuse._views(bytearray(b"\xff" * 16)) is None and reuse._views(bytearray(b"12")) is None
+
+
+def test_a_swap_fills_the_parameters_the_model_has_now():
+    model = interp.load("toy-2l", revision="step0")
+    template = reuse.Template.of(model)
+    head = model.hf.get_output_embeddings()
+    head.weight = torch.nn.Parameter(torch.zeros_like(head.weight))  # replaced after the template was taken
+    reuse.swap_(model, reuse.stage("toy-2l", "step450", template))
+    assert_same_model(model, interp.load("toy-2l", revision="step450"), IDS, "a replaced parameter")
+
+
 def test_what_does_not_fit_is_loaded_whole():
     template = reuse.Template.of(interp.load("toy-2l", revision="step0"))
     assert reuse.stage("toy-4l", "step0", template) is None, "another model"
@@ -117,7 +144,7 @@ def logits(model) -> pd.DataFrame:
 
 
 def whole_loads_only(monkeypatch) -> None:
-    monkeypatch.setattr(reuse, "stage", lambda name, revision, template: None)
+    monkeypatch.setattr(reuse, "find", lambda name, revision, template: None)
 
 
 @pytest.mark.parametrize("models, revisions", [

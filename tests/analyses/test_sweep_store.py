@@ -120,6 +120,32 @@ def test_killed_writer_leaves_no_result(tmp_path):
     assert store.get(key, "toy-2l", "step1")["layer"].tolist() == [0, 1]
 
 
+def test_tables_just_written_assemble_as_if_read_back(tmp_path):
+    import numpy as np
+
+    store, key = ResultStore(tmp_path), Key("attention")
+    plain = frame().assign(flag=[True, False, True, False], small=np.arange(4, dtype=np.int32),
+                           score32=np.array([0.0, -0.0, np.nan, 1.5], dtype=np.float32))
+    other = plain.assign(when=pd.to_datetime(["2024-01-01"] * 4), kind=pd.Categorical(["a", "b", "a", "b"]))
+    for rows in (plain, other):
+        pairs = [("toy-2l", "step0"), ("toy-2l", "step1")]
+        written = {}
+        for model, revision in pairs:
+            table = store.table(key, model, revision, rows)
+            store.write(key, model, revision, table)
+            written[(model, revision)] = table
+        want, lengths = store.get_all(key, pairs)
+        for kept in (written, {pairs[1]: written[pairs[1]]}):  # all just written, or some read from the store
+            got, got_lengths = store.get_all(key, pairs, kept)
+            pd.testing.assert_frame_equal(got, want)
+            assert got_lengths == lengths == [4, 4]
+            assert got["score32"].to_numpy().view(np.uint32).tolist() == want["score32"].to_numpy().view(
+                np.uint32).tolist(), "bit for bit (-0.0, nan)"
+    from analyses.sweep.store import _kept
+
+    assert _kept(written[pairs[0]]) is None, "timestamps and categories are read back from the file"
+
+
 def test_overwrite_is_atomic_and_replaces(tmp_path):
     store, key = ResultStore(tmp_path), Key("attention")
     first = store.put(key, "toy-2l", "step0", frame(3))
