@@ -16,7 +16,6 @@ ships the checkpoints that would not fit its size budget otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import os
@@ -54,15 +53,6 @@ def read_tensors(paths: Sequence[Path]) -> dict[str, Tensor]:
     for path in paths:
         state.update(_read(Path(path)))
     return state
-
-
-def read_whole(path: Path) -> tuple[dict[str, Tensor], str]:
-    """The tensors of one safetensors file (plain or .xz) read at once into memory, and the sha256 of the
-    safetensors bytes: for small files, cheaper than mapping the file and reading it again to hash it."""
-    from safetensors.torch import load
-
-    data = unpacked_bytes(path) if is_packed(path) else Path(path).read_bytes()
-    return load(data), hashlib.sha256(data).hexdigest()
 
 
 def read_ahead(path: Path) -> None:
