@@ -69,7 +69,7 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
     if not ablate.requires_grad and sparse.applies(model, metric, n_pos):
         return _node_values(model, task, graph, base, ablate, metric, ablation, direction, budget_mb, progress)
     with torch.no_grad():
-        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+        src = sparse.sender_stack(graph, runs.sources(model, task, sender_sites(model), direction, ablation))
     if ablate.requires_grad:
         return _masked_chunk(model, graph, base, ablate, src, metric, differentiable=True)
     start = first_change(task, ablation) if suffix.applies(set(), metric, n_pos) else 0
@@ -99,7 +99,7 @@ def _node_values(model, task, graph: Graph, base, ablate: Tensor, metric: Metric
             refs = sparse.References(model, graph, base, start, metric, other=other)
         else:
             src = runs.sources(model, task, sender_sites(model), direction, ablation)
-            refs = sparse.References(model, graph, base, start, metric, src=_source_stack(model, graph, src))
+            refs = sparse.References(model, graph, base, start, metric, src=sparse.sender_stack(graph, src))
         per = sparse.circuit_bytes(model, graph, len(base), base.ids.shape[1] - start)
         slices = list(runs.chunks(ablate.shape[0], 1, per, budget_mb))
         out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
@@ -119,19 +119,6 @@ def first_change(task, ablation) -> int:
     columns = differs.any(0).nonzero()
     n_pos = clean.ids.shape[1]
     return min(int(columns[0]) if len(columns) else n_pos, n_pos - 1)
-
-
-def _source_stack(model, graph: Graph, src) -> Float[Tensor, "sender prompt pos d_model"]:
-    """Every sender's ablated output, in graph.senders order."""
-    rows = []
-    for node in graph.senders:
-        if node.kind == "embed":
-            rows.append(src["hook_embed"])
-        elif node.kind == "head":
-            rows.append(src[f"blocks.{node.layer}.attn.hook_result"][:, :, node.head])
-        else:
-            rows.append(src[f"blocks.{node.layer}.hook_mlp_out"])
-    return torch.stack(rows)
 
 
 def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,
@@ -184,7 +171,7 @@ def masked_logits(model, task, ablate: Float[Tensor, "circuit edge"], *, ablatio
     graph = Graph.from_model(model)
     base = task.clean if direction == "noising" else task.corrupt
     with torch.no_grad():
-        src = _source_stack(model, graph, runs.sources(model, task, sender_sites(model), direction, ablation))
+        src = sparse.sender_stack(graph, runs.sources(model, task, sender_sites(model), direction, ablation))
         with _masked(model, graph, ablate.to(model.device), src):
             logits = model(runs.tile(base, ablate.shape[0]))
     return logits.view(ablate.shape[0], len(base), *logits.shape[1:])

@@ -243,12 +243,7 @@ class Engine:
         return self._module("out", layer)(z)
 
     def _mask(self, first_query: int, scores: Tensor) -> Tensor:
-        """HF's additive mask for queries at positions first_query..: causal and padding, per prompt."""
-        n_pos = self.mask.shape[1]
-        queries = torch.arange(first_query, n_pos, device=self.mask.device)
-        keys = torch.arange(n_pos, device=self.mask.device)
-        allowed = (keys[None, :] <= queries[:, None])[None] & self.mask[:, None, :]  # (prompt, q, k)
-        return additive_mask(allowed[:, None], scores[: self.n])
+        return query_mask(self.mask, first_query, scores)[:, None]  # (prompt, 1, q, k)
 
     def _qkv(self, layer: int, h: Tensor, positions: slice) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v (row, head, pos, d_head) of states at `positions`, rotated as the model rotates them."""
@@ -260,10 +255,24 @@ class Engine:
         return q, k, v
 
     def _rotary(self, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
-        if self.arch.positional != "rotary":
-            return None
-        rotary = self.model.hf.get_submodule(self.arch.path("rotary"))
-        return rotary(self.final, position_ids)
+        return rotary(self.model, self.final, position_ids)
+
+
+def query_mask(mask: Tensor, first_query: int, scores: Tensor) -> Float[Tensor, "prompt q_pos k_pos"]:
+    """HF's additive mask for queries at positions first_query..: causal and padding (`mask`, (prompt, pos)),
+    in the dtype of `scores`."""
+    n_pos = mask.shape[1]
+    queries = torch.arange(first_query, n_pos, device=mask.device)
+    keys = torch.arange(n_pos, device=mask.device)
+    allowed = (keys[None, :] <= queries[:, None])[None] & mask[:, None, :]  # (prompt, q, k)
+    return additive_mask(allowed, scores.flatten(0, -3)[0])
+
+
+def rotary(model, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The model's rotary (cos, sin) at these positions, (prompt, pos, rotary dims); None without rotary."""
+    if model.arch.positional != "rotary":
+        return None
+    return model.hf.get_submodule(model.arch.path("rotary"))(x, position_ids)
 
 
 def _join(h: Tensor | None, new: Tensor) -> Tensor:

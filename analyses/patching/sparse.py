@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from analyses.patching import runs, suffix
 from analyses.patching.attribution import sender_sites
+from analyses.patching.engine import query_mask, rotary
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric
-from interp.attention import additive_mask
 from interp.tokens import Tokens
 
 BASE, OTHER, MIXED = 0, 1, 2
@@ -76,22 +76,22 @@ class References:
         self.w_o = model.W_O
         self._folded: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self._scratch: tuple[Tensor, Tensor] | None = None
-        self.cos_sin = _rotary(model, final, base.position_ids.to(model.device))
+        self.cos_sin = rotary(model, final, base.position_ids.to(model.device))
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
                          for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
         self.other_qkv = None
-        if src is None and torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
-            src = _stack(graph, cache, start)  # the same tokens: the same run, exactly
+        if src is not None:
+            src = src[:, :, start:]
+        elif torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
+            src = sender_stack(graph, cache, start)  # the same tokens: the same run, exactly
             self.other_qkv = [[t[:, :, start:] for t in qkv] for qkv in self.base_qkv]
-        if src is None:
+        else:
             acts = self._suffix_run(other, [*sender_sites(model), *qkv])
-            src = _stack(graph, acts, 0)
+            src = sender_stack(graph, acts, 0)
             self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
                               for ly in range(model.n_layers)]  # from `start` on
-        else:
-            src = src[:, :, start:]
         self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
-        self.delta = self.src - _stack(graph, cache, start).to(self.acc)
+        self.delta = self.src - sender_stack(graph, cache, start).to(self.acc)
         base_in = [(cache[r] if r else final)[:, start:].to(self.acc) for r in self.reads]
         # every receiver's input with every edge ablated: the base input plus every earlier sender's change
         self.other_in, total, done = [], torch.zeros_like(base_in[0]), 0
@@ -349,16 +349,9 @@ class _Chunk:
         scores = torch.matmul(q, k.transpose(-1, -2)) * module.scaling  # (head, circuit, prompt, q_pos, k_pos)
         if self.model.arch.kind == "gpt2" and getattr(module, "scale_attn_by_inverse_layer_idx", False):
             scores = scores / float(layer + 1)
-        scores = scores + self._mask(refs.n_pos - 1 if only_last else start, scores)
+        scores = scores + query_mask(refs.mask, refs.n_pos - 1 if only_last else start, scores)
         pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         return torch.matmul(pattern.to(v.dtype), v)
-
-    def _mask(self, first_query: int, scores: Tensor) -> Tensor:
-        mask, n_pos = self.refs.mask, self.refs.n_pos
-        queries = torch.arange(first_query, n_pos, device=mask.device)
-        keys = torch.arange(n_pos, device=mask.device)
-        allowed = (keys[None, :] <= queries[:, None])[None] & mask[:, None, :]  # (prompt, q, k)
-        return additive_mask(allowed, scores.flatten(0, -4)[0])
 
     def _mlp(self, layer: int, j: int, status: Tensor) -> None:
         """One layer's MLP over the run of circuits from the first to the last where it is mixed."""
@@ -428,7 +421,7 @@ def _read_site(graph: Graph, t: int) -> str | None:
     return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
 
 
-def _stack(graph: Graph, cache, start: int) -> Float[Tensor, "sender prompt pos d_model"]:
+def sender_stack(graph: Graph, cache, start: int = 0) -> Float[Tensor, "sender prompt pos d_model"]:
     """Every sender's output from position `start` on, in graph.senders order."""
     rows = []
     for node in graph.senders:
@@ -439,9 +432,3 @@ def _stack(graph: Graph, cache, start: int) -> Float[Tensor, "sender prompt pos 
         else:
             rows.append(cache[f"blocks.{node.layer}.hook_mlp_out"][:, start:])
     return torch.stack(rows)
-
-
-def _rotary(model, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
-    if model.arch.positional != "rotary":
-        return None
-    return model.hf.get_submodule(model.arch.path("rotary"))(x, position_ids)
