@@ -80,6 +80,21 @@ def prompt_text(text: str) -> str:
     return text
 
 
+def count_argument(least: int):
+    """The type of a count argument: a whole number >= least (refused while parsing, naming the fix)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {least}.")
+        return value
+
+    return parse
+
+
 def device_argument(text: str) -> str:
     """A device this machine has (checked as interp.load checks it), or an argparse error naming the choices."""
     from interp.options import device_of

@@ -82,7 +82,8 @@ def activation_patch(model, task, sites: Sequence[str] = ("z",), *, metric=None,
     >>> activation_patch(model, task, sites=["resid_pre", "mlp_out"], per_position=False).effects.shape
     torch.Size([4])
     """
-    runs.check_choice(direction, runs.DIRECTIONS, "direction")
+    runs.check_source(direction, ablation)
+    runs.check_budget(budget_mb)
     patches = plan(model, task.n_pos, sites, per_position, layers, heads, positions)
     metric = resolve(metric, model, task)
     base = task.clean if direction == "noising" else task.corrupt

@@ -29,6 +29,7 @@ own forward, which correct every receiver's input.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -61,9 +62,9 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
     True
     """
     graph, metric = Graph.from_model(model), resolve(metric, model, task)
-    if ablate.ndim != 2 or ablate.shape[1] != graph.n_edges:
-        raise GraphError(f"ablate has shape {tuple(ablate.shape)}; expected (circuits, {graph.n_edges}), one "
-                         "column per edge of Graph.from_model(model), in graph.edges order.")
+    _check_rows(graph, ablate)
+    runs.check_source(direction, ablation)
+    runs.check_budget(budget_mb)
     base = task.clean if direction == "noising" else task.corrupt
     n, n_pos = len(base), base.ids.shape[1]
     if not ablate.requires_grad and sparse.applies(model, metric, n_pos):
@@ -106,6 +107,14 @@ def _node_values(model, task, graph: Graph, base, ablate: Tensor, metric: Metric
         for part in runs.progress(slices, len(slices), progress, "circuits"):
             out[part] = sparse.node_values(refs, ablate[part].to(model.device)).to(out.dtype)
     return out
+
+
+def _check_rows(graph: Graph, ablate) -> None:
+    """Masks as a (circuits, edges) tensor, one column per edge of the model's graph."""
+    if not isinstance(ablate, Tensor) or ablate.ndim != 2 or ablate.shape[1] != graph.n_edges:
+        got = tuple(ablate.shape) if isinstance(ablate, Tensor) else type(ablate).__name__
+        raise GraphError(f"ablate is {got}; expected a tensor of shape (circuits, {graph.n_edges}), one column per "
+                         "edge of Graph.from_model(model), in graph.edges order (1 = ablated, 0 = kept).")
 
 
 def first_change(task, ablation) -> int:
@@ -169,6 +178,8 @@ def masked_logits(model, task, ablate: Float[Tensor, "circuit edge"], *, ablatio
     torch.Size([1, 4])
     """
     graph = Graph.from_model(model)
+    _check_rows(graph, ablate)
+    runs.check_source(direction, ablation)
     base = task.clean if direction == "noising" else task.corrupt
     with torch.no_grad():
         src = sparse.sender_stack(graph, runs.sources(model, task, sender_sites(model), direction, ablation))
@@ -269,6 +280,8 @@ def evaluate_circuit(model, task, keep, scores: EdgeScores | None = None, *, met
     True
     """
     graph, metric = Graph.from_model(model), resolve(metric, model, task)
+    if scores is not None:
+        _check_scores(graph, scores)
     keep = as_keep(graph, keep)
     rows = torch.stack([~keep, keep, torch.zeros_like(keep), torch.ones_like(keep)]).float()
     values = masked_values(model, task, rows, metric=metric, ablation=ablation, budget_mb=budget_mb).cpu()
@@ -276,6 +289,12 @@ def evaluate_circuit(model, task, keep, scores: EdgeScores | None = None, *, met
     score = scores.scores if scores is not None else torch.full((graph.n_edges,), float("nan"))
     return Circuit(graph, keep, score, prov, float(values[0]), float(values[1]),
                    scores.method if scores is not None else "given")
+
+
+def _check_scores(graph: Graph, scores: EdgeScores) -> None:
+    if scores.graph.n_edges != graph.n_edges or scores.graph.parallel_residual != graph.parallel_residual:
+        raise GraphError(f"The scores are for {scores.graph!r}, but this model's graph is {graph!r}: score edges "
+                         "on the model you evaluate (eap(model, task) with the same model).")
 
 
 def sizes(n_edges: int, points: int = 32) -> list[int]:
@@ -306,6 +325,10 @@ def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, met
     ['n_edges', 'value', 'faithfulness']
     """
     graph, metric = scores.graph, resolve(metric, model, task)
+    _check_scores(Graph.from_model(model), scores)
+    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 2:
+        raise GraphError(f"points={points!r}: a curve needs at least 2 circuit sizes (the empty and the full "
+                         "circuit); give an integer >= 2, e.g. 32.")
     ns = sizes(graph.n_edges, points)
     order = scores.ranked(selection)
     rank = torch.empty_like(order)

@@ -23,6 +23,7 @@ from analyses.commands import (
     add_model_arguments,
     add_output_arguments,
     add_prompt_arguments,
+    count_argument,
     load_model,
     prepare,
     print_written,
@@ -55,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--wrong", nargs="+", help="the wrong token the logit difference compares with, or one per "
                         "prompt")
     parser.add_argument("--method", default="path", help="activation, path, attribution, eap, eap-ig or circuit")
-    parser.add_argument("--n-prompts", type=int, default=8, help="prompts of a built-in task (default 8)")
+    parser.add_argument("--n-prompts", type=count_argument(1), default=8, help="prompts of a built-in task (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a built-in task (default 0)")
     parser.add_argument("--metric", default=None, help="logit_diff, prob_diff or kl (default: the task's)")
     parser.add_argument("--sites", nargs="+", default=["z"], help="activation/attribution sites (default z)")
@@ -66,8 +67,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--receivers", default="logits", help="path: logits (default), or names joined by ','")
     parser.add_argument("--freeze-mlps", action="store_true", help="path: MLPs do not mediate")
     parser.add_argument("--qk-fix", action="store_true", help="attribution: AtP* exact attention for q and k")
-    parser.add_argument("--steps", type=int, default=5, help="eap-ig/circuit: integration steps (default 5)")
-    parser.add_argument("--top", type=int, default=None, help="circuit size in edges (default: smallest >= 0.8)")
+    parser.add_argument("--steps", type=count_argument(1), default=5,
+                        help="eap-ig/circuit: integration steps (default 5)")
+    parser.add_argument("--top", type=count_argument(0), default=None,
+                        help="circuit size in edges (default: smallest >= 0.8)")
     parser.add_argument("--selection", default="top", choices=["top", "greedy"],
                         help="circuit edges: the largest |scores| (top, default), or grown greedily from the logits")
     add_output_arguments(parser)

@@ -7,8 +7,10 @@
     (False, True)
 
 Senders write into the residual stream: the token embedding `embed`, each head `L{l}H{h}` and each
-MLP `mlp{l}`. Receivers read from it: each head's query, key and value input `L{l}H{h}.q|k|v`, each
-MLP's input `mlp{l}` and the unembedding `logits`. An edge joins a sender to every receiver that
+MLP `mlp{l}`. (GPT-2's learned position embedding depends only on the position, so it is the same in
+every run; it is part of every receiver's input and never ablated, not even by a zero ablation.)
+Receivers read from it: each head's query, key and value input `L{l}H{h}.q|k|v`, each MLP's input
+`mlp{l}` and the unembedding `logits`. An edge joins a sender to every receiver that
 reads the residual stream after the sender wrote it:
 
 - parallel residual (Pythia): a layer's heads and MLP both read `resid_pre`, so a head never

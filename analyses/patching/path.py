@@ -78,7 +78,8 @@ def path_patch(model, task, senders: str | Sequence = "heads", receivers: str | 
     >>> path_patch(model, task, senders=["L0H1"], receivers=[("L1H0.k", "L1H1.k", "L1H2.k")]).effects.shape
     torch.Size([1, 1])
     """
-    runs.check_choice(direction, runs.DIRECTIONS, "direction")
+    runs.check_source(direction, ablation)
+    runs.check_budget(budget_mb)
     runs.check_choice(engine, ENGINES, "engine")
     plan = make_plan(Graph.from_model(model), senders, receivers)
     metric = resolve(metric, model, task)

@@ -32,6 +32,7 @@ checkpoints edge by edge (join on sender and receiver).
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -219,7 +220,7 @@ class EdgeScores(_Metrics):
 
     def top(self, n: int) -> Tensor:
         """Bool mask over edges: the n edges of largest |score|."""
-        return self._mask(self.ranking()[:n])
+        return self._mask(self.ranking()[:_count(n)])
 
     def greedy_ranking(self) -> Tensor:
         """Edge indices in the order a greedy search from the logits adds them.
@@ -248,7 +249,7 @@ class EdgeScores(_Metrics):
 
     def greedy(self, n: int) -> Tensor:
         """Bool mask over edges: the first n edges the greedy search adds (see `greedy_ranking`)."""
-        return self._mask(self.greedy_ranking()[:n])
+        return self._mask(self.greedy_ranking()[:_count(n)])
 
     def ranked(self, selection: str = "top") -> Tensor:
         """Edge indices in the order circuits of growing size take them: `ranking()` or `greedy_ranking()`."""
@@ -260,9 +261,10 @@ class EdgeScores(_Metrics):
 
     def select(self, n: int, selection: str = "top") -> Tensor:
         """Bool mask over edges: `top(n)` or `greedy(n)`."""
-        return self._mask(self.ranked(selection)[:n])
+        return self._mask(self.ranked(selection)[:_count(n)])
 
     def _mask(self, index: Tensor) -> Tensor:
+        """Bool mask over edges from the first n of a ranking (n checked by `_count`)."""
         keep = torch.zeros(len(self.scores), dtype=torch.bool)
         keep[index] = True
         return keep
@@ -381,3 +383,16 @@ class FaithfulnessCurve(_Metrics):
         from analyses.patching.figures import curve_figure
 
         return curve_figure(self)
+
+
+def _count(n) -> int:
+    """A circuit size: a whole number of edges, 0 or more (more than there are keeps every edge)."""
+    from analyses.patching.errors import GraphError
+
+    try:
+        count = operator.index(n)  # ints, numpy and 0-d torch integers; not floats
+    except TypeError:
+        count = None
+    if count is None or isinstance(n, bool) or count < 0:
+        raise GraphError(f"A circuit of {n!r} edges: give the number of edges to keep, a whole number >= 0.")
+    return count

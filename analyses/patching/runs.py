@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.patching.errors import UnknownMethodError
+from analyses.patching.errors import PatchingError, UnknownMethodError
 from analyses.patching.metrics import Metric
 from interp.cache import ActivationCache
 from interp.tokens import Tokens
@@ -85,15 +85,30 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-def sources(model, task, names: list[str], direction: str, ablation: str | ActivationCache) -> ActivationCache:
-    """The values patched in at each site: the other run's, the clean mean over prompts, zeros, or a cache."""
-    if isinstance(ablation, ActivationCache):
-        return ablation
-    check_choice(ablation, ABLATIONS, "ablation")
+def check_source(direction: str, ablation: str | ActivationCache) -> None:
+    """A direction and an ablation that go together (before any run)."""
     check_choice(direction, DIRECTIONS, "direction")
+    if isinstance(ablation, ActivationCache):
+        return
+    check_choice(ablation, ABLATIONS, "ablation")
     if ablation != "corrupt" and direction == "denoising":
         raise UnknownMethodError(f"ablation={ablation!r} replaces clean values, so it only makes sense when "
                                  "noising; use direction='noising', or ablation='corrupt' to denoise.")
+
+
+def check_budget(budget_mb: float) -> float:
+    """A memory budget in MiB: a positive number."""
+    if not isinstance(budget_mb, (int, float)) or not math.isfinite(budget_mb) or budget_mb <= 0:
+        raise PatchingError(f"budget_mb={budget_mb!r}: give the memory a batched run may use, in MiB, as a "
+                                 f"positive number (the default is {DEFAULT_BUDGET_MB}).")
+    return budget_mb
+
+
+def sources(model, task, names: list[str], direction: str, ablation: str | ActivationCache) -> ActivationCache:
+    """The values patched in at each site: the other run's, the clean mean over prompts, zeros, or a cache."""
+    check_source(direction, ablation)
+    if isinstance(ablation, ActivationCache):
+        return ablation
     run = task.corrupt if direction == "noising" and ablation == "corrupt" else task.clean
     _, cache = model.run_with_cache(run, names=names)
     if ablation == "corrupt":

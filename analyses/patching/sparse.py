@@ -158,7 +158,9 @@ class References:
         return self.arch.module(self.model.hf, "ln1", layer).eps
 
     def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Tensor:
-        return self.metric.values(runs.unembed(self.model, resid.to(self.model.dtype)))
+        """The metric of each row, in fp32 at least (averaged over prompts without the model's rounding)."""
+        values = self.metric.values(runs.unembed(self.model, resid.to(self.model.dtype)))
+        return values.to(runs.value_dtype(self.model))
 
 
 def node_values(refs: References, ablate: Float[Tensor, "circuit edge"]) -> Float[Tensor, " circuit"]:
@@ -368,7 +370,7 @@ class _Chunk:
 
     def _logits(self, status: Tensor) -> Tensor:
         refs, n = self.refs, self.refs.n
-        values = torch.empty(self.k, n, dtype=refs.base_values.dtype, device=refs.base_values.device)
+        values = torch.empty(self.k, n, dtype=runs.value_dtype(self.model), device=refs.base_values.device)
         values[status == BASE] = refs.base_values
         values[status == OTHER] = refs.other_values
         circuits = (status == MIXED).nonzero().flatten()

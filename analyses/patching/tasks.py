@@ -91,6 +91,7 @@ def induction(model, n_prompts: int = 8, length: int = 12, repeat: int = 8, seed
     >>> task.n_pos, bool((task.clean.ids != task.corrupt.ids).sum(1).eq(1).all())
     (9, True)
     """
+    _check_count(n_prompts)
     if not 1 <= repeat < length:
         raise TaskError(f"induction needs 1 <= repeat < length; got repeat={repeat}, length={length}.")
     low = (2 if model.d_vocab <= 4096 else 1000) if low is None else low
@@ -121,6 +122,7 @@ def ioi(model, n_prompts: int = 8, seed: int = 0) -> Task:
     Clean: "When Mary and John went to the store, John gave a drink to" (answer " Mary", wrong
     " John"); corrupt: the same sentence with three other distinct names, so no name repeats.
     """
+    _check_count(n_prompts)
     names = [n for n in NAMES if _is_single(model, " " + n)]
     if len(names) < 6:
         raise TaskError(f"IOI needs at least 6 names that are single tokens with a leading space; this tokenizer "
@@ -147,6 +149,7 @@ def greater_than(model, n_prompts: int = 8, seed: int = 0) -> Task:
     The default metric is prob_diff: probability on two-digit years above YY minus on those at
     or below it. `answer` is a year above YY and `wrong` one below, for logit_diff.
     """
+    _check_count(n_prompts)
     years = _year_tokens(model)
     centuries = _centuries(model, years)
     rng = random.Random(seed)
@@ -254,3 +257,8 @@ def _year_tokens(model) -> list[int]:
                             f"'{yy:02d}': greater_than needs a Pythia (GPT-NeoX) tokenizer.")
         ids.append(pieces[1])
     return ids
+
+
+def _check_count(n_prompts) -> None:
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise TaskError(f"n_prompts={n_prompts!r}: a task needs at least one prompt; give a whole number >= 1.")

@@ -207,3 +207,45 @@ def test_a_task_the_model_does_not_do_warns_that_normalised_numbers_mean_little(
     with warnings.catch_warnings():
         warnings.simplefilter("error", WeakTaskWarning)
         evaluate_circuit(toy, tasks.induction(toy, n_prompts=2), [])  # a task the model does: no warning
+
+
+def test_bad_circuit_input_names_the_fix_before_any_run(monkeypatch):
+    from analyses.patching import runs, tasks
+    from analyses.patching.activation import activation_patch
+    from analyses.patching.errors import PatchingError, TaskError
+
+    model = tiny_model()
+    task = random_task(model)
+    graph = Graph.from_model(model)
+    scores = eap(model, task)
+    monkeypatch.setattr(runs, "sources", lambda *a, **k: pytest.fail("ran before checking its input"))
+    rows = torch.zeros(2, graph.n_edges)
+    with pytest.raises(UnknownMethodError, match="direction 'noise'"):
+        masked_values(model, task, rows, direction="noise")
+    with pytest.raises(UnknownMethodError, match="only makes sense when noising"):
+        masked_values(model, task, rows, ablation="mean", direction="denoising")
+    for bad in (torch.zeros(graph.n_edges), torch.zeros(2, graph.n_edges - 1), [[0.0] * graph.n_edges]):
+        with pytest.raises(GraphError, match=f"expected a tensor of shape \\(circuits, {graph.n_edges}\\)"):
+            masked_values(model, task, bad)
+        with pytest.raises(GraphError, match="expected a tensor"):
+            masked_logits(model, task, bad)
+    for budget in (0, -1, float("nan")):
+        with pytest.raises(PatchingError, match="positive number"):
+            masked_values(model, task, rows, budget_mb=budget)
+        with pytest.raises(PatchingError, match="positive number"):
+            activation_patch(model, task, budget_mb=budget)
+        with pytest.raises(PatchingError, match="positive number"):
+            path_patch(model, task, "heads", "logits", budget_mb=budget)
+    for n in (-1, 1.5):
+        for pick in (scores.top, scores.greedy, scores.select):
+            with pytest.raises(GraphError, match="whole number >= 0"):
+                pick(n)
+    with pytest.raises(GraphError, match="at least 2 circuit sizes"):
+        faithfulness_curve(model, task, scores, points=1)
+    other = eap(tiny_model(num_hidden_layers=2), random_task(tiny_model(num_hidden_layers=2)))
+    with pytest.raises(GraphError, match="scores are for"):
+        evaluate_circuit(model, task, [], other)
+    with pytest.raises(GraphError, match="scores are for"):
+        faithfulness_curve(model, task, other)
+    with pytest.raises(TaskError, match="at least one prompt"):
+        tasks.induction(model, n_prompts=0)

@@ -91,3 +91,12 @@ def test_circuit_selection(tmp_path, selection):
     assert json.loads((tmp_path / "patching.json").read_text())["options"]["selection"] == selection
     connected = all(r == "logits" or r.split(".")[0] in {s for s, _ in kept} for _, r in kept)
     assert connected or selection == "top"
+
+
+@pytest.mark.parametrize("option, value", [("--top", "-3"), ("--n-prompts", "0"), ("--steps", "0"), ("--top", "x")])
+def test_counts_are_checked_while_parsing(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_:
+        command_run(tmp_path / "out", "--method", "circuit", option, value)
+    assert exit_.value.code == 2
+    assert f"argument {option}: '{value}': give a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
