@@ -94,10 +94,24 @@ def test_chunks_of_circuits_agree_with_one_batch(arch):
     assert torch.equal(one, several) or (one - several).abs().max() < 1e-6
 
 
-def test_the_toy_induction_curve_equals_the_hooks_runs(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_half_precision_padded_agrees_with_the_hooks_to_its_rounding(monkeypatch, arch, dtype):
+    model = tiny_model(arch, dtype=dtype)
+    task = random_task(model, padded=True, changed=(5, 7))
+    rows = _rows(Graph.from_model(model), seed=3)
+    got = masked_values(model, task, rows)
+    expected = _by_hooks(monkeypatch, model, task, rows)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    eps = torch.finfo(dtype).eps
+    assert (got - expected).abs().max() <= 8 * eps * max(1.0, float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["toy-2l", "toy-4l", "toy-gpt2"])
+def test_the_toy_induction_curve_equals_the_hooks_runs(monkeypatch, name):
     from analyses.patching import eap
 
-    model = interp.load("toy")
+    model = interp.load(name)
     task = tasks.induction(model, n_prompts=4)
     scores = eap(model, task)
     ns = circuits.sizes(scores.graph.n_edges, 12)
