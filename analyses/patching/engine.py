@@ -89,10 +89,7 @@ class Engine:
     # ---- entry points -------------------------------------------------------------------
 
     def _state_name(self, step: int) -> str:
-        if self.parallel:
-            return f"blocks.{step}.hook_resid_pre"
-        layer, half = divmod(step, 2)
-        return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
+        return state_name(self.parallel, step)
 
     def entry_step(self, site: str, layer: int) -> int:
         """The step at whose input a patch of `site` at `layer` enters (n_steps: after the last layer)."""
@@ -256,6 +253,14 @@ class Engine:
 
     def _rotary(self, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
         return rotary(self.model, self.final, position_ids)
+
+
+def state_name(parallel: bool, step: int) -> str:
+    """The site of the residual stream entering a step: a layer on Pythia, half a layer on GPT-2."""
+    if parallel:
+        return f"blocks.{step}.hook_resid_pre"
+    layer, half = divmod(step, 2)
+    return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
 
 
 def query_mask(mask: Tensor, first_query: int, scores: Tensor) -> Float[Tensor, "prompt q_pos k_pos"]:

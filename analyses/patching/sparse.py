@@ -34,9 +34,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from analyses.patching import runs, suffix
+from analyses.patching import engine, runs
 from analyses.patching.attribution import sender_sites
-from analyses.patching.engine import query_mask, rotary
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric
 from interp.tokens import Tokens
@@ -45,10 +44,9 @@ BASE, OTHER, MIXED = 0, 1, 2
 
 
 def applies(model, metric: Metric, n_pos: int) -> bool:
-    """Whether node-by-node evaluation serves this model and metric (the metric reads only the last position)."""
-    odd = getattr(model.hf.config, "reorder_and_upcast_attn", False)  # GPT-2's fp32 attention path: use hooks
-    supported = bool(model.parallel_residual) or model.arch.kind == "gpt2"
-    return supported and not odd and not model.hf.training and suffix.applies(set(), metric, n_pos)
+    """Whether node-by-node evaluation serves this model and metric: where the residual engine does (the metric
+    reads only the last position), in eval mode."""
+    return engine.applies(model, set(), metric, n_pos) and not model.hf.training
 
 
 class References:
@@ -67,6 +65,7 @@ class References:
         self.arch, self.n, self.n_pos = model.arch, len(base), base.ids.shape[1]
         self.acc = torch.promote_types(model.dtype, torch.float32)  # sums of many terms: fp32 for half models
         self.reads = [_read_site(graph, t) for t in range(_n_reads(graph))]
+        self._layout(graph)
         qkv = [f"blocks.{ly}.attn.hook_{x}" for ly in range(model.n_layers) for x in "qkv"]
         names = sorted({*sender_sites(model), *qkv, *(r for r in self.reads if r)})
         final, cache = model.run_with_cache(base, names=names, stop_at_layer=model.n_layers)
@@ -76,14 +75,15 @@ class References:
         self.w_o = model.W_O
         self._folded: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self._scratch: tuple[Tensor, Tensor] | None = None
-        self.cos_sin = rotary(model, final, base.position_ids.to(model.device))
+        self.cos_sin = engine.rotary(model, final, base.position_ids.to(model.device))
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
                          for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
         self.other_qkv = None
+        base_out = sender_stack(graph, cache, start)
         if src is not None:
             src = src[:, :, start:]
         elif torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
-            src = sender_stack(graph, cache, start)  # the same tokens: the same run, exactly
+            src = base_out  # the same tokens: the same run, exactly
             self.other_qkv = [[t[:, :, start:] for t in qkv] for qkv in self.base_qkv]
         else:
             acts = self._suffix_run(other, [*sender_sites(model), *qkv])
@@ -91,17 +91,28 @@ class References:
             self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
                               for ly in range(model.n_layers)]  # from `start` on
         self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
-        self.delta = self.src - sender_stack(graph, cache, start).to(self.acc)
+        self.delta = self.src - base_out.to(self.acc)
         base_in = [(cache[r] if r else final)[:, start:].to(self.acc) for r in self.reads]
         # every receiver's input with every edge ablated: the base input plus every earlier sender's change
         self.other_in, total, done = [], torch.zeros_like(base_in[0]), 0
-        for t, b in enumerate(base_in):
-            count = sum(graph.writes_at(s) <= t for s in graph.senders)
+        for count, b in zip(self.counts, base_in, strict=True):
             total += self.delta[done:count].sum(0)
             self.other_in.append(b + total)
             done = count
         ends = torch.cat([base_in[-1][:, -1:], self.other_in[-1][:, -1:]])  # both runs' final states, one unembedding
         self.base_values, self.other_values = self.values(ends).view(2, self.n)
+
+    def _layout(self, graph: Graph) -> None:
+        """Where nodes sit, from the graph alone: the receivers reading at each point (`stages`), how many senders
+        wrote before each (`counts`), and which receivers are read only at the last position (`last_only`:
+        nothing attends after their node writes; a head's keys and values are read at every position)."""
+        self.writes = [graph.writes_at(s) for s in graph.senders]
+        self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
+        self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
+                       for t in range(len(self.reads))]
+        self.counts = [sum(w <= t for w in self.writes) for t in range(len(self.reads))]
+        self.last_only = [r.kind == "logits" or (r.kind == "mlp" and self.writes[graph.sender_index(r.name)]
+                                                 > self.last_attention) for r in graph.receivers]
 
     def _suffix_run(self, tokens: Tokens, names: list[str]) -> dict[str, Tensor]:
         """The named sites of a run of `tokens` from `start` on, the earlier keys and values the base run's."""
@@ -133,8 +144,7 @@ class References:
         kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them."""
         if self._scratch is None or self._scratch[0].shape[1] < k:
             shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
-            receivers = max(sum(self.graph.reads_at(r) == t for r in self.graph.receivers)
-                            for t in range(len(self.reads)))
+            receivers = max(map(len, self.stages))
             # batched steps also read rows of circuits that are not mixed there: whatever they hold is discarded
             self._scratch = tuple(torch.empty(rows, *shape, dtype=self.acc, device=self.model.device)
                                   for rows in (len(self.graph.senders), receivers))
@@ -195,15 +205,11 @@ class _Chunk:
         self.zeroed = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)
         self.bank, self.x = refs.scratch(self.k)
         self.bank[0] = refs.delta[0]
-        self.writes = [graph.writes_at(s) for s in graph.senders]
-        self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
-        self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
-                       for t in range(len(refs.reads))]
+        self.writes, self.last_attention = refs.writes, refs.last_attention
 
     @torch.no_grad()
     def run(self) -> Tensor:
-        for t, recv in enumerate(self.stages):
-            count = sum(w <= t for w in self.writes)
+        for t, (recv, count) in enumerate(zip(self.refs.stages, self.refs.counts, strict=True)):
             status = self._statuses(recv, count)  # (circuit, receiver at t)
             self._inputs(t, recv, count, status)
             nodes = [self.graph.receivers[r] for r in recv]
@@ -229,21 +235,13 @@ class _Chunk:
         out[base] = BASE
         return out.cpu()
 
-    def _last_only(self, receiver: int) -> bool:
-        """Whether only the last position of a receiver's input is needed: nothing reads its node's output at
-        another position (no attention after it). A head's keys and values are read at every position."""
-        node = self.graph.receivers[receiver]
-        if node.kind == "logits":
-            return True
-        return node.kind == "mlp" and self.writes[self.graph.sender_index(node.name)] > self.last_attention
-
     def _inputs(self, t: int, recv: list[int], count: int, status: Tensor) -> None:
         """Each mixed (receiver, circuit)'s input into x: the ablated input, minus what its kept edges undo.
 
         input_r = ablated_in_r - sum over senders s of keep(s, r) * (ablated_s - running_s); one matrix
         product per circuit, over the receivers between its first and last mixed one (any receiver's input
         comes out right, so the few unmixed ones in between cost a little and change nothing)."""
-        last = torch.tensor([self._last_only(r) for r in recv])
+        last = torch.tensor([self.refs.last_only[r] for r in recv])
         changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
         mixed = (status == MIXED).to(self.ablated.device)
         coef = (1 - self.ablated[:, :count][:, :, recv]) * changing[:, :, None]  # (circuit, sender, receiver)
@@ -351,7 +349,7 @@ class _Chunk:
         scores = torch.matmul(q, k.transpose(-1, -2)) * module.scaling  # (head, circuit, prompt, q_pos, k_pos)
         if self.model.arch.kind == "gpt2" and getattr(module, "scale_attn_by_inverse_layer_idx", False):
             scores = scores / float(layer + 1)
-        scores = scores + query_mask(refs.mask, refs.n_pos - 1 if only_last else start, scores)
+        scores = scores + engine.query_mask(refs.mask, refs.n_pos - 1 if only_last else start, scores)
         pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         return torch.matmul(pattern.to(v.dtype), v)
 
@@ -375,7 +373,7 @@ class _Chunk:
         values[status == OTHER] = refs.other_values
         circuits = (status == MIXED).nonzero().flatten()
         if len(circuits):
-            x = self.x[0][_run(circuits)][:, :, -1:]  # (circuit, prompt, 1, d_model)
+            x = self.x[0][runs.spaced(circuits.tolist())][:, :, -1:]  # (circuit, prompt, 1, d_model)
             values[circuits] = refs.values(x.flatten(0, 1)).view(len(circuits), n).to(values.dtype)
         return self.metric.per_patch(values.flatten())
 
@@ -399,13 +397,6 @@ def _subtract_product(base: Tensor, a: Tensor, b: Tensor, out: Tensor, tile: int
         torch.addmm(base[:, i:i + tile], a, b[:, i:i + tile], alpha=-1, out=out[:, i:i + tile])
 
 
-def _run(index: Tensor) -> slice | Tensor:
-    """A slice when the indices are one increasing run (indexing with it gives a view), else the indices."""
-    if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index):
-        return slice(int(index[0]), int(index[-1]) + 1)
-    return index
-
-
 # ---- reference runs --------------------------------------------------------------------------
 
 
@@ -415,12 +406,7 @@ def _n_reads(graph: Graph) -> int:
 
 def _read_site(graph: Graph, t: int) -> str | None:
     """The site holding the residual stream receivers read at `t` (None: the final one)."""
-    if t == _n_reads(graph) - 1:
-        return None
-    if graph.parallel_residual:
-        return f"blocks.{t}.hook_resid_pre"
-    layer, half = divmod(t, 2)
-    return f"blocks.{layer}.hook_resid_{'mid' if half else 'pre'}"
+    return None if t == _n_reads(graph) - 1 else engine.state_name(graph.parallel_residual, t)
 
 
 def sender_stack(graph: Graph, cache, start: int = 0) -> Float[Tensor, "sender prompt pos d_model"]:

@@ -92,10 +92,11 @@ def sweep(models: str | Sequence[str], analysis: str | Callable | Analysis,
     plan = _plan(models, analysis, revisions, params, dtype, executor)
     with contextlib.ExitStack() as stack:
         root = Path(store) if store is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        root = ResultStore(root.expanduser().absolute()).root  # absolute: Ray workers have their own cwd
+        results = ResultStore(root.expanduser().absolute())  # absolute: Ray workers have their own cwd
+        root = results.root
         jobs = {(c.model, c.revision): Job(c, plan.spec, plan.params, str(root), plan.dtype, device)
                 for c in plan.checkpoints}
-        stored = ResultStore(root).stored(plan.key, list(jobs))
+        stored = results.stored(plan.key, list(jobs))
         todo = [job for pair, job in jobs.items() if pair not in stored]
         written: dict = {}  # (model, revision) -> the Arrow table this call stored (local executor)
         with quiet_loading(), _progress(len(jobs), len(jobs) - len(todo), plan.spec.name, progress) as bar:

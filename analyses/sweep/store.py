@@ -128,7 +128,8 @@ class ResultStore:
         import pyarrow as pa
 
         written = written or {}
-        tables = [_kept(written.get(pair)) or _read_table(self.path(key, *pair)) for pair in pairs]
+        tables = [_kept(written.get(pair)) for pair in pairs]
+        tables = [_read_table(self.path(key, *pair)) if t is None else t for pair, t in zip(pairs, tables, strict=True)]
         lengths = [t.num_rows for t in tables]
         if not tables:
             return pd.DataFrame(), lengths

@@ -57,11 +57,6 @@ class Job:
     def store(self) -> ResultStore:
         return ResultStore(self.store_root)
 
-    @property
-    def done(self) -> bool:
-        """Whether the store already holds this job's result."""
-        return self.store.has(self.key, self.checkpoint.model, self.checkpoint.revision)
-
 
 @dataclass
 class Loaded:
