@@ -16,9 +16,11 @@ ships the checkpoints that would not fit its size budget otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,12 +49,29 @@ def weight_files(where: Path | Resolve) -> tuple[Path, ...]:
     return ()
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a hub-cache blob named by its sha256
+
+
 def read_tensors(paths: Sequence[Path]) -> dict[str, Tensor]:
     """Every tensor of these files (shards of one checkpoint), in the dtype stored, on the CPU."""
     state: dict[str, Tensor] = {}
     for path in paths:
         state.update(_read(Path(path)))
     return state
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file (of the file inside, for .xz); a hub-cache symlink into blobs/ already names it, so it
+    is not re-read."""
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
+            return target.name
+    digest = hashlib.sha256()
+    with (lzma.open if is_packed(path) else open)(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_ahead(path: Path) -> None:

@@ -20,7 +20,6 @@ Pythia model uses, shipped in `interp/data/` (Apache-2.0, EleutherAI), with a `T
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -289,7 +288,7 @@ def _sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _sha256_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return files.file_sha256(Path(path))
 
 
 def _commit(source: _Source) -> str | None:

@@ -17,8 +17,6 @@ inside it (what `xz -d` writes), so that the number does not depend on the compr
 from __future__ import annotations
 
 import hashlib
-import lzma
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,10 +25,9 @@ import pandas as pd
 import torch
 
 from interp import toy
-from interp.files import is_packed
+from interp.files import file_sha256
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.xz", "pytorch_model*.bin")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class DuplicateCheckpointWarning(UserWarning):
@@ -65,20 +62,6 @@ def checkpoint_folder(model: str, revision: str) -> Path | None:
 
     config = try_to_load_from_cache(suite.resolve(model).hf_id, "config.json", revision=revision)
     return Path(config).parent if isinstance(config, str) else None
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file (of the file inside, for .xz); a hub-cache symlink into blobs/ already names it, so it
-    is not re-read."""
-    if path.is_symlink():
-        target = path.resolve()
-        if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
-            return target.name
-    digest = hashlib.sha256()
-    with (lzma.open if is_packed(path) else open)(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -37,8 +37,7 @@ import torch
 from torch import Tensor
 
 import interp
-from analyses.sweep.integrity import file_sha256
-from interp.files import is_packed, read_ahead, read_tensors, unpacked_bytes
+from interp.files import file_sha256, is_packed, read_ahead, read_tensors, unpacked_bytes
 from interp.loading import CheckpointFiles, checkpoint_files, tokenizer_label
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
