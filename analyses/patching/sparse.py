@@ -113,6 +113,9 @@ class References:
         self.counts = [sum(w <= t for w in self.writes) for t in range(len(self.reads))]
         self.last_only = [r.kind == "logits" or (r.kind == "mlp" and self.writes[graph.sender_index(r.name)]
                                                  > self.last_attention) for r in graph.receivers]
+        self.owner = torch.tensor([-1 if r.kind == "logits" else graph.sender_index(r.name.split(".")[0])
+                                   for r in graph.receivers])  # the node each receiver feeds
+        self.write_groups = [[s for s, w in enumerate(self.writes) if w == t] for t in sorted(set(self.writes))]
 
     def _suffix_run(self, tokens: Tokens, names: list[str]) -> dict[str, Tensor]:
         """The named sites of a run of `tokens` from `start` on, the earlier keys and values the base run's."""
@@ -202,10 +205,24 @@ class _Chunk:
         self.ablated = dense.index_put((torch.arange(self.k)[:, None], s_idx[None], r_idx[None]), ablate.to(refs.acc))
         self.status = torch.full((self.k, len(graph.senders)), OTHER, dtype=torch.int8)
         self.status[:, 0] = BASE  # the embedding is never masked
+        self.live = self._live()
         self.zeroed = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)
         self.bank, self.x = refs.scratch(self.k)
         self.bank[0] = refs.delta[0]
         self.writes, self.last_attention = refs.writes, refs.last_attention
+
+    def _live(self) -> Tensor:
+        """(circuit, receiver): whether the receiver's node matters, i.e. has a kept edge to a receiver that does
+        (the logits always do). Nothing reads the running value of a node that does not: every edge it has to
+        one that matters is ablated. So it counts as at its ablated value (OTHER) and is never computed."""
+        kept, owner = (self.ablated < 1).cpu(), self.refs.owner
+        live = torch.zeros(self.k, len(self.graph.receivers), dtype=torch.bool)
+        live[:, owner == -1] = True
+        for group in reversed(self.refs.write_groups):  # nodes that write later first: edges only go forward
+            live_senders = (kept[:, group] & live[:, None, :]).any(2)  # (circuit, sender in group)
+            for i, s in enumerate(group):
+                live[:, owner == s] = live_senders[:, i:i + 1]
+        return live
 
     @torch.no_grad()
     def run(self) -> Tensor:
@@ -233,7 +250,9 @@ class _Chunk:
         out = torch.full(base.shape, MIXED, dtype=torch.int8, device=base.device)
         out[other] = OTHER
         out[base] = BASE
-        return out.cpu()
+        out = out.cpu()
+        out[~self.live[:, recv]] = OTHER  # nothing reads what it would compute
+        return out
 
     def _inputs(self, t: int, recv: list[int], count: int, status: Tensor) -> None:
         """Each mixed (receiver, circuit)'s input into x: the ablated input, minus what its kept edges undo.

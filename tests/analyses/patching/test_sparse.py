@@ -68,19 +68,31 @@ def test_the_two_ends_are_the_reference_runs_exactly():
     assert float(none) == pytest.approx(float(corrupt), abs=1e-5)
 
 
-def test_a_circuit_computes_only_the_nodes_it_changes():
-    """Keep one edge, embed -> L1H0.k: only that head reads a mixed input; the nodes downstream of it are mixed;
-    nothing upstream or beside it is."""
+def _keeping(graph: Graph, edges) -> torch.Tensor:
+    ablate = torch.ones(1, graph.n_edges)
+    for s, r in edges:
+        ablate[0, graph.edge_index(s, r)] = 0
+    return ablate
+
+
+@pytest.mark.parametrize("edges, computed", [
+    ([("embed", "L1H0.k"), ("L1H0", "logits")], {"L1H0"}),  # nothing upstream or beside it
+    ([("embed", "L1H0.k")], set()),  # nothing reads the head's output: nothing at all is computed
+    ([("embed", "L0H1.q"), ("L0H1", "L1H0.v")], set()),  # L1H0 reads L0H1, but nothing reads L1H0
+    ([("embed", "L0H1.q"), ("L0H1", "L1H0.v"), ("L0H1", "mlp1"), ("mlp1", "logits")], {"L0H1", "mlp1"}),
+])
+def test_a_circuit_computes_only_the_nodes_it_changes_and_that_are_read(monkeypatch, edges, computed):
     model = tiny_model()
     task = random_task(model, changed=(2,))
     graph = Graph.from_model(model)
     refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
-    ablate = torch.ones(1, graph.n_edges)
-    ablate[0, graph.edge_index("embed", "L1H0.k")] = 0
-    chunk = sparse._Chunk(refs, ablate)
-    chunk.run()
+    chunk = sparse._Chunk(refs, _keeping(graph, edges))
+    value = chunk.run()
     mixed = {graph.senders[s].name for s in (chunk.status[0] == sparse.MIXED).nonzero().flatten().tolist()}
-    assert mixed == {"L1H0"}  # its outputs reach later nodes only through ablated edges
+    assert mixed == computed
+    if not computed:
+        assert torch.equal(value, refs.metric.per_patch(refs.other_values))  # exactly the ablated run's metric
+    torch.testing.assert_close(value, _by_hooks(monkeypatch, model, task, _keeping(graph, edges)), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
