@@ -73,7 +73,7 @@ class References:
         # per-head weights, (layer, head, ...): read once (each property access checks every layer's parameters)
         self.w_qkv, self.b_qkv = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V)
         self.w_o = model.W_O
-        self._folded: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self._folded: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
         self._scratch: tuple[Tensor, Tensor] | None = None
         self.cos_sin = engine.rotary(model, final, base.position_ids.to(model.device))
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
@@ -154,18 +154,17 @@ class References:
         bank, x = self._scratch
         return bank[:, :k], x[:, :k]
 
-    def folded(self, layer: int, which: int) -> tuple[Tensor, Tensor, Tensor]:
-        """ln1 folded into each head's q (0), k (1) or v (2) projection: (g W with a last column 1 / d_model that
-        gives the mean, sum of g W over d_model, b W + b')."""
-        key = (layer, which)
-        if key not in self._folded:
+    def folded(self, layer: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """ln1 folded into each head's q, k and v projections: per kind, (g W, sum of g W over d_model, b W + b'),
+        each (head, ...)."""
+        if layer not in self._folded:
             ln = self.arch.module(self.model.hf, "ln1", layer)
-            w = self.w_qkv[which][layer].to(self.acc)  # (head, d_model, d_head)
-            gw = ln.weight.to(self.acc)[None, :, None] * w
-            bias = ln.bias.to(self.acc) @ w + self.b_qkv[which][layer].to(self.acc)
-            mean = torch.full((*gw.shape[:2], 1), 1 / gw.shape[1], dtype=self.acc, device=gw.device)
-            self._folded[key] = (torch.cat([gw, mean], 2), gw.sum(1), bias)
-        return self._folded[key]
+            g, beta = ln.weight.to(self.acc), ln.bias.to(self.acc)
+            self._folded[layer] = []
+            for w, b in zip(self.w_qkv, self.b_qkv, strict=True):
+                gw = g[None, :, None] * w[layer].to(self.acc)  # (head, d_model, d_head)
+                self._folded[layer].append((gw, gw.sum(1), beta @ w[layer].to(self.acc) + b[layer].to(self.acc)))
+        return self._folded[layer]
 
     def ln_eps(self, layer: int) -> float:
         return self.arch.module(self.model.hf, "ln1", layer).eps
@@ -325,36 +324,41 @@ class _Chunk:
         self._set(first, head_status)  # after the batched write: BASE senders' rows are the delta again
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
-        """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): projected
-        from x where the head's input is mixed (over that head's run of such circuits), else a reference run's."""
+        """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
+        run's, and projected from x where the head's input is mixed (over that head's run of such circuits)."""
         refs, mixed = self.refs, st == MIXED
-        H, m, n, P = x.shape[0], x.shape[1], x.shape[2], x[0, 0, 0, pos].shape[0]
-        projected = torch.empty(H, m, n, P, refs.w_o.shape[2], dtype=self.acc, device=x.device)
-        for h in mixed.any(1).nonzero().flatten().tolist():
-            rows = mixed[h].nonzero().flatten()
-            run = slice(int(rows[0]), int(rows[-1]) + 1)
-            projected[h, run] = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
-        if refs.cos_sin is not None and which < 2:
-            cos, sin = (t[:, refs.start:][:, pos] for t in refs.cos_sin)
-            turned = projected.permute(2, 0, 1, 3, 4).reshape(n, H * m, P, -1)  # every (head, circuit) as a head
-            projected = refs.arch.apply_rotary(turned, turned, cos, sin)[0].view(n, H, m, P, -1).permute(1, 2, 0, 3, 4)
         out = refs.base_qkv[layer][which][:, :, refs.start:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1, ...)
         if refs.other_qkv is not None:
             other = refs.other_qkv[layer][which][:, :, pos].transpose(0, 1)[:, None]
             out = torch.where((st == OTHER)[:, :, None, None, None], other, out)
-        # rows never projected hold whatever the buffer held: where() takes none of them
-        return torch.where(mixed[:, :, None, None, None], projected, out.to(self.acc)).to(self.model.dtype)
+        else:
+            out = out.expand(-1, st.shape[1], -1, -1, -1)
+        out = out.to(self.acc, copy=True)
+        cos_sin = None
+        if refs.cos_sin is not None and which < 2:
+            cos_sin = [t[:, refs.start:][:, pos] for t in refs.cos_sin]
+        for h in mixed.any(1).nonzero().flatten().tolist():
+            rows = mixed[h].nonzero().flatten()
+            run = slice(int(rows[0]), int(rows[-1]) + 1)
+            got = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
+            if cos_sin is not None:  # the model's rotary rotates q and k together: a one-row k costs nothing
+                turned = got.transpose(0, 1)  # (prompt, circuit, pos, d_head): circuits as heads
+                got = refs.arch.apply_rotary(turned, turned[:, :1], *cos_sin)[0].transpose(0, 1)
+            if len(rows) == run.stop - run.start:
+                out[h, run] = got
+            else:  # circuits in the run that are not mixed keep the reference values
+                out[h, run] = torch.where(mixed[h, run][:, None, None, None], got, out[h, run])
+        return out.to(self.model.dtype)
 
     def _project(self, layer: int, which: int, head: int, x: Tensor) -> Tensor:
         """ln1 then one head's q, k or v projection, folded into one product that reads x where it lies:
-        ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b').
-        The product's last column gives the mean; one more reduction gives the mean square."""
-        w, c, b = (t[head] for t in self.refs.folded(layer, which))  # (d_model, d_head + 1), (d_head,), (d_head,)
-        product = x @ w
-        mean = product[..., -1:]
-        square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() / x.shape[-1]
+        ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b')."""
+        w, c, b = (t[head] for t in self.refs.folded(layer)[which])  # (d_model, d_head), (d_head,), (d_head,)
+        d = x.shape[-1]
+        mean = x.sum(-1, keepdim=True) / d
+        square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() / d
         std = (square - mean.square() + self.refs.ln_eps(layer)).sqrt_()
-        return (product[..., :-1] - mean * c) / std + b
+        return (x @ w - mean * c) / std + b
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
         """HF's attention arithmetic for every head's queries over the base prefix's keys and the circuit's own."""
