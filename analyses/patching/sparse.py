@@ -74,6 +74,7 @@ class References:
         self.w_qkv, self.b_qkv = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V)
         self.w_o = model.W_O
         self._folded: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        self.eps = [self.arch.module(model.hf, "ln1", layer).eps for layer in range(model.n_layers)]
         self._scratch: tuple[Tensor, Tensor] | None = None
         self.cos_sin = engine.rotary(model, final, base.position_ids.to(model.device))
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
@@ -165,9 +166,6 @@ class References:
                 gw = g[None, :, None] * w[layer].to(self.acc)  # (head, d_model, d_head)
                 self._folded[layer].append((gw, gw.sum(1), beta @ w[layer].to(self.acc) + b[layer].to(self.acc)))
         return self._folded[layer]
-
-    def ln_eps(self, layer: int) -> float:
-        return self.arch.module(self.model.hf, "ln1", layer).eps
 
     def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Tensor:
         """The metric of each row, in fp32 at least (averaged over prompts without the model's rounding)."""
@@ -279,7 +277,10 @@ class _Chunk:
                 base = self.refs.other_in[t][:, pos]
                 j0, j1 = rows[0], rows[-1] + 1
                 if 2 * len(rows) < j1 - j0:  # a few scattered receivers: only theirs, then into place
-                    self.x[rows, c, :, pos] = base - torch.einsum("sr,snpd->rnpd", k[:, rows], bank[:, :, pos])
+                    part = torch.empty(len(rows), *base.shape, dtype=self.acc, device=base.device)
+                    _subtract_product(base.reshape(1, -1), k[:, rows].T, bank[:, :, pos].reshape(len(k), -1),
+                                      part.view(len(rows), -1))
+                    self.x[rows, c, :, pos] = part
                     continue
                 out = self.x[j0:j1, c, :, pos]
                 if not len(k):
@@ -316,12 +317,15 @@ class _Chunk:
             q, k, v = (self._piece(layer, which, x[:, which], st[c0:c1, :, which].T,
                                    slice(-1, None) if only_last and which == 0 else slice(None)) for which in range(3))
             z = self._attend(layer, q, k, v, only_last)  # (head, circuit, prompt, pos, d_head)
-            P = z.shape[3]
-            bank = self.bank[first:first + H, c0:c1, :, -P:]  # (head, circuit, prompt, pos, d_model), in place:
-            bank.copy_(refs.src[first:first + H, None, :, -P:].expand_as(bank))  # ablated minus z W_O
-            bank.view(H, -1, bank.shape[-1]).baddbmm_(z.flatten(1, 3).to(self.acc), refs.w_o[layer].to(self.acc),
+            P, w_o, mixed = z.shape[3], refs.w_o[layer].to(self.acc), (head_status[c0:c1] == MIXED).T
+            for h in mixed.any(1).nonzero().flatten().tolist():  # each mixed head's run of circuits, in place:
+                rows = mixed[h].nonzero().flatten()
+                a, b = int(rows[0]), int(rows[-1]) + 1
+                bank = self.bank[first + h, c0 + a:c0 + b, :, -P:]  # (circuit, prompt, pos, d_model)
+                bank.copy_(refs.src[first + h, None, :, -P:].expand_as(bank))  # ablated minus z W_O
+                bank.view(-1, bank.shape[-1]).addmm_(z[h, a:b].reshape(-1, z.shape[-1]).to(self.acc), w_o[h],
                                                      alpha=-1)
-        self._set(first, head_status)  # after the batched write: BASE senders' rows are the delta again
+        self._set(first, head_status)  # BASE senders' rows are the delta again, whatever the run wrote
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
@@ -355,10 +359,10 @@ class _Chunk:
         ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b')."""
         w, c, b = (t[head] for t in self.refs.folded(layer)[which])  # (d_model, d_head), (d_head,), (d_head,)
         d = x.shape[-1]
-        mean = x.sum(-1, keepdim=True) / d
-        square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() / d
-        std = (square - mean.square() + self.refs.ln_eps(layer)).sqrt_()
-        return (x @ w - mean * c) / std + b
+        mean = x.sum(-1, keepdim=True).div_(d)
+        square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d)
+        scale = square.sub_(mean.square()).add_(self.refs.eps[layer]).rsqrt_()
+        return (x @ w).addcmul_(mean, c, value=-1).mul_(scale).add_(b)
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
         """HF's attention arithmetic for every head's queries over the base prefix's keys and the circuit's own."""
