@@ -188,7 +188,7 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
         # the forward stops before the unembedding; the metric reads the kept final residual at its positions
         model.run_with_cache(runs.tile(base, steps) if steps else base, names=[], stop_at_layer=model.n_layers)
         deltas.append(_sender_deltas(model, graph, acts, src))  # before the backward reaches any receiver
-        values = metric.values(runs.unembed(model, metric.gather(acts["__final__"])))
+        values = runs.metric_values(model, metric, metric.gather(acts["__final__"]))
         torch.autograd.grad(values.mean(), [leaf.tensor])
     clean = metric.per_patch(values.detach())[-1]  # the last rows are the unmoved base run
     clean, corrupt = (clean, other_value) if direction == "noising" else (other_value, clean)

@@ -195,7 +195,7 @@ class Engine:
         return (mlp[:, queries] + attn) + base[:, queries]
 
     def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Float[Tensor, " row"]:
-        return self.metric.values(runs.unembed(self.model, resid))
+        return runs.metric_values(self.model, self.metric, resid)
 
     def step(self, step: int, h: Tensor, start: int, only_last: bool) -> Tensor:
         """One step on rows of positions start.. (only the last position comes out when `only_last`)."""

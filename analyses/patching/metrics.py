@@ -31,7 +31,7 @@ patch's rows at a time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -51,6 +51,14 @@ class Metric:
     name: str = "metric"
 
     def values(self, logits: Float[Tensor, "row k d_vocab"]) -> Float[Tensor, " row"]:
+        raise NotImplementedError
+
+    def tokens(self) -> Int[Tensor, " token"] | None:
+        """The vocabulary ids whose logits the metric reads, sorted (None: every one)."""
+        return None
+
+    def on_tokens(self, tokens: Int[Tensor, " token"]) -> Metric:
+        """The same metric on logits that hold only the columns of `tokens` (from `tokens()`), in that order."""
         raise NotImplementedError
 
     def gather(self, x: Float[Tensor, "row pos ..."]) -> Float[Tensor, "row k ..."]:
@@ -84,6 +92,17 @@ class LogitDiff(Metric):
     def of(cls, task, positions: int | list[int] | Tensor = -1) -> LogitDiff:
         """The task's answer-minus-wrong logit difference at `positions` of every prompt."""
         return cls(task.n_prompts, _positions(positions, task.n_prompts), answer=task.answer, wrong=task.wrong)
+
+    def tokens(self) -> Int[Tensor, " token"]:
+        """
+        >>> LogitDiff(2, answer=torch.tensor([7, 3]), wrong=torch.tensor([3, 9])).tokens()
+        tensor([3, 7, 9])
+        """
+        return torch.unique(torch.cat([self.answer, self.wrong]).cpu())
+
+    def on_tokens(self, tokens: Int[Tensor, " token"]) -> LogitDiff:
+        column = lambda ids: torch.searchsorted(tokens.to(ids.device), ids)  # noqa: E731
+        return replace(self, answer=column(self.answer), wrong=column(self.wrong))
 
     def values(self, logits: Float[Tensor, "row k d_vocab"]) -> Float[Tensor, " row"]:
         rows = logits.shape[0]

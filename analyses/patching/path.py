@@ -201,7 +201,7 @@ def _receive(model, base, metric: Metric, group: Group, inputs: dict[str, Tensor
     nodes = [Node(r, *_kind_layer_head(r)) for r in group]
     if "logits" in group:
         final = _select(inputs["logits"], rows, n)
-        values = metric.values(runs.unembed(model, final if gathered else metric.gather(final)))
+        values = runs.metric_values(model, metric, final if gathered else metric.gather(final))
         return metric.per_patch(values)
     hooks: dict[str, list] = {}
     for node in nodes:

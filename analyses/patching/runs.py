@@ -56,6 +56,20 @@ def unembed(model, resid: Float[Tensor, "row k d_model"]) -> Float[Tensor, "row 
     return module(model, "hook_logits")(module(model, "ln_final.hook_normalized")(resid))
 
 
+def metric_values(model, metric: Metric, resid: Float[Tensor, "row k d_model"]) -> Float[Tensor, " row"]:
+    """The metric of each row from residual-stream vectors at its positions. A metric that reads a few logits
+    (a logit difference) gets only those columns of the unembedding: the same numbers, to rounding, for
+    about 1/25,000 of the product."""
+    tokens = metric.tokens()
+    if tokens is None:
+        return metric.values(unembed(model, resid))
+    head = module(model, "hook_logits")
+    tokens = tokens.to(head.weight.device)
+    bias = head.bias[tokens] if head.bias is not None else None
+    logits = torch.nn.functional.linear(module(model, "ln_final.hook_normalized")(resid), head.weight[tokens], bias)
+    return metric.on_tokens(tokens).values(logits)
+
+
 def final_resid(model, tokens: Tokens) -> Float[Tensor, "row pos d_model"]:
     """The residual stream entering the final LayerNorm (hooks of an enclosing `model.hooks` apply)."""
     resid, _ = model.run_with_cache(tokens, names=[], stop_at_layer=model.n_layers)

@@ -169,7 +169,7 @@ class References:
 
     def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Tensor:
         """The metric of each row, in fp32 at least (averaged over prompts without the model's rounding)."""
-        values = self.metric.values(runs.unembed(self.model, resid.to(self.model.dtype)))
+        values = runs.metric_values(self.model, self.metric, resid.to(self.model.dtype))
         return values.to(runs.value_dtype(self.model))
 
 
