@@ -41,6 +41,7 @@ from analyses.patching.metrics import Metric
 from interp.tokens import Tokens
 
 BASE, OTHER, MIXED = 0, 1, 2
+PACKED = ("eager", "sdpa")  # attention implementations that take a custom 4-D mask, so both references run in one pass
 
 
 def applies(model, metric: Metric, n_pos: int) -> bool:
@@ -67,8 +68,12 @@ class References:
         self.reads = [_read_site(graph, t) for t in range(_n_reads(graph))]
         self._layout(graph)
         qkv = [f"blocks.{ly}.attn.hook_{x}" for ly in range(model.n_layers) for x in "qkv"]
-        names = sorted({*sender_sites(model), *qkv, *(r for r in self.reads if r)})
-        final, cache = model.run_with_cache(base, names=names, stop_at_layer=model.n_layers)
+        final_site = f"blocks.{model.n_layers - 1}.hook_resid_post"
+        names = sorted({*sender_sites(model, "z"), *qkv, *(r for r in self.reads if r), final_site})
+        same = other is not None and torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask,
+                                                                                     base.attention_mask)
+        cache, acts = self._runs(base, other if src is None and not same else None, names)
+        final = cache[final_site]
         self.mask = base.attention_mask.to(model.device).bool()
         # per-head weights, (layer, head, ...): read once (each property access checks every layer's parameters)
         self.w_qkv, self.b_qkv = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V)
@@ -80,15 +85,14 @@ class References:
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
                          for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
         self.other_qkv = None
-        base_out = sender_stack(graph, cache, start)
+        base_out = self._senders(cache, start)
         if src is not None:
             src = src[:, :, start:]
-        elif torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask, base.attention_mask):
+        elif same:
             src = base_out  # the same tokens: the same run, exactly
             self.other_qkv = [[t[:, :, start:] for t in qkv] for qkv in self.base_qkv]
         else:
-            acts = self._suffix_run(other, [*sender_sites(model), *qkv])
-            src = sender_stack(graph, acts, 0)
+            src = self._senders(acts, 0)
             self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
                               for ly in range(model.n_layers)]  # from `start` on
         self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
@@ -118,22 +122,65 @@ class References:
                                    for r in graph.receivers])  # the node each receiver feeds
         self.write_groups = [[s for s, w in enumerate(self.writes) if w == t] for t in sorted(set(self.writes))]
 
-    def _suffix_run(self, tokens: Tokens, names: list[str]) -> dict[str, Tensor]:
-        """The named sites of a run of `tokens` from `start` on, the earlier keys and values the base run's."""
-        from transformers import DynamicCache
+    def _runs(self, base: Tokens, other: Tokens | None, names: list[str]) -> tuple[dict, dict | None]:
+        """The named sites of the base run, and of the other run from `start` on (None without one).
 
-        start, acts = self.start, {}
+        Both run in one pass, each prompt packed into one sequence: the other's tokens from `start` on
+        follow the base's, at their own positions, and attend to the base's keys before `start` (the
+        other's own there) and to each other. One pass of 1.5 times the tokens costs less than two.
+        """
+        model, start, n_pos = self.model, self.start, base.ids.shape[1]
+        packed = other is not None and model.hf.config._attn_implementation in PACKED
+        acts: dict[str, Tensor] = {}
 
         def keep(x: Tensor, site) -> None:
-            acts[site.name] = x.detach()
+            acts[site.name] = torch.cat([acts[site.name], x.detach()], 1) if site.name in acts else x.detach()
 
-        cache = DynamicCache([(k[:, :, :start], v[:, :, :start]) for _, k, v in self.base_qkv]) if start else None
-        with torch.no_grad(), self.model.hooks(fwd={name: keep for name in names}):
-            self.model.hf.base_model(input_ids=tokens.ids[:, start:].to(self.model.device),  # no unembedding
-                                     attention_mask=tokens.attention_mask.to(self.model.device),
-                                     position_ids=tokens.position_ids[:, start:].to(self.model.device),
-                                     past_key_values=cache, use_cache=start > 0)
-        return acts
+        device = model.device
+        with torch.no_grad(), model.hooks(fwd={name: keep for name in names}):
+            if packed:
+                model.hf.base_model(input_ids=torch.cat([base.ids, other.ids[:, start:]], 1).to(device),
+                                    position_ids=torch.cat([base.position_ids, other.position_ids[:, start:]],
+                                                           1).to(device),
+                                    attention_mask=self._packed_mask(base, other), use_cache=False)
+            else:  # an attention implementation that takes no custom mask: the two runs one after the other
+                for tokens in (base,) if other is None else (base, other):
+                    model.hf.base_model(**{k: v.to(device) for k, v in tokens.hf_inputs().items()}, use_cache=False)
+        if other is None:
+            return acts, None
+        rest = n_pos if packed else n_pos + start  # where the other's positions from `start` on begin
+        return {k: v[:, :n_pos] for k, v in acts.items()}, {k: v[:, rest:] for k, v in acts.items()}
+
+    def _packed_mask(self, base: Tokens, other: Tokens) -> Float[Tensor, "prompt 1 q_pos k_pos"]:
+        """The additive mask of the packed runs: causal within each, the other's queries also on the base's keys
+        before `start`, padding masked. A query that sees no key (a pad) sees itself: its value is never read."""
+        n_pos, start = base.ids.shape[1], self.start
+        extra = n_pos - start
+        base_keys, other_keys = base.attention_mask.bool(), other.attention_mask[:, start:].bool()
+        allowed = torch.zeros(len(base), n_pos + extra, n_pos + extra, dtype=torch.bool)
+        allowed[:, :n_pos, :n_pos] = torch.ones(n_pos, n_pos, dtype=torch.bool).tril() & base_keys[:, None, :]
+        allowed[:, n_pos:, :start] = base_keys[:, None, :start]
+        allowed[:, n_pos:, n_pos:] = torch.ones(extra, extra, dtype=torch.bool).tril() & other_keys[:, None, :]
+        allowed |= torch.eye(n_pos + extra, dtype=torch.bool) & ~allowed.any(-1, keepdim=True)
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None].to(self.model.device)
+
+    def _senders(self, acts: dict[str, Tensor], first: int) -> Float[Tensor, "sender prompt pos d_model"]:
+        """Every sender's output from position `first` on, in graph.senders order. A head's is its z times its
+        rows of W_O (hook_result's product), one batched product per layer over positions from `first` on."""
+        z = acts["blocks.0.attn.hook_z"][:, first:]
+        n, n_pos, H = z.shape[:3]
+        out = torch.empty(len(self.graph.senders), n, n_pos, self.model.d_model, dtype=z.dtype, device=z.device)
+        for i, node in enumerate(self.graph.senders):
+            if node.kind == "embed":
+                out[i] = acts["hook_embed"][:, first:]
+            elif node.kind == "mlp":
+                out[i] = acts[f"blocks.{node.layer}.hook_mlp_out"][:, first:]
+            elif node.head == 0:
+                z = acts[f"blocks.{node.layer}.attn.hook_z"][:, first:].permute(2, 0, 1, 3).reshape(H, n * n_pos, -1)
+                torch.matmul(z, self.w_o[node.layer], out=out[i:i + H].view(H, n * n_pos, -1))
+        return out
 
     def _rotated(self, qkv: list[Tensor], first: int) -> list[Tensor]:
         """q, k, v (prompt, pos, head, d_head) as (prompt, head, pos, d_head), q and k rotated at positions first.."""
@@ -203,9 +250,8 @@ class _Chunk:
         self.status = torch.full((self.k, len(graph.senders)), OTHER, dtype=torch.int8)
         self.status[:, 0] = BASE  # the embedding is never masked
         self.live = self._live()
-        self.zeroed = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)
+        self.filled = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)  # bank row holds the change
         self.bank, self.x = refs.scratch(self.k)
-        self.bank[0] = refs.delta[0]
         self.writes, self.last_attention = refs.writes, refs.last_attention
 
     def _live(self) -> Tensor:
@@ -265,10 +311,11 @@ class _Chunk:
         counts = used.sum(1).tolist()
         for c in mixed.any(1).nonzero().flatten().tolist():
             if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
-                self._zero_others(c, count)
+                self._fill(c, torch.arange(count))
                 bank, k = self.bank[:count, c], coef[c]
             else:
                 cols = used[c].nonzero().flatten()
+                self._fill(c, cols)
                 bank, k = self.bank[cols, c], coef[c, cols]
             for group, pos in ((mixed[c] & ~last, slice(None)), (mixed[c] & last, slice(-1, None))):
                 rows = group.nonzero().flatten().tolist()
@@ -291,12 +338,20 @@ class _Chunk:
                 else:
                     out.copy_(base - torch.einsum("sr,snpd->rnpd", k[:, j0:j1], bank[:, :, pos]))
 
-    def _zero_others(self, c: int, count: int) -> None:
-        """Zero circuit c's bank rows of OTHER senders before `count` (they are multiplied by 0, not skipped)."""
-        rows = ((self.status[c, :count] == OTHER) & ~self.zeroed[c, :count]).nonzero().flatten()
-        if len(rows):
-            self.bank[rows, c] = 0
-            self.zeroed[c, rows] = True
+    def _fill(self, c: int, senders: Tensor) -> None:
+        """Circuit c's bank rows of these senders, where first read: a BASE sender's change is the run-wide delta,
+        an OTHER sender's is 0 (multiplied by 0, not skipped, so it must be a number). Rows never read are
+        never written, so their memory is never touched."""
+        senders = senders[~self.filled[c, senders]]
+        if not len(senders):
+            return
+        status = self.status[c, senders]
+        base, other = senders[status == BASE], senders[status == OTHER]
+        if len(base):
+            self.bank[base, c] = self.refs.delta[base]
+        if len(other):
+            self.bank[other, c] = 0
+        self.filled[c, senders] = True
 
     # ---- nodes --------------------------------------------------------------------------------
 
@@ -325,7 +380,7 @@ class _Chunk:
                 bank.copy_(refs.src[first + h, None, :, -P:].expand_as(bank))  # ablated minus z W_O
                 bank.view(-1, bank.shape[-1]).addmm_(z[h, a:b].reshape(-1, z.shape[-1]).to(self.acc), w_o[h],
                                                      alpha=-1)
-        self._set(first, head_status)  # BASE senders' rows are the delta again, whatever the run wrote
+        self._set(first, head_status)
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
@@ -407,11 +462,10 @@ class _Chunk:
     # ---- sender bookkeeping --------------------------------------------------------------------
 
     def _set(self, first: int, status: Tensor) -> None:
-        """Statuses of senders first.. (circuit, sender); BASE senders' changes are the run-wide delta."""
+        """Statuses of senders first.. (circuit, sender). A MIXED sender's bank row was just written; a BASE or
+        OTHER one's is filled where first read (a run over circuits may have written it too)."""
         self.status[:, first:first + status.shape[1]] = status
-        c, s = (status == BASE).nonzero(as_tuple=True)
-        if len(c):
-            self.bank[first + s, c] = self.refs.delta[first + s]
+        self.filled[:, first:first + status.shape[1]] = status == MIXED
 
     def _module(self, role: str, layer: int) -> nn.Module:
         return self.model.arch.module(self.model.hf, role, layer)

@@ -45,6 +45,29 @@ def test_node_by_node_equals_the_hooks_masked_runs(monkeypatch, arch, padded, ab
     assert expected.std() > 1e-2  # the circuits differ
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "unpacked"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_both_references_in_one_packed_pass_equal_two_runs(monkeypatch, arch, attention):
+    """The base and corrupt runs share one pass (the corrupt tokens from the first change on, packed after the
+    base's, with their own positions and a custom mask) under eager and sdpa attention; with another attention
+    implementation they run one after the other. Every way gives the hooks' values, padded or not."""
+    model = tiny_model(arch, attn_implementation="sdpa" if attention == "unpacked" else attention)
+    if attention == "unpacked":
+        monkeypatch.setattr(sparse, "PACKED", ())
+    task = random_task(model, padded=True, changed=(5, 7))
+    rows = _rows(Graph.from_model(model), seed=3)
+    graph, metric = Graph.from_model(model), LogitDiff.of(task)
+    refs = sparse.References(model, graph, task.clean, 5, metric, other=task.corrupt)
+    with torch.no_grad():
+        corrupt = model.run_with_cache(task.corrupt, names=["blocks.0.attn.hook_k"])[1]["blocks.0.attn.hook_k"]
+    assert (refs.other_qkv[0][1][:, :, 0] - refs.base_qkv[0][1][:, :, 5]).abs().max() > 1e-3  # they differ there
+    k = refs._rotated([corrupt] * 3, 0)[1][:, :, 5:]
+    real = task.corrupt.attention_mask[:, 5:].bool()
+    assert (refs.other_qkv[0][1] - k).transpose(1, 2)[real].abs().max() < 1e-5
+    got = sparse.node_values(refs, rows)
+    assert (got - _by_hooks(monkeypatch, model, task, rows)).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_in_double_precision_to_its_rounding(monkeypatch, arch):
     model = tiny_model(arch, dtype=torch.float64)
