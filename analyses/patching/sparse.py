@@ -109,15 +109,15 @@ class References:
 
     def _layout(self, graph: Graph) -> None:
         """Where nodes sit, from the graph alone: the receivers reading at each point (`stages`), how many senders
-        wrote before each (`counts`), and which receivers are read only at the last position (`last_only`:
-        nothing attends after their node writes; a head's keys and values are read at every position)."""
+        wrote before each (`counts`), and which receivers are read at every position whenever their node matters
+        (`everywhere`: keys and values, which later queries read, and queries before the last attention)."""
         self.writes = [graph.writes_at(s) for s in graph.senders]
         self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
         self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
                        for t in range(len(self.reads))]
         self.counts = [sum(w <= t for w in self.writes) for t in range(len(self.reads))]
-        self.last_only = [r.kind == "logits" or (r.kind == "mlp" and self.writes[graph.sender_index(r.name)]
-                                                 > self.last_attention) for r in graph.receivers]
+        self.everywhere = torch.tensor([r.kind in "kv" or (r.kind == "q" and graph.reads_at(r) < self.last_attention)
+                                        for r in graph.receivers])
         self.owner = torch.tensor([-1 if r.kind == "logits" else graph.sender_index(r.name.split(".")[0])
                                    for r in graph.receivers])  # the node each receiver feeds
         self.write_groups = [[s for s, w in enumerate(self.writes) if w == t] for t in sorted(set(self.writes))]
@@ -249,23 +249,34 @@ class _Chunk:
         self.ablated = dense.index_put((torch.arange(self.k)[:, None], s_idx[None], r_idx[None]), ablate.to(refs.acc))
         self.status = torch.full((self.k, len(graph.senders)), OTHER, dtype=torch.int8)
         self.status[:, 0] = BASE  # the embedding is never masked
-        self.live = self._live()
+        self.live, self.every = self._live()
         self.filled = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)  # bank row holds the change
         self.bank, self.x = refs.scratch(self.k)
         self.writes, self.last_attention = refs.writes, refs.last_attention
 
-    def _live(self) -> Tensor:
-        """(circuit, receiver): whether the receiver's node matters, i.e. has a kept edge to a receiver that does
-        (the logits always do). Nothing reads the running value of a node that does not: every edge it has to
-        one that matters is ablated. So it counts as at its ablated value (OTHER) and is never computed."""
+    def _live(self) -> tuple[Tensor, Tensor]:
+        """(circuit, receiver) twice: whether the receiver's node matters, and whether its input is needed at every
+        position from the first change on (else at the last one alone).
+
+        A node matters if it has a kept edge to a receiver that does (the logits always do). Nothing reads
+        the running value of a node that does not: every edge it has to one that matters is ablated. So it
+        counts as at its ablated value (OTHER) and is never computed. A node is needed at every position
+        if it has a kept edge to a receiver that is; keys and values are (later queries read them), and so
+        are queries before the last attention. Otherwise only its last position is ever read: an MLP whose
+        kept edges all go to the last layer's queries, to MLPs like it and to the logits runs there alone.
+        """
         kept, owner = (self.ablated < 1).cpu(), self.refs.owner
         live = torch.zeros(self.k, len(self.graph.receivers), dtype=torch.bool)
         live[:, owner == -1] = True
+        every = torch.zeros_like(live)
         for group in reversed(self.refs.write_groups):  # nodes that write later first: edges only go forward
-            live_senders = (kept[:, group] & live[:, None, :]).any(2)  # (circuit, sender in group)
+            reads = kept[:, group] & live[:, None, :]  # (circuit, sender in group, receiver)
+            live_senders, every_senders = reads.any(2), (reads & every[:, None, :]).any(2)
             for i, s in enumerate(group):
-                live[:, owner == s] = live_senders[:, i:i + 1]
-        return live
+                mine = owner == s
+                live[:, mine] = live_senders[:, i:i + 1]
+                every[:, mine] = live_senders[:, i:i + 1] & (self.refs.everywhere[mine] | every_senders[:, i:i + 1])
+        return live, every
 
     @torch.no_grad()
     def run(self) -> Tensor:
@@ -303,7 +314,7 @@ class _Chunk:
         input_r = ablated_in_r - sum over senders s of keep(s, r) * (ablated_s - running_s); one matrix
         product per circuit, over the receivers between its first and last mixed one (any receiver's input
         comes out right, so the few unmixed ones in between cost a little and change nothing)."""
-        last = torch.tensor([self.refs.last_only[r] for r in recv])
+        last = ~self.every[:, recv]  # (circuit, receiver): read at the last position alone
         changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
         mixed = (status == MIXED).to(self.ablated.device)
         coef = (1 - self.ablated[:, :count][:, :, recv]) * changing[:, :, None]  # (circuit, sender, receiver)
@@ -317,7 +328,7 @@ class _Chunk:
                 cols = used[c].nonzero().flatten()
                 self._fill(c, cols)
                 bank, k = self.bank[cols, c], coef[c, cols]
-            for group, pos in ((mixed[c] & ~last, slice(None)), (mixed[c] & last, slice(-1, None))):
+            for group, pos in ((mixed[c] & ~last[c], slice(None)), (mixed[c] & last[c], slice(-1, None))):
                 rows = group.nonzero().flatten().tolist()
                 if not rows:
                     continue
@@ -436,17 +447,24 @@ class _Chunk:
         return torch.matmul(pattern.to(v.dtype), v)
 
     def _mlp(self, layer: int, j: int, status: Tensor) -> None:
-        """One layer's MLP over the run of circuits from the first to the last where it is mixed."""
-        index = self.graph.sender_index(f"mlp{layer}")
-        circuits = (status == MIXED).nonzero().flatten()
+        """One layer's MLP: at every position over the run of circuits from the first to the last that need it
+        there, then at the last position where it is mixed and only read there."""
+        index, src = self.graph.sender_index(f"mlp{layer}"), self.refs.src
+        mixed, every = status == MIXED, self.every[:, self.graph.receiver_index(f"mlp{layer}")]
+        circuits = (mixed & every).nonzero().flatten()
         if len(circuits):
             c0, c1 = int(circuits[0]), int(circuits[-1]) + 1
-            pos = slice(-1, None) if self.writes[index] > self.last_attention else slice(None)
-            x = self.x[j, c0:c1, :, pos].to(self.model.dtype)
-            out = self._module("mlp", layer)(self._module("ln2", layer)(x))
-            P = out.shape[2]
-            torch.sub(self.refs.src[index, :, -P:], out, out=self.bank[index, c0:c1, :, -P:])
+            out = self._run_mlp(layer, self.x[j, c0:c1])
+            torch.sub(src[index], out, out=self.bank[index, c0:c1])
+        last = (mixed & ~every).nonzero().flatten().tolist()
+        if last:  # read at the last position alone: the others are multiplied by 0, so must be numbers
+            out = self._run_mlp(layer, self.x[j, last, :, -1:])
+            self.bank[index, last, :, -1:] = src[index, :, -1:] - out
+            self.bank[index, last, :, :-1] = 0
         self._set(index, status[:, None])
+
+    def _run_mlp(self, layer: int, x: Tensor) -> Tensor:
+        return self._module("mlp", layer)(self._module("ln2", layer)(x.to(self.model.dtype)))
 
     def _logits(self, status: Tensor) -> Tensor:
         refs, n = self.refs, self.refs.n

@@ -119,6 +119,25 @@ def test_a_circuit_computes_only_the_nodes_it_changes_and_that_are_read(monkeypa
 
 
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_an_mlp_read_at_the_last_position_alone_runs_there_alone(monkeypatch, arch):
+    """mlp1's only kept edge goes to the logits, so only its last position is ever read: it runs there alone (its
+    other positions are 0, multiplied by 0). A head's keys are read at every position, so L0H1 runs everywhere."""
+    model = tiny_model(arch)
+    task = random_task(model, changed=(2,))
+    graph = Graph.from_model(model)
+    refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
+    edges = [("embed", "L0H1.q"), ("L0H1", "mlp1"), ("mlp1", "logits"), ("L0H1", "L1H0.k"), ("L1H0", "logits")]
+    chunk = sparse._Chunk(refs, _keeping(graph, edges))
+    value = chunk.run()
+    mlp, head = graph.sender_index("mlp1"), graph.sender_index("L0H1")
+    assert chunk.status[0, mlp] == chunk.status[0, head] == sparse.MIXED
+    assert not chunk.every[0, graph.receiver_index("mlp1")]
+    assert chunk.every[0, graph.receiver_index("L0H1.q")] and chunk.every[0, graph.receiver_index("L1H0.k")]
+    assert not chunk.bank[mlp, 0, :, :-1].any() and chunk.bank[mlp, 0, :, -1].abs().sum() > 0
+    torch.testing.assert_close(value, _by_hooks(monkeypatch, model, task, _keeping(graph, edges)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_chunks_of_circuits_agree_with_one_batch(arch):
     model = tiny_model(arch)
     task = random_task(model, padded=True)
