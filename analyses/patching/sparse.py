@@ -110,14 +110,13 @@ class References:
     def _layout(self, graph: Graph) -> None:
         """Where nodes sit, from the graph alone: the receivers reading at each point (`stages`), how many senders
         wrote before each (`counts`), and which receivers are read at every position whenever their node matters
-        (`everywhere`: keys and values, which later queries read, and queries before the last attention)."""
+        (`everywhere`: keys and values, which later queries read)."""
         self.writes = [graph.writes_at(s) for s in graph.senders]
         self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
         self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
                        for t in range(len(self.reads))]
         self.counts = [sum(w <= t for w in self.writes) for t in range(len(self.reads))]
-        self.everywhere = torch.tensor([r.kind in "kv" or (r.kind == "q" and graph.reads_at(r) < self.last_attention)
-                                        for r in graph.receivers])
+        self.everywhere = torch.tensor([r.kind in "kv" for r in graph.receivers])
         self.owner = torch.tensor([-1 if r.kind == "logits" else graph.sender_index(r.name.split(".")[0])
                                    for r in graph.receivers])  # the node each receiver feeds
         self.write_groups = [[s for s, w in enumerate(self.writes) if w == t] for t in sorted(set(self.writes))]
@@ -261,9 +260,10 @@ class _Chunk:
         A node matters if it has a kept edge to a receiver that does (the logits always do). Nothing reads
         the running value of a node that does not: every edge it has to one that matters is ablated. So it
         counts as at its ablated value (OTHER) and is never computed. A node is needed at every position
-        if it has a kept edge to a receiver that is; keys and values are (later queries read them), and so
-        are queries before the last attention. Otherwise only its last position is ever read: an MLP whose
-        kept edges all go to the last layer's queries, to MLPs like it and to the logits runs there alone.
+        if it has a kept edge to a receiver that is; keys and values are (later queries read them). Otherwise
+        only its last position is ever read, and it runs there alone: an MLP whose kept edges all go to the
+        last layer's queries, to nodes like it and to the logits; a head's query and result likewise (its
+        keys and values are still read at every position, by its own last query).
         """
         kept, owner = (self.ablated < 1).cpu(), self.refs.owner
         live = torch.zeros(self.k, len(self.graph.receivers), dtype=torch.bool)
@@ -288,7 +288,7 @@ class _Chunk:
                 return self._logits(status[:, 0])
             heads = [j for j, node in enumerate(nodes) if node.kind in "qkv"]
             if heads:
-                self._heads(nodes[0].layer, status[:, heads])
+                self._heads(nodes[0].layer, status[:, heads], [recv[j] for j in heads])
             mlp = [j for j, node in enumerate(nodes) if node.kind == "mlp"]
             if mlp:
                 self._mlp(nodes[mlp[0]].layer, mlp[0], status[:, mlp[0]])
@@ -366,11 +366,13 @@ class _Chunk:
 
     # ---- nodes --------------------------------------------------------------------------------
 
-    def _heads(self, layer: int, status: Tensor) -> None:
+    def _heads(self, layer: int, status: Tensor, receivers: list[int]) -> None:
         """The mixed heads of one layer in every circuit: their q, k, v, attention and result.
 
         Every head runs over the run of circuits from the first to the last with a mixed head in this
-        layer (one batched product per step, no gathering); only mixed heads' results are kept."""
+        layer (one batched product per step, no gathering); only mixed heads' results are kept. A head
+        read at the last position alone gets its query and result there alone (its other queries are the
+        reference run's, its other results 0: nothing reads them)."""
         H, refs = self.model.n_heads, self.refs
         st = status.view(self.k, H, 3)  # receivers are head-major: (head, q|k|v)
         head_status = torch.where((st == BASE).all(-1), BASE, torch.where((st == OTHER).all(-1), OTHER, MIXED))
@@ -379,23 +381,35 @@ class _Chunk:
         if len(circuits):
             c0, c1 = int(circuits[0]), int(circuits[-1]) + 1
             only_last = self.writes[first] > self.last_attention  # nothing attends after this layer: the last query
+            last = None if only_last else ~self.every[c0:c1, receivers].view(c1 - c0, H, 3)[:, :, 0].T
             x = self.x[:3 * H].view(H, 3, *self.x.shape[1:])[:, :, c0:c1]  # (head, q|k|v, circuit, prompt, pos, d)
             q, k, v = (self._piece(layer, which, x[:, which], st[c0:c1, :, which].T,
-                                   slice(-1, None) if only_last and which == 0 else slice(None)) for which in range(3))
+                                   slice(-1, None) if only_last and which == 0 else slice(None),
+                                   last if which == 0 else None) for which in range(3))
             z = self._attend(layer, q, k, v, only_last)  # (head, circuit, prompt, pos, d_head)
             P, w_o, mixed = z.shape[3], refs.w_o[layer].to(self.acc), (head_status[c0:c1] == MIXED).T
+            src = refs.src[first:first + H]
             for h in mixed.any(1).nonzero().flatten().tolist():  # each mixed head's run of circuits, in place:
-                rows = mixed[h].nonzero().flatten()
-                a, b = int(rows[0]), int(rows[-1]) + 1
-                bank = self.bank[first + h, c0 + a:c0 + b, :, -P:]  # (circuit, prompt, pos, d_model)
-                bank.copy_(refs.src[first + h, None, :, -P:].expand_as(bank))  # ablated minus z W_O
-                bank.view(-1, bank.shape[-1]).addmm_(z[h, a:b].reshape(-1, z.shape[-1]).to(self.acc), w_o[h],
-                                                     alpha=-1)
+                alone = mixed[h] & last[h] if last is not None else torch.zeros_like(mixed[h])
+                rows = (mixed[h] & ~alone).nonzero().flatten()
+                if len(rows):
+                    a, b = int(rows[0]), int(rows[-1]) + 1
+                    bank = self.bank[first + h, c0 + a:c0 + b, :, -P:]  # (circuit, prompt, pos, d_model)
+                    bank.copy_(src[h, None, :, -P:].expand_as(bank))  # ablated minus z W_O
+                    bank.view(-1, bank.shape[-1]).addmm_(z[h, a:b].reshape(-1, z.shape[-1]).to(self.acc), w_o[h],
+                                                         alpha=-1)
+                rows = alone.nonzero().flatten().tolist()
+                if rows:  # read at the last position alone: the others are multiplied by 0, so must be numbers
+                    result = z[h, :, :, -1:][rows].to(self.acc) @ w_o[h]  # (circuit, prompt, 1, d_model)
+                    circuits = [c0 + c for c in rows]
+                    self.bank[first + h, circuits, :, -1:] = src[h, :, -1:] - result
+                    self.bank[first + h, circuits, :, :-1] = 0
         self._set(first, head_status)
 
-    def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice) -> Tensor:
+    def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice, last: Tensor | None = None) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
-        run's, and projected from x where the head's input is mixed (over that head's run of such circuits)."""
+        run's, and projected from x where the head's input is mixed (over that head's run of such circuits);
+        at the last position alone where `last` (head, circuit) says so."""
         refs, mixed = self.refs, st == MIXED
         out = refs.base_qkv[layer][which][:, :, refs.start:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1, ...)
         if refs.other_qkv is not None:
@@ -407,18 +421,29 @@ class _Chunk:
         cos_sin = None
         if refs.cos_sin is not None and which < 2:
             cos_sin = [t[:, refs.start:][:, pos] for t in refs.cos_sin]
+        alone = mixed & last if last is not None else torch.zeros_like(mixed)
         for h in mixed.any(1).nonzero().flatten().tolist():
-            rows = mixed[h].nonzero().flatten()
-            run = slice(int(rows[0]), int(rows[-1]) + 1)
-            got = self._project(layer, which, h, x[h, run][:, :, pos])  # (circuit, prompt, pos, d_head)
-            if cos_sin is not None:  # the model's rotary rotates q and k together: a one-row k costs nothing
-                turned = got.transpose(0, 1)  # (prompt, circuit, pos, d_head): circuits as heads
-                got = refs.arch.apply_rotary(turned, turned[:, :1], *cos_sin)[0].transpose(0, 1)
-            if len(rows) == run.stop - run.start:
-                out[h, run] = got
-            else:  # circuits in the run that are not mixed keep the reference values
-                out[h, run] = torch.where(mixed[h, run][:, None, None, None], got, out[h, run])
+            rows = (mixed[h] & ~alone[h]).nonzero().flatten()
+            if len(rows):
+                run = slice(int(rows[0]), int(rows[-1]) + 1)
+                got = self._rotate(self._project(layer, which, h, x[h, run][:, :, pos]), cos_sin)
+                if len(rows) == run.stop - run.start:
+                    out[h, run] = got
+                else:  # circuits in the run that are not mixed keep the reference values
+                    out[h, run] = torch.where(mixed[h, run][:, None, None, None], got, out[h, run])
+            rows = alone[h].nonzero().flatten().tolist()
+            if rows:
+                got = self._project(layer, which, h, x[h][:, :, pos][:, :, -1:][rows])
+                out[h, rows, :, -1:] = self._rotate(got, cos_sin and [t[:, -1:] for t in cos_sin])
         return out.to(self.model.dtype)
+
+    def _rotate(self, x: Tensor, cos_sin: list[Tensor] | None) -> Tensor:
+        """The model's rotary on q or k of a run of circuits (circuit, prompt, pos, d_head); it rotates q and k
+        together, and a one-row k costs nothing."""
+        if cos_sin is None:
+            return x
+        turned = x.transpose(0, 1)  # (prompt, circuit, pos, d_head): circuits as heads
+        return self.refs.arch.apply_rotary(turned, turned[:, :1], *cos_sin)[0].transpose(0, 1)
 
     def _project(self, layer: int, which: int, head: int, x: Tensor) -> Tensor:
         """ln1 then one head's q, k or v projection, folded into one product that reads x where it lies:

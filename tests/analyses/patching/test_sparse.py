@@ -138,6 +138,24 @@ def test_an_mlp_read_at_the_last_position_alone_runs_there_alone(monkeypatch, ar
 
 
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_a_head_read_at_the_last_position_alone_gets_its_query_and_result_there_alone(monkeypatch, arch):
+    """L0H1's only kept edges go to the logits and to mlp1, itself read at the last position alone: L0H1's query and
+    result are computed there alone, its keys and values everywhere (its own last query reads them)."""
+    model = tiny_model(arch)
+    task = random_task(model, changed=(2,))
+    graph = Graph.from_model(model)
+    refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
+    edges = [("embed", "L0H1.k"), ("embed", "L0H1.q"), ("L0H1", "logits"), ("L0H1", "mlp1"), ("mlp1", "logits")]
+    chunk = sparse._Chunk(refs, _keeping(graph, edges))
+    value = chunk.run()
+    head = graph.sender_index("L0H1")
+    assert chunk.status[0, head] == sparse.MIXED
+    assert not chunk.every[0, graph.receiver_index("L0H1.q")] and chunk.every[0, graph.receiver_index("L0H1.k")]
+    assert not chunk.bank[head, 0, :, :-1].any() and chunk.bank[head, 0, :, -1].abs().sum() > 0
+    torch.testing.assert_close(value, _by_hooks(monkeypatch, model, task, _keeping(graph, edges)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_chunks_of_circuits_agree_with_one_batch(arch):
     model = tiny_model(arch)
     task = random_task(model, padded=True)
