@@ -345,12 +345,16 @@ def _from_packed(cls, path: Path, config, dtype: torch.dtype, attn_implementatio
 
     hf, info = cls.from_pretrained(None, config=config, state_dict=files.read_tensors([path]), dtype=dtype,
                                    attn_implementation=attn_implementation, output_loading_info=True)
+    tied = getattr(hf, "all_tied_weights_keys", {}) or {}  # a tied weight (GPT-2's lm_head) is the embedding's
+    info["missing_keys"] = [k for k in info.get("missing_keys", []) if k not in tied]
     misfits = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if misfits:
         raise WeightsNotFoundError(
             f"{path} does not fit the {cls.__name__} of its config.json: {misfits}. Decompress it with `xz -dk` "
             "and check its tensors against the config."
         )
+    if tied:
+        hf.tie_weights()
     folder = path.parent
     hf.config._name_or_path = hf.name_or_path = str(folder)
     if (folder / "generation_config.json").is_file():

@@ -19,7 +19,12 @@ reference runs:
   its output is then the corrupt run's, which is its ablated value;
 - MIXED: anything else. Only these are computed, for the circuits where they are mixed, batched
   over circuits, and only over the positions from the first one clean and corrupt differ in (the
-  earlier keys and values are the base run's). After the last attention, only the last position.
+  earlier keys and values are the base run's).
+
+Two more things are left out. A node that nothing reads (every edge it has to a node that matters
+is ablated) counts as at its ablated value. A node read at the last position alone (its kept edges
+reach no key or value, and no node read everywhere) runs there alone: every MLP and head after the
+last attention, and on large circuits many before it.
 
 A mixed receiver's input is assembled from the ablated input by adding back what its kept edges
 carry: input_r = ablated_in_r - sum over kept senders s of (ablated_s - value_s). Senders at their
