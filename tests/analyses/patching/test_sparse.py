@@ -119,39 +119,28 @@ def test_a_circuit_computes_only_the_nodes_it_changes_and_that_are_read(monkeypa
 
 
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
-def test_an_mlp_read_at_the_last_position_alone_runs_there_alone(monkeypatch, arch):
-    """mlp1's only kept edge goes to the logits, so only its last position is ever read: it runs there alone (its
-    other positions are 0, multiplied by 0). A head's keys are read at every position, so L0H1 runs everywhere."""
+@pytest.mark.parametrize("edges, alone, everywhere", [
+    # mlp1's only kept edge goes to the logits: it runs at the last position alone (its other positions are 0,
+    # multiplied by 0); L0H1 sends to a key, read at every position, so it runs everywhere
+    ([("embed", "L0H1.q"), ("L0H1", "mlp1"), ("mlp1", "logits"), ("L0H1", "L1H0.k"), ("L1H0", "logits")],
+     "mlp1", ["L0H1.q", "L1H0.k"]),
+    # L0H1 sends to the logits and to mlp1 alone: its query and result at the last position alone, its keys
+    # everywhere (its own last query reads them)
+    ([("embed", "L0H1.k"), ("embed", "L0H1.q"), ("L0H1", "logits"), ("L0H1", "mlp1"), ("mlp1", "logits")],
+     "L0H1", ["L0H1.k"]),
+], ids=["mlp", "head"])
+def test_a_node_read_at_the_last_position_alone_runs_there_alone(monkeypatch, arch, edges, alone, everywhere):
     model = tiny_model(arch)
     task = random_task(model, changed=(2,))
     graph = Graph.from_model(model)
     refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
-    edges = [("embed", "L0H1.q"), ("L0H1", "mlp1"), ("mlp1", "logits"), ("L0H1", "L1H0.k"), ("L1H0", "logits")]
     chunk = sparse._Chunk(refs, _keeping(graph, edges))
     value = chunk.run()
-    mlp, head = graph.sender_index("mlp1"), graph.sender_index("L0H1")
-    assert chunk.status[0, mlp] == chunk.status[0, head] == sparse.MIXED
-    assert not chunk.every[0, graph.receiver_index("mlp1")]
-    assert chunk.every[0, graph.receiver_index("L0H1.q")] and chunk.every[0, graph.receiver_index("L1H0.k")]
-    assert not chunk.bank[mlp, 0, :, :-1].any() and chunk.bank[mlp, 0, :, -1].abs().sum() > 0
-    torch.testing.assert_close(value, _by_hooks(monkeypatch, model, task, _keeping(graph, edges)), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("arch", ["neox", "gpt2"])
-def test_a_head_read_at_the_last_position_alone_gets_its_query_and_result_there_alone(monkeypatch, arch):
-    """L0H1's only kept edges go to the logits and to mlp1, itself read at the last position alone: L0H1's query and
-    result are computed there alone, its keys and values everywhere (its own last query reads them)."""
-    model = tiny_model(arch)
-    task = random_task(model, changed=(2,))
-    graph = Graph.from_model(model)
-    refs = sparse.References(model, graph, task.clean, 2, LogitDiff.of(task), other=task.corrupt)
-    edges = [("embed", "L0H1.k"), ("embed", "L0H1.q"), ("L0H1", "logits"), ("L0H1", "mlp1"), ("mlp1", "logits")]
-    chunk = sparse._Chunk(refs, _keeping(graph, edges))
-    value = chunk.run()
-    head = graph.sender_index("L0H1")
-    assert chunk.status[0, head] == sparse.MIXED
-    assert not chunk.every[0, graph.receiver_index("L0H1.q")] and chunk.every[0, graph.receiver_index("L0H1.k")]
-    assert not chunk.bank[head, 0, :, :-1].any() and chunk.bank[head, 0, :, -1].abs().sum() > 0
+    node = graph.sender_index(alone)
+    assert chunk.status[0, node] == sparse.MIXED
+    assert not chunk.every[0, graph.receiver_index(alone if alone.startswith("mlp") else alone + ".q")]
+    assert all(chunk.every[0, graph.receiver_index(r)] for r in everywhere)
+    assert not chunk.bank[node, 0, :, :-1].any() and chunk.bank[node, 0, :, -1].abs().sum() > 0
     torch.testing.assert_close(value, _by_hooks(monkeypatch, model, task, _keeping(graph, edges)), atol=1e-5, rtol=0)
 
 
