@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,6 +318,13 @@ def _config(source: _Source):
     return config
 
 
+# transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op while it builds a model (a class
+# attribute, restored when it returns). Two loads at once in different threads (the explorer prefetches in one)
+# can leave the no-op in place for good, and every tied model built after that (GPT-2's lm_head) stays untied.
+# So this process builds one model at a time.
+_BUILDING = threading.Lock()
+
+
 def _weights(source: _Source, config, dtype: torch.dtype, attn_implementation: str):
     import transformers
 
@@ -325,8 +333,10 @@ def _weights(source: _Source, config, dtype: torch.dtype, attn_implementation: s
         packed = _packed(source)
         if packed is not None:
             return _from_packed(cls, packed, config, dtype, attn_implementation)
-        return cls.from_pretrained(source.weights, revision=source.revision, config=config, dtype=dtype,
-                                   attn_implementation=attn_implementation).eval()
+        with _BUILDING:
+            hf = cls.from_pretrained(source.weights, revision=source.revision, config=config, dtype=dtype,
+                                     attn_implementation=attn_implementation)
+        return hf.eval()
     except OSError as err:
         raise _not_found(source, err) from err
 
@@ -343,18 +353,16 @@ def _from_packed(cls, path: Path, config, dtype: torch.dtype, attn_implementatio
     """`from_pretrained` on the tensors of a `model.safetensors.xz`, refusing any that do not fit (strict)."""
     from transformers import GenerationConfig
 
-    hf, info = cls.from_pretrained(None, config=config, state_dict=files.read_tensors([path]), dtype=dtype,
-                                   attn_implementation=attn_implementation, output_loading_info=True)
-    tied = getattr(hf, "all_tied_weights_keys", {}) or {}  # a tied weight (GPT-2's lm_head) is the embedding's
-    info["missing_keys"] = [k for k in info.get("missing_keys", []) if k not in tied]
+    tensors = files.read_tensors([path])
+    with _BUILDING:
+        hf, info = cls.from_pretrained(None, config=config, state_dict=tensors, dtype=dtype,
+                                       attn_implementation=attn_implementation, output_loading_info=True)
     misfits = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if misfits:
         raise WeightsNotFoundError(
             f"{path} does not fit the {cls.__name__} of its config.json: {misfits}. Decompress it with `xz -dk` "
             "and check its tensors against the config."
         )
-    if tied:
-        hf.tie_weights()
     folder = path.parent
     hf.config._name_or_path = hf.name_or_path = str(folder)
     if (folder / "generation_config.json").is_file():

@@ -83,7 +83,8 @@ class References:
         # per-head weights, (layer, head, ...): read once (each property access checks every layer's parameters)
         self.w_qkv, self.b_qkv = (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V)
         self.w_o = model.W_O
-        self._folded: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        self._folded: tuple[int, list[tuple[Tensor, Tensor, Tensor]]] = (-1, [])
+        self._fold_buffer: Tensor | None = None
         self.eps = [self.arch.module(model.hf, "ln1", layer).eps for layer in range(model.n_layers)]
         self._scratch: tuple[Tensor, Tensor] | None = None
         self.cos_sin = engine.rotary(model, final, base.position_ids.to(model.device))
@@ -208,15 +209,19 @@ class References:
 
     def folded(self, layer: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         """ln1 folded into each head's q, k and v projections: per kind, (g W, sum of g W over d_model, b W + b'),
-        each (head, ...)."""
-        if layer not in self._folded:
+        each (head, ...). One layer's at a time (a layer's heads run together), in one buffer that every
+        layer reuses: fresh memory for each would cost more than the products that fill it."""
+        if self._folded[0] != layer:
             ln = self.arch.module(self.model.hf, "ln1", layer)
             g, beta = ln.weight.to(self.acc), ln.bias.to(self.acc)
-            self._folded[layer] = []
-            for w, b in zip(self.w_qkv, self.b_qkv, strict=True):
-                gw = g[None, :, None] * w[layer].to(self.acc)  # (head, d_model, d_head)
-                self._folded[layer].append((gw, gw.sum(1), beta @ w[layer].to(self.acc) + b[layer].to(self.acc)))
-        return self._folded[layer]
+            folds = []
+            for which, (w, b) in enumerate(zip(self.w_qkv, self.b_qkv, strict=True)):
+                if self._fold_buffer is None:
+                    self._fold_buffer = torch.empty(3, *w.shape[1:], dtype=self.acc, device=w.device)
+                gw = torch.mul(g[None, :, None], w[layer], out=self._fold_buffer[which])  # (head, d_model, d_head)
+                folds.append((gw, gw.sum(1), beta @ w[layer].to(self.acc) + b[layer].to(self.acc)))
+            self._folded = (layer, folds)
+        return self._folded[1]
 
     def values(self, resid: Float[Tensor, "row 1 d_model"]) -> Tensor:
         """The metric of each row, in fp32 at least (averaged over prompts without the model's rounding)."""

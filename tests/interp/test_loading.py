@@ -184,3 +184,41 @@ def test_a_gpt2_directory_loads(tmp_path):
     ids = torch.randint(1, 128, (2, 7))
     assert isinstance(model.hf, GPT2LMHeadModel) and torch.equal(model(ids), hf(ids).logits)
     assert model.to_tokens("t4 t5").ids.tolist() == [[4, 5]] and model.tokenizer_source == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "folder"])
+def test_loads_in_threads_at_once_leave_gpt2_heads_tied(tmp_path, packed):
+    """transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op while it builds a model; two
+    loads at once in threads (the explorer prefetches in one) could leave the no-op in place, and every GPT-2
+    loaded after that had an untied, random lm_head. Loads are serialized: the method stays, heads stay tied."""
+    import threading
+
+    from tests.conftest import tiny_gpt2
+
+    if packed:
+        source = "toy-gpt2"
+    else:
+        source = tmp_path / "gpt2"
+        tiny_gpt2(seed=2).save_pretrained(source)
+        word_tokenizer().save_pretrained(source)
+    original = PreTrainedModel.tie_weights
+    errors = []
+
+    def load() -> None:
+        try:
+            for _ in range(4):
+                model = interp.load(source)
+                assert model.hf.lm_head.weight is model.hf.transformer.wte.weight
+        except Exception as err:  # noqa: BLE001 - reported below, with the thread's failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    swapped, PreTrainedModel.tie_weights = PreTrainedModel.tie_weights, original  # later tests load tied models
+    assert not errors
+    assert swapped is original
+    hf = GPT2LMHeadModel(tiny_gpt2(seed=3).config)
+    assert hf.lm_head.weight is hf.transformer.wte.weight
