@@ -324,9 +324,9 @@ class _Chunk:
         input_r = ablated_in_r - sum over senders s of keep(s, r) * (ablated_s - running_s); one matrix
         product per circuit, over the receivers between its first and last mixed one (any receiver's input
         comes out right, so the few unmixed ones in between cost a little and change nothing)."""
-        last = ~self.every[:, recv]  # (circuit, receiver): read at the last position alone
         changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
         mixed = (status == MIXED).to(self.ablated.device)
+        last = (~self.every[:, recv]).to(mixed.device)  # (circuit, receiver): read at the last position alone
         coef = (1 - self.ablated[:, :count][:, :, recv]) * changing[:, :, None]  # (circuit, sender, receiver)
         used = (coef.ne(0) & mixed[:, None, :]).any(2)  # (circuit, sender): senders whose change reaches a mixed one
         counts = used.sum(1).tolist()
