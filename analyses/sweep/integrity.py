@@ -24,10 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from interp import toy
 from interp.files import file_sha256
-
-WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.xz", "pytorch_model*.bin")
+from interp.loading import checkpoint_files
 
 
 class DuplicateCheckpointWarning(UserWarning):
@@ -38,8 +36,7 @@ def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None =
                    known: Mapping[Path, str] | None = None) -> str:
     """Fingerprint of a checkpoint's weights: from its files (`known`: the sha256 of some already read), or from
     `hf_model`'s tensors if no file is found."""
-    folder = checkpoint_folder(model, revision)
-    files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)) if folder else []
+    files = checkpoint_files(model, revision).weights  # the files `load` reads, found as it finds them
     if files:
         known = known or {}
         digests = [(p.name.removesuffix(".xz"), known.get(p) or file_sha256(p)) for p in files]
@@ -49,19 +46,6 @@ def weights_sha256(model: str, revision: str, hf_model: torch.nn.Module | None =
     if hf_model is None:
         return ""
     return tensors_sha256(hf_model.state_dict())
-
-
-def checkpoint_folder(model: str, revision: str) -> Path | None:
-    """The local folder of a checkpoint's files: the toy suite's step<N>/, or a hub cache snapshot."""
-    toy_name = toy.resolve(model)
-    if toy_name is not None:
-        return toy.checkpoint_path(toy_name, revision)
-    from huggingface_hub import try_to_load_from_cache
-
-    from interp import suite
-
-    config = try_to_load_from_cache(suite.resolve(model).hf_id, "config.json", revision=revision)
-    return Path(config).parent if isinstance(config, str) else None
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
