@@ -43,6 +43,7 @@ from analyses.patching import engine, runs
 from analyses.patching.attribution import sender_sites
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric
+from interp.attention import additive_mask
 from interp.tokens import Tokens
 
 BASE, OTHER, MIXED = 0, 1, 2
@@ -167,9 +168,7 @@ class References:
         allowed[:, n_pos:, :start] = base_keys[:, None, :start]
         allowed[:, n_pos:, n_pos:] = torch.ones(extra, extra, dtype=torch.bool).tril() & other_keys[:, None, :]
         allowed |= torch.eye(n_pos + extra, dtype=torch.bool) & ~allowed.any(-1, keepdim=True)
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        return mask[:, None].to(self.model.device)
+        return additive_mask(allowed[:, None], torch.empty(0, dtype=self.model.dtype)).to(self.model.device)
 
     def _senders(self, acts: dict[str, Tensor], first: int) -> Float[Tensor, "sender prompt pos d_model"]:
         """Every sender's output from position `first` on, in graph.senders order. A head's is its z times its
@@ -409,11 +408,10 @@ class _Chunk:
                     bank.view(-1, bank.shape[-1]).addmm_(z[h, a:b].reshape(-1, z.shape[-1]).to(self.acc), w_o[h],
                                                          alpha=-1)
                 rows = alone.nonzero().flatten().tolist()
-                if rows:  # read at the last position alone: the others are multiplied by 0, so must be numbers
+                if rows:
                     result = z[h, :, :, -1:][rows].to(self.acc) @ w_o[h]  # (circuit, prompt, 1, d_model)
                     circuits = [c0 + c for c in rows]
-                    self.bank[first + h, circuits, :, -1:] = src[h, :, -1:] - result
-                    self.bank[first + h, circuits, :, :-1] = 0
+                    self._write_last(first + h, circuits, result)
         self._set(first, head_status)
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice, last: Tensor | None = None) -> Tensor:
@@ -492,11 +490,15 @@ class _Chunk:
             out = self._run_mlp(layer, self.x[j, c0:c1])
             torch.sub(src[index], out, out=self.bank[index, c0:c1])
         last = (mixed & ~every).nonzero().flatten().tolist()
-        if last:  # read at the last position alone: the others are multiplied by 0, so must be numbers
-            out = self._run_mlp(layer, self.x[j, last, :, -1:])
-            self.bank[index, last, :, -1:] = src[index, :, -1:] - out
-            self.bank[index, last, :, :-1] = 0
+        if last:
+            self._write_last(index, last, self._run_mlp(layer, self.x[j, last, :, -1:]))
         self._set(index, status[:, None])
+
+    def _write_last(self, sender: int, circuits: list[int], out: Tensor) -> None:
+        """Bank rows of a sender read at the last position alone: ablated minus `out` there, 0 elsewhere (only ever
+        multiplied by 0, so they must be numbers)."""
+        self.bank[sender, circuits, :, -1:] = self.refs.src[sender, :, -1:] - out
+        self.bank[sender, circuits, :, :-1] = 0
 
     def _run_mlp(self, layer: int, x: Tensor) -> Tensor:
         return self._module("mlp", layer)(self._module("ln2", layer)(x.to(self.model.dtype)))
