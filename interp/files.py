@@ -37,7 +37,7 @@ Resolve = Callable[[str], "Path | None"]  # a file name -> its local path, or No
 def weight_files(where: Path | Resolve) -> tuple[Path, ...]:
     """The local files holding a checkpoint's weights: a folder's, or those `where(name)` finds; () if none
     (or a shard is missing)."""
-    resolve = _in_folder(where) if isinstance(where, Path) else where
+    resolve = in_folder(where) if isinstance(where, Path) else where
     for name in WEIGHT_NAMES:
         path = resolve(name)
         if path is None:
@@ -105,7 +105,8 @@ def _read(path: Path) -> dict[str, Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _in_folder(folder: Path) -> Resolve:
+def in_folder(folder: Path) -> Resolve:
+    """File name -> its path in `folder`, or None where there is no such file."""
     def resolve(name: str) -> Path | None:
         path = folder / name
         return path if path.is_file() else None

@@ -258,10 +258,10 @@ def _resolver(where: str, revision: str | None) -> files.Resolve:
     """File name -> local path: in a hub repo's cached snapshot at `revision`, or in the directory `where`."""
     from huggingface_hub import try_to_load_from_cache
 
+    if revision is None:
+        return files.in_folder(Path(where))
+
     def resolve(name: str) -> Path | None:
-        if revision is None:
-            path = Path(where) / name
-            return path if path.is_file() else None
         cached = try_to_load_from_cache(where, name, revision=revision)
         return Path(cached) if isinstance(cached, str) else None
 
