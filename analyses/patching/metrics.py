@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analyses.patching.errors import UnknownMethodError
+from analyses.patching.errors import PatchingError, UnknownMethodError
 
 METRICS = ("logit_diff", "prob_diff", "kl")
 
@@ -148,7 +148,11 @@ class FunctionMetric(Metric):
         out = []
         for chunk in logits.split(self.n_prompts):
             value = torch.as_tensor(self.fn(chunk), device=logits.device)
-            out.append(value.expand(self.n_prompts) if value.ndim == 0 else value.reshape(self.n_prompts))
+            if value.numel() not in (1, self.n_prompts):
+                raise PatchingError(f"The metric {self.name!r} returned {tuple(value.shape)} values for "
+                                    f"{self.n_prompts} prompts: return one value (a scalar) or one per prompt.")
+            out.append(value.reshape(()).expand(self.n_prompts) if value.numel() == 1 and self.n_prompts != 1
+                       else value.reshape(self.n_prompts))
         return torch.cat(out)
 
 

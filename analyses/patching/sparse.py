@@ -343,7 +343,7 @@ class _Chunk:
                     continue
                 base = self.refs.other_in[t][:, pos]
                 j0, j1 = rows[0], rows[-1] + 1
-                if 2 * len(rows) < j1 - j0:  # a few scattered receivers: only theirs, then into place
+                if 2 * len(rows) < j1 - j0 and len(k):  # a few scattered receivers: only theirs, then into place
                     part = torch.empty(len(rows), *base.shape, dtype=self.acc, device=base.device)
                     _subtract_product(base.reshape(1, -1), k[:, rows].T, bank[:, :, pos].reshape(len(k), -1),
                                       part.view(len(rows), -1))

@@ -229,6 +229,14 @@ def test_bad_circuit_input_names_the_fix_before_any_run(monkeypatch):
             masked_values(model, task, bad)
         with pytest.raises(GraphError, match="expected a tensor"):
             masked_logits(model, task, bad)
+    for value in (2.0, -0.5, float("nan")):  # masks run from kept (0) to ablated (1); outside, the paths differed
+        bad = rows.clone()
+        bad[1, 3] = value
+        for differentiable in (False, True):
+            with pytest.raises(GraphError, match="clamp them to \\[0, 1\\]"):
+                masked_values(model, task, bad.requires_grad_(differentiable))
+        with pytest.raises(GraphError, match="clamp them"):
+            masked_logits(model, task, bad)
     for budget in (0, -1, float("nan")):
         with pytest.raises(PatchingError, match="positive number"):
             masked_values(model, task, rows, budget_mb=budget)
@@ -249,3 +257,10 @@ def test_bad_circuit_input_names_the_fix_before_any_run(monkeypatch):
         faithfulness_curve(model, task, other)
     with pytest.raises(TaskError, match="at least one prompt"):
         tasks.induction(model, n_prompts=0)
+    monkeypatch.undo()  # a metric's output is only seen once it runs: then nothing of the run is left behind
+    with torch.no_grad():
+        before = model(task.clean)
+    with pytest.raises(PatchingError, match="one value \\(a scalar\\) or one per prompt"):
+        masked_values(model, task, rows, metric=lambda logits: logits[:, -1, :2].flatten())
+    with torch.no_grad():
+        assert torch.equal(model(task.clean), before)

@@ -68,6 +68,21 @@ def test_both_references_in_one_packed_pass_equal_two_runs(monkeypatch, arch, at
     assert (got - _by_hooks(monkeypatch, model, task, rows)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_every_edge_but_the_queries_kept_under_mean_and_zero_ablation(monkeypatch, arch, padded, ablation):
+    """Only the queries read ablated values: scattered receivers whose kept senders carry no change (a zero or mean
+    ablation has no OTHER shortcut) get the ablated input as it is, as the hooks do. Four heads: a layer's
+    queries are scattered among its receivers."""
+    model = tiny_model(arch, **({"num_attention_heads": 4} if arch == "neox" else {"n_head": 4}))
+    task = random_task(model, padded=padded, changed=(5, 7))
+    graph = Graph.from_model(model)
+    rows = torch.tensor([[float(r.endswith(".q")) for _, r in graph.edges], [1.0] * graph.n_edges])
+    got = masked_values(model, task, rows, ablation=ablation)
+    assert (got - _by_hooks(monkeypatch, model, task, rows, ablation=ablation)).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_in_double_precision_to_its_rounding(monkeypatch, arch):
     model = tiny_model(arch, dtype=torch.float64)
