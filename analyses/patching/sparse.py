@@ -212,7 +212,7 @@ class References:
         layer reuses: fresh memory for each would cost more than the products that fill it."""
         if self._folded[0] != layer:
             ln = self.arch.module(self.model.hf, "ln1", layer)
-            g, beta = ln.weight.to(self.acc), ln.bias.to(self.acc)
+            g, beta = ln.weight.detach().to(self.acc), ln.bias.detach().to(self.acc)  # a parameter in @ copies w
             folds = []
             for which, (w, b) in enumerate(zip(self.w_qkv, self.b_qkv, strict=True)):
                 if self._fold_buffer is None:
