@@ -379,7 +379,8 @@ def main(argv=None) -> None:
 
     scores = eap(model, task)
     curve_f, _, curve_mb = in_child(ours_curve, model, task, scores, args.budget_mb, repeat=5, reference=(model, task))
-    print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly (median of 5 ratios to a forward timed just before each)")
+    print("3. faithfulness curve, 32 circuit sizes, each evaluated exactly (median of 5 ratios to a forward timed "
+          "just before each)")
     row("ours (node by node: only the heads and MLPs a circuit changes)", curve_f * fwd_t, f"{curve_f:.1f} forwards",
         "target <= 8", "", curve_mb)
     activation_rows(model, task, args)  # last: it builds TransformerLens's bridge in this process

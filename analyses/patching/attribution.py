@@ -17,7 +17,9 @@ Every score estimates the noising effect of `analyses.patching.metrics` (same si
   corrupt to clean (k/steps of the way, k = 1..steps).
 
 Gradients come from backward hooks on the receivers' input sites, accumulated into scores as the
-backward pass reaches them, so no gradient tensor is kept; no parameter gradient is computed.
+backward pass reaches them, so no gradient tensor is kept; no parameter gradient is computed. With the
+corrupt run as the ablation, the edge scores' dot products start at the first changed position: before
+it every change is 0.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
     graph, metric = Graph.from_model(model), resolve(metric, model, task)
     base = task.clean if direction == "noising" else task.corrupt
     n, out_sites = len(base), sender_sites(model, per_head="z")
+    first = runs.first_change(task, ablation)  # every change is 0 before it: the dot products start there
     with torch.no_grad():
         src, other_value = runs.source_run(model, task, out_sites, direction, ablation, metric)
     start = src["hook_embed"] if steps else None  # EAP-IG starts from the other run's embeddings
@@ -182,12 +185,12 @@ def _edge_attribution(model, task, metric, direction: str, ablation, steps: int)
         for stat in ("normalized", "scale"):
             name = f"blocks.{layer}.ln1.hook_{stat}"
             fwd[name] = _keep(acts, name, None, detach=True)
-    scorer = _Scorer(model, graph, deltas, scores, n, acts)
+    scorer = _Scorer(model, graph, deltas, scores, n, acts, first)
     bwd = {site: scorer.hook(site) for site in gradient_sites(model)}
     with torch.enable_grad(), model.hooks(fwd=fwd, bwd=bwd):
         # the forward stops before the unembedding; the metric reads the kept final residual at its positions
         model.run_with_cache(runs.tile(base, steps) if steps else base, names=[], stop_at_layer=model.n_layers)
-        deltas.append(_sender_deltas(model, graph, acts, src))  # before the backward reaches any receiver
+        deltas.append(_sender_deltas(model, graph, acts, src, first))  # before the backward reaches any receiver
         values = runs.metric_values(model, metric, metric.gather(acts["__final__"]))
         torch.autograd.grad(values.mean(), [leaf.tensor])
     clean = metric.per_patch(values.detach())[-1]  # the last rows are the unmoved base run
@@ -242,21 +245,23 @@ class _Leaf:
         return self.tensor
 
 
-def _sender_deltas(model, graph: Graph, acts: dict, src) -> Tensor:
-    """(sender, prompt, pos, d_model): source minus base output of every sender; a head's is its z change
-    through its W_O (one product per layer for the differences, rather than per-head results in each run)."""
-    dtype = torch.promote_types(acts["hook_embed"].dtype, torch.float32)
-    out = torch.empty(len(graph.senders), *acts["hook_embed"].shape, dtype=dtype, device=acts["hook_embed"].device)
+def _sender_deltas(model, graph: Graph, acts: dict, src, first: int) -> Tensor:
+    """(sender, prompt, pos, d_model) from position `first` on: source minus base output of every sender; a head's
+    is its z change through its W_O (one product per layer for the differences, rather than per-head results in
+    each run)."""
+    embed = acts["hook_embed"][:, first:]
+    out = torch.empty(len(graph.senders), *embed.shape, dtype=torch.promote_types(embed.dtype, torch.float32),
+                      device=embed.device)
     w_o = model.W_O  # (layer, head, d_head, d_model)
     for i, node in enumerate(graph.senders):
         if node.kind == "embed":
-            out[i] = src["hook_embed"] - acts["hook_embed"]
+            out[i] = src["hook_embed"][:, first:] - embed
         elif node.kind == "mlp":
             name = f"blocks.{node.layer}.hook_mlp_out"
-            out[i] = src[name] - acts[name]
+            out[i] = src[name][:, first:] - acts[name][:, first:]
         elif node.head == 0:  # the layer's heads, one product for all of them
             name = f"blocks.{node.layer}.attn.hook_z"
-            dz = src[name] - acts[name]  # (prompt, pos, head, d_head)
+            dz = src[name][:, first:] - acts[name][:, first:]  # (prompt, pos, head, d_head)
             heads = torch.einsum("nphe,hed->hnpd", dz, w_o[node.layer].to(dz.dtype))
             out[i:i + model.n_heads] = heads
     return out
@@ -270,8 +275,9 @@ class _Scorer:
     (u - mean(u) - x_hat * mean(u * x_hat)) / scale with u = gamma * (W_Q[h] @ grad), the LayerNorm backward.
     """
 
-    def __init__(self, model, graph: Graph, deltas: list[Tensor], scores: Tensor, n: int, acts: dict):
+    def __init__(self, model, graph: Graph, deltas: list[Tensor], scores: Tensor, n: int, acts: dict, first: int):
         self.model, self.graph, self.deltas, self.scores, self.n, self.acts = model, graph, deltas, scores, n, acts
+        self.first = first  # the deltas' first position: the gradients are read from there on
         self.weights = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}  # (layer, head, d_model, d_head)
         counts = graph.mask.sum(0)  # senders before each receiver: a prefix of the sender list
         self.groups = {int(c): (counts == c).nonzero().flatten().tolist() for c in counts.unique()}
@@ -292,7 +298,7 @@ class _Scorer:
         rows = runs.spaced([self.row_of[r] for r in index])
 
         def hook(grad: Tensor, site) -> None:
-            g = grad.to(self.scores.dtype)
+            g = grad[:, self.first:].to(self.scores.dtype)
             if kind in ("q", "k", "v"):
                 g = self._head_inputs(int(parts[1]), kind, g)  # (head, row, pos, d_model)
                 if g.shape[1] != self.n:
@@ -319,8 +325,8 @@ class _Scorer:
         u = u.view(heads, rows, pos, -1)  # (head, row, pos, d_model)
         if ln.weight is not None:
             u.mul_(ln.weight.to(grad.dtype))
-        x_hat = self.acts[f"blocks.{layer}.ln1.hook_normalized"].to(grad.dtype)  # (row, pos, d)
-        scale = self.acts[f"blocks.{layer}.ln1.hook_scale"].to(grad.dtype)  # (row, pos, 1)
+        x_hat = self.acts[f"blocks.{layer}.ln1.hook_normalized"][:, self.first:].to(grad.dtype)  # (row, pos, d)
+        scale = self.acts[f"blocks.{layer}.ln1.hook_scale"][:, self.first:].to(grad.dtype)  # (row, pos, 1)
         along = torch.einsum("hrpd,rpd->hrp", u, x_hat)[..., None] / u.shape[-1]  # mean(u * x_hat), per head
         u -= u.mean(-1, keepdim=True)
         u -= x_hat * along

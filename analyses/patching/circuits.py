@@ -43,6 +43,7 @@ from analyses.patching.errors import GraphError
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric, resolve
 from analyses.patching.results import Circuit, EdgeScores, FaithfulnessCurve, Provenance
+from analyses.patching.runs import first_change
 
 
 def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=None, ablation="corrupt",
@@ -119,19 +120,6 @@ def _check_rows(graph: Graph, ablate) -> None:
         bad = ablate[~((ablate >= 0) & (ablate <= 1))].flatten()[0].item()
         raise GraphError(f"ablate holds {bad}; masks run from 0 (kept) to 1 (ablated), fractions in between: clamp "
                          "them to [0, 1].")
-
-
-def first_change(task, ablation) -> int:
-    """The first position where the clean and corrupt prompts differ (in any prompt), when the corrupt run is
-    the ablation; 0 otherwise. Before it every sender's ablated output is its clean one, so masked runs share
-    those positions with the unmasked run (at most the last position is left to run)."""
-    if not (isinstance(ablation, str) and ablation == "corrupt"):
-        return 0
-    clean, corrupt = task.clean, task.corrupt
-    differs = (clean.ids != corrupt.ids) | (clean.attention_mask != corrupt.attention_mask)
-    columns = differs.any(0).nonzero()
-    n_pos = clean.ids.shape[1]
-    return min(int(columns[0]) if len(columns) else n_pos, n_pos - 1)
 
 
 def _masked_chunk(model, graph: Graph, base, ablate: Tensor, src: Tensor, metric: Metric,

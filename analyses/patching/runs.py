@@ -93,6 +93,20 @@ def source_run(model, task, names: list[str], direction: str, ablation,
     return src, metric_rows(model, task.corrupt if direction == "noising" else task.clean, metric).mean()
 
 
+def first_change(task, ablation) -> int:
+    """The first position where the clean and corrupt prompts differ (in any prompt), when the corrupt run is
+    the ablation; 0 otherwise. Before it every sender's ablated output is its clean one: masked runs share
+    those positions with the unmasked run (at most the last position is left to run), and attribution's
+    changes are 0 there."""
+    if not (isinstance(ablation, str) and ablation == "corrupt"):
+        return 0
+    clean, corrupt = task.clean, task.corrupt
+    differs = (clean.ids != corrupt.ids) | (clean.attention_mask != corrupt.attention_mask)
+    columns = differs.any(0).nonzero()
+    n_pos = clean.ids.shape[1]
+    return min(int(columns[0]) if len(columns) else n_pos, n_pos - 1)
+
+
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise UnknownMethodError(f"Unknown {what} {value!r}: choose one of {', '.join(choices)}.")

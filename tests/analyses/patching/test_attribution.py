@@ -89,6 +89,18 @@ def test_eap_ig_equals_a_hand_written_integral(arch):
     assert torch.allclose(eap_ig(model, task, steps=1).scores, eap(model, task).scores, atol=1e-8)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_edge_scores_from_a_late_change_equal_sums_over_every_position(arch, padded):
+    """EAP and EAP-IG dot the changes with the gradients from the first changed position on (before it every change
+    is 0); the hand-written sums run over every position."""
+    model = small(arch)
+    task = random_task(model, n_prompts=3, n_pos=8, changed=(5, 6), padded=padded)
+    assert torch.allclose(eap(model, task).scores.double(), ig_reference(model, task, 1), atol=1e-8, rtol=1e-6)
+    assert torch.allclose(eap_ig(model, task, steps=3).scores.double(), ig_reference(model, task, 3), atol=1e-8,
+                          rtol=1e-6)
+
+
 @pytest.mark.parametrize("site", ["z", "resid_pre", "mlp_out", "v", "pattern"])
 def test_atp_matches_finite_differences(site):
     """Patch in clean + eps * u: the exact effect agrees with AtP's score up to O(eps^2).
