@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses.patching import runs
@@ -246,24 +247,27 @@ class _Leaf:
 
 
 def _sender_deltas(model, graph: Graph, acts: dict, src, first: int) -> Tensor:
-    """(sender, prompt, pos, d_model) from position `first` on: source minus base output of every sender; a head's
-    is its z change through its W_O (one product per layer for the differences, rather than per-head results in
-    each run)."""
-    embed = acts["hook_embed"][:, first:]
-    out = torch.empty(len(graph.senders), *embed.shape, dtype=torch.promote_types(embed.dtype, torch.float32),
-                      device=embed.device)
-    w_o = model.W_O  # (layer, head, d_head, d_model)
+    """(sender, prompt, pos, d_model) from position `first` on: source minus base output of every sender (a head's
+    output is linear in its z, so its change is its z change through W_O)."""
+    changes = {name: src[name][:, first:] - acts[name][:, first:] for name in sender_sites(model, per_head="z")}
+    out = sender_outputs(graph, changes, model.W_O)
+    return out.to(torch.promote_types(out.dtype, torch.float32))
+
+
+def sender_outputs(graph: Graph, acts: dict[str, Tensor], w_o: Tensor) -> Float[Tensor, "sender prompt pos d_model"]:
+    """Every sender's output, in graph.senders order, from the embedding, each layer's z and MLP output in `acts`.
+    A head's is its z times its rows of W_O (hook_result's product), one batched product per layer."""
+    z = acts["blocks.0.attn.hook_z"]
+    n, n_pos, H = z.shape[:3]
+    out = torch.empty(len(graph.senders), n, n_pos, w_o.shape[-1], dtype=z.dtype, device=z.device)
     for i, node in enumerate(graph.senders):
         if node.kind == "embed":
-            out[i] = src["hook_embed"][:, first:] - embed
+            out[i] = acts["hook_embed"]
         elif node.kind == "mlp":
-            name = f"blocks.{node.layer}.hook_mlp_out"
-            out[i] = src[name][:, first:] - acts[name][:, first:]
-        elif node.head == 0:  # the layer's heads, one product for all of them
-            name = f"blocks.{node.layer}.attn.hook_z"
-            dz = src[name][:, first:] - acts[name][:, first:]  # (prompt, pos, head, d_head)
-            heads = torch.einsum("nphe,hed->hnpd", dz, w_o[node.layer].to(dz.dtype))
-            out[i:i + model.n_heads] = heads
+            out[i] = acts[f"blocks.{node.layer}.hook_mlp_out"]
+        elif node.head == 0:
+            z = acts[f"blocks.{node.layer}.attn.hook_z"].permute(2, 0, 1, 3).reshape(H, n * n_pos, -1)
+            torch.matmul(z, w_o[node.layer].to(z.dtype), out=out[i:i + H].view(H, n * n_pos, -1))
     return out
 
 

@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from analyses.patching import engine, runs
-from analyses.patching.attribution import sender_sites
+from analyses.patching.attribution import sender_outputs, sender_sites
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric
 from interp.attention import additive_mask
@@ -171,20 +171,8 @@ class References:
         return additive_mask(allowed[:, None], torch.empty(0, dtype=self.model.dtype)).to(self.model.device)
 
     def _senders(self, acts: dict[str, Tensor], first: int) -> Float[Tensor, "sender prompt pos d_model"]:
-        """Every sender's output from position `first` on, in graph.senders order. A head's is its z times its
-        rows of W_O (hook_result's product), one batched product per layer over positions from `first` on."""
-        z = acts["blocks.0.attn.hook_z"][:, first:]
-        n, n_pos, H = z.shape[:3]
-        out = torch.empty(len(self.graph.senders), n, n_pos, self.model.d_model, dtype=z.dtype, device=z.device)
-        for i, node in enumerate(self.graph.senders):
-            if node.kind == "embed":
-                out[i] = acts["hook_embed"][:, first:]
-            elif node.kind == "mlp":
-                out[i] = acts[f"blocks.{node.layer}.hook_mlp_out"][:, first:]
-            elif node.head == 0:
-                z = acts[f"blocks.{node.layer}.attn.hook_z"][:, first:].permute(2, 0, 1, 3).reshape(H, n * n_pos, -1)
-                torch.matmul(z, self.w_o[node.layer], out=out[i:i + H].view(H, n * n_pos, -1))
-        return out
+        """Every sender's output from position `first` on, in graph.senders order."""
+        return sender_outputs(self.graph, {name: x[:, first:] for name, x in acts.items()}, self.w_o)
 
     def _rotated(self, qkv: list[Tensor], first: int) -> list[Tensor]:
         """q, k, v (prompt, pos, head, d_head) as (prompt, head, pos, d_head), q and k rotated at positions first.."""
