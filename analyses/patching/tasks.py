@@ -42,6 +42,9 @@ class Task:
     metric: str = "logit_diff"
     signs: Float[Tensor, "prompt d_vocab"] | None = None  # for prob_diff: +1 good tokens, -1 bad
 
+    def __post_init__(self):
+        _check_aligned(None, self.clean, self.corrupt)  # a Task built by hand too (make also shows the tokens)
+
     @property
     def n_prompts(self) -> int:
         return len(self.clean)

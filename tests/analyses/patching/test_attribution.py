@@ -167,3 +167,15 @@ def test_edge_scores_frame_json_and_figure():
     assert sum(e["in_circuit"] for e in record["edges"]) == 5
     assert {n["name"] for n in record["nodes"]} >= {"embed", "L0H0", "mlp2", "logits"}
     assert scores.figure().data[0].type == "heatmap"
+
+
+@pytest.mark.parametrize("cut", ["positions", "prompts"])
+def test_a_task_built_by_hand_with_misaligned_prompts_is_refused(cut):
+    from analyses.patching import tasks
+    from analyses.patching.errors import TaskError
+
+    model = small("neox")
+    task = random_task(model, n_prompts=3, n_pos=8)
+    ids = task.corrupt.ids[:, :-1] if cut == "positions" else task.corrupt.ids[:2]
+    with pytest.raises(TaskError, match="corrupt"):
+        tasks.Task("by hand", task.clean, model.tokens(ids), task.answer, task.wrong)
