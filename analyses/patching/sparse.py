@@ -122,6 +122,7 @@ class References:
         self.last_attention = max(graph.reads_at(r) for r in graph.receivers if r.kind in "qkv")
         self.stages = [[i for i, r in enumerate(graph.receivers) if graph.reads_at(r) == t]
                        for t in range(len(self.reads))]
+        assert all(stage == list(range(stage[0], stage[-1] + 1)) for stage in self.stages)  # see _span
         self.counts = [sum(w <= t for w in self.writes) for t in range(len(self.reads))]
         self.everywhere = torch.tensor([r.kind in "kv" for r in graph.receivers])
         self.owner = torch.tensor([-1 if r.kind == "logits" else graph.sender_index(r.name.split(".")[0])
@@ -183,14 +184,15 @@ class References:
         return [q, k, v]
 
     def scratch(self, k: int) -> tuple[Tensor, Tensor]:
-        """The bank (sender, circuit, prompt, pos, d_model) and input (receiver, circuit, ...) buffers for k circuits,
-        kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them."""
+        """The bank (1 + sender, circuit, prompt, pos, d_model) and input (receiver, circuit, ...) buffers for k
+        circuits, kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them. The
+        bank's row 0 holds the inputs' common term (`_Chunk._inputs`), sender s's change is row 1 + s."""
         if self._scratch is None or self._scratch[0].shape[1] < k:
             shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
             receivers = max(map(len, self.stages))
             # batched steps also read rows of circuits that are not mixed there: whatever they hold is discarded
             self._scratch = tuple(torch.empty(rows, *shape, dtype=self.acc, device=self.model.device)
-                                  for rows in (len(self.graph.senders), receivers))
+                                  for rows in (1 + len(self.graph.senders), receivers))
         bank, x = self._scratch
         return bank[:, :k], x[:, :k]
 
@@ -202,11 +204,13 @@ class References:
             ln = self.arch.module(self.model.hf, "ln1", layer)
             g, beta = ln.weight.detach().to(self.acc), ln.bias.detach().to(self.acc)  # a parameter in @ copies w
             folds = []
-            for which, (w, b) in enumerate(zip(self.w_qkv, self.b_qkv, strict=True)):
+            for which, (weights, biases) in enumerate(zip(self.w_qkv, self.b_qkv, strict=True)):
+                w = weights[layer].to(self.acc)  # (head, d_model, d_head)
                 if self._fold_buffer is None:
-                    self._fold_buffer = torch.empty(3, *w.shape[1:], dtype=self.acc, device=w.device)
-                gw = torch.mul(g[None, :, None], w[layer], out=self._fold_buffer[which])  # (head, d_model, d_head)
-                folds.append((gw, gw.sum(1), beta @ w[layer].to(self.acc) + b[layer].to(self.acc)))
+                    self._fold_buffer = torch.empty(3, *w.shape, dtype=self.acc, device=w.device)
+                gw = torch.mul(g[None, :, None], w, out=self._fold_buffer[which])
+                sums = torch.stack([g, beta]) @ w  # (head, 2, d_head): sum of g W over d_model, and b W
+                folds.append((gw, sums[:, 0], sums[:, 1] + biases[layer].to(self.acc)))
             self._folded = (layer, folds)
         return self._folded[1]
 
@@ -240,14 +244,15 @@ class _Chunk:
     def __init__(self, refs: References, ablate: Tensor):
         self.model, self.graph, self.refs, self.metric = refs.model, refs.graph, refs, refs.metric
         graph, self.k, self.acc = self.graph, ablate.shape[0], refs.acc
-        dense = torch.zeros(self.k, *graph.mask.shape, dtype=refs.acc, device=ablate.device)
-        s_idx, r_idx = graph.mask.nonzero(as_tuple=True)
-        self.ablated = dense.index_put((torch.arange(self.k)[:, None], s_idx[None], r_idx[None]), ablate.to(refs.acc))
+        dense = torch.zeros(self.k, graph.mask.numel(), dtype=refs.acc, device=ablate.device)
+        edges = graph.mask.flatten().nonzero().flatten().to(ablate.device)  # graph.edges order is the mask's
+        self.ablated = dense.index_copy_(1, edges, ablate.to(refs.acc)).view(self.k, *graph.mask.shape)
         self.status = torch.full((self.k, len(graph.senders)), OTHER, dtype=torch.int8)
         self.status[:, 0] = BASE  # the embedding is never masked
         self.live, self.every = self._live()
         self.filled = torch.zeros(self.k, len(graph.senders), dtype=torch.bool)  # bank row holds the change
-        self.bank, self.x = refs.scratch(self.k)
+        self.rows, self.x = refs.scratch(self.k)
+        self.bank = self.rows[1:]  # (sender, circuit, ...)
         self.writes, self.last_attention = refs.writes, refs.last_attention
 
     def _live(self) -> tuple[Tensor, Tensor]:
@@ -294,7 +299,7 @@ class _Chunk:
     # ---- statuses and inputs ----------------------------------------------------------------
 
     def _statuses(self, recv: list[int], count: int) -> Tensor:
-        a = self.ablated[:, :count][:, :, recv]  # (circuit, sender, receiver): every earlier sender has an edge
+        a = self.ablated[:, :count, _span(recv)]  # (circuit, sender, receiver): every earlier sender has an edge
         st = self.status[:, :count, None].to(a.device)
         base = ((a == 0) & (st == BASE)).all(1)
         other = ((a == 1) | (st == OTHER)).all(1) if self.refs.other_qkv is not None else torch.zeros_like(base)
@@ -310,41 +315,37 @@ class _Chunk:
 
         input_r = ablated_in_r - sum over senders s of keep(s, r) * (ablated_s - running_s); one matrix
         product per circuit, over the receivers between its first and last mixed one (any receiver's input
-        comes out right, so the few unmixed ones in between cost a little and change nothing)."""
+        comes out right, so the few unmixed ones in between cost a little and change nothing). The ablated
+        input is the product's first row, with weight 1 (the bank's row 0): the product writes x once
+        instead of adding to a copy of it, which costs as much as the product where it has few senders."""
         changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
         mixed = (status == MIXED).to(self.ablated.device)
         last = (~self.every[:, recv]).to(mixed.device)  # (circuit, receiver): read at the last position alone
-        coef = (1 - self.ablated[:, :count][:, :, recv]) * changing[:, :, None]  # (circuit, sender, receiver)
+        coef = (self.ablated[:, :count, _span(recv)] - 1) * changing[:, :, None]  # (circuit, sender, receiver)
         used = (coef.ne(0) & mixed[:, None, :]).any(2)  # (circuit, sender): senders whose change reaches a mixed one
         counts = used.sum(1).tolist()
+        ablated_in = self.refs.other_in[t]
+        lead = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)
         for c in mixed.any(1).nonzero().flatten().tolist():
+            self.rows[0, c] = ablated_in
             if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
                 self._fill(c, torch.arange(count))
-                bank, k = self.bank[:count, c], coef[c]
+                bank, k = self.rows[:1 + count, c], torch.cat([lead, coef[c]])
             else:
                 cols = used[c].nonzero().flatten()
                 self._fill(c, cols)
-                bank, k = self.bank[cols, c], coef[c, cols]
+                bank, k = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c], torch.cat([lead, coef[c, cols]])
             for group, pos in ((mixed[c] & ~last[c], slice(None)), (mixed[c] & last[c], slice(-1, None))):
                 rows = group.nonzero().flatten().tolist()
                 if not rows:
                     continue
-                base = self.refs.other_in[t][:, pos]
                 j0, j1 = rows[0], rows[-1] + 1
-                if 2 * len(rows) < j1 - j0 and len(k):  # a few scattered receivers: only theirs, then into place
-                    part = torch.empty(len(rows), *base.shape, dtype=self.acc, device=base.device)
-                    _subtract_product(base.reshape(1, -1), k[:, rows].T, bank[:, :, pos].reshape(len(k), -1),
-                                      part.view(len(rows), -1))
-                    self.x[rows, c, :, pos] = part
-                    continue
-                out = self.x[j0:j1, c, :, pos]
-                if not len(k):
-                    out.copy_(base.expand_as(out))
-                elif pos.start is None:  # every position: write the product in place
-                    _subtract_product(base.reshape(1, -1), k[:, j0:j1].T, bank.reshape(len(k), -1),
-                                      out.view(j1 - j0, -1))
-                else:
-                    out.copy_(base - torch.einsum("sr,snpd->rnpd", k[:, j0:j1], bank[:, :, pos]))
+                if pos.start is not None:  # the last position: a small product
+                    self.x[j0:j1, c, :, pos] = torch.einsum("sr,snpd->rnpd", k[:, j0:j1], bank[:, :, pos])
+                elif 2 * len(rows) < j1 - j0:  # a few scattered receivers: only theirs, then into place
+                    self.x[rows, c] = (k[:, rows].T @ bank.reshape(len(k), -1)).view(len(rows), *bank.shape[1:])
+                else:  # written in place
+                    torch.mm(k[:, j0:j1].T, bank.reshape(len(k), -1), out=self.x[j0:j1, c].view(j1 - j0, -1))
 
     def _fill(self, c: int, senders: Tensor) -> None:
         """Circuit c's bank rows of these senders, where first read: a BASE sender's change is the run-wide delta,
@@ -405,15 +406,18 @@ class _Chunk:
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice, last: Tensor | None = None) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
         run's, and projected from x where the head's input is mixed (over that head's run of such circuits);
-        at the last position alone where `last` (head, circuit) says so."""
+        at the last position alone where `last` (head, circuit) says so. k and v come with the base run's
+        prefix (the positions before the first change), which every query reads."""
         refs, mixed = self.refs, st == MIXED
-        out = refs.base_qkv[layer][which][:, :, refs.start:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1, ...)
+        lead = 0 if which == 0 else refs.start
+        base = refs.base_qkv[layer][which][:, :, refs.start - lead:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1..)
+        out = torch.empty(base.shape[0], st.shape[1], *base.shape[2:], dtype=self.acc, device=base.device)
+        out[:, :, :, :lead] = base[:, :, :, :lead]
+        ref = base[:, :, :, lead:]
         if refs.other_qkv is not None:
             other = refs.other_qkv[layer][which][:, :, pos].transpose(0, 1)[:, None]
-            out = torch.where((st == OTHER)[:, :, None, None, None], other, out)
-        else:
-            out = out.expand(-1, st.shape[1], -1, -1, -1)
-        out = out.to(self.acc, copy=True)
+            ref = torch.where((st == OTHER)[:, :, None, None, None], other, ref)
+        out[:, :, :, lead:] = ref
         cos_sin = None
         if refs.cos_sin is not None and which < 2:
             cos_sin = [t[:, refs.start:][:, pos] for t in refs.cos_sin]
@@ -423,10 +427,11 @@ class _Chunk:
             if len(rows):
                 run = slice(int(rows[0]), int(rows[-1]) + 1)
                 got = self._rotate(self._project(layer, which, h, x[h, run][:, :, pos]), cos_sin)
+                mine = out[h, run, :, lead:]
                 if len(rows) == run.stop - run.start:
-                    out[h, run] = got
+                    mine.copy_(got)
                 else:  # circuits in the run that are not mixed keep the reference values
-                    out[h, run] = torch.where(mixed[h, run][:, None, None, None], got, out[h, run])
+                    mine.copy_(torch.where(mixed[h, run][:, None, None, None], got, mine))
             rows = alone[h].nonzero().flatten().tolist()
             if rows:
                 got = self._project(layer, which, h, x[h][:, :, pos][:, :, -1:][rows])
@@ -452,13 +457,9 @@ class _Chunk:
         return (x @ w).addcmul_(mean, c, value=-1).mul_(scale).add_(b)
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
-        """HF's attention arithmetic for every head's queries over the base prefix's keys and the circuit's own."""
+        """HF's attention arithmetic for every head's queries over the keys and values (the base prefix's, then the
+        circuit's own)."""
         refs, start = self.refs, self.refs.start
-        if start:
-            H, m = k.shape[:2]
-            pk, pv = (t[:, :, :start].transpose(0, 1)[:, None].expand(H, m, -1, -1, -1)
-                      for t in refs.base_qkv[layer][1:])
-            k, v = torch.cat([pk, k], 3), torch.cat([pv, v], 3)
         module = self._module("attn", layer)
         scores = torch.matmul(q, k.transpose(-1, -2)) * module.scaling  # (head, circuit, prompt, q_pos, k_pos)
         if self.model.arch.kind == "gpt2" and getattr(module, "scale_attn_by_inverse_layer_idx", False):
@@ -514,11 +515,9 @@ class _Chunk:
         return self.model.arch.module(self.model.hf, role, layer)
 
 
-def _subtract_product(base: Tensor, a: Tensor, b: Tensor, out: Tensor, tile: int = 2048) -> None:
-    """out = base - a @ b, over tiles of b's columns: with few rows in a, a tile of b that stays in cache
-    multiplies faster than the whole of it."""
-    for i in range(0, b.shape[1], tile):
-        torch.addmm(base[:, i:i + tile], a, b[:, i:i + tile], alpha=-1, out=out[:, i:i + tile])
+def _span(receivers: list[int]) -> slice:
+    """A read point's receivers, which follow one another in graph order, as a slice (a view, not a copy)."""
+    return slice(receivers[0], receivers[-1] + 1)
 
 
 # ---- reference runs --------------------------------------------------------------------------
