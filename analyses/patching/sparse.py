@@ -321,20 +321,20 @@ class _Chunk:
         changing = (self.status[:, :count] != OTHER).to(self.ablated.device)  # OTHER senders carry no change
         mixed = (status == MIXED).to(self.ablated.device)
         last = (~self.every[:, recv]).to(mixed.device)  # (circuit, receiver): read at the last position alone
-        coef = (self.ablated[:, :count, _span(recv)] - 1) * changing[:, :, None]  # (circuit, sender, receiver)
+        coef = (self.ablated[:, :count, _span(recv)] - 1) * changing[:, :, None]  # -keep: (circuit, sender, receiver)
         used = (coef.ne(0) & mixed[:, None, :]).any(2)  # (circuit, sender): senders whose change reaches a mixed one
         counts = used.sum(1).tolist()
         ablated_in = self.refs.other_in[t]
-        lead = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)
+        first = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)  # the ablated input's weight
         for c in mixed.any(1).nonzero().flatten().tolist():
             self.rows[0, c] = ablated_in
             if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
                 self._fill(c, torch.arange(count))
-                bank, k = self.rows[:1 + count, c], torch.cat([lead, coef[c]])
+                bank, k = self.rows[:1 + count, c], torch.cat([first, coef[c]])
             else:
                 cols = used[c].nonzero().flatten()
                 self._fill(c, cols)
-                bank, k = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c], torch.cat([lead, coef[c, cols]])
+                bank, k = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c], torch.cat([first, coef[c, cols]])
             for group, pos in ((mixed[c] & ~last[c], slice(None)), (mixed[c] & last[c], slice(-1, None))):
                 rows = group.nonzero().flatten().tolist()
                 if not rows:
