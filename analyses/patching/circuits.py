@@ -116,8 +116,9 @@ def _check_rows(graph: Graph, ablate) -> None:
         got = tuple(ablate.shape) if isinstance(ablate, Tensor) else type(ablate).__name__
         raise GraphError(f"ablate is {got}; expected a tensor of shape (circuits, {graph.n_edges}), one column per "
                          "edge of Graph.from_model(model), in graph.edges order (1 = ablated, 0 = kept).")
-    if ablate.numel() and not bool(((ablate >= 0) & (ablate <= 1)).all()):
-        bad = ablate[~((ablate >= 0) & (ablate <= 1))].flatten()[0].item()
+    outside = ~((ablate >= 0) & (ablate <= 1))  # NaN too
+    if bool(outside.any()):
+        bad = ablate[outside].flatten()[0].item()
         raise GraphError(f"ablate holds {bad}; masks run from 0 (kept) to 1 (ablated), fractions in between: clamp "
                          "them to [0, 1].")
 
