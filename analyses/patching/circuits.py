@@ -22,6 +22,7 @@ the metric reads the last position and no gradient is asked for; otherwise hooks
 own forward, which correct every receiver's input.
 
 - faithfulness = (M(circuit) - M(corrupt)) / (M(clean) - M(corrupt)): the circuit alone, complement ablated;
+  M(corrupt) here is the run with every edge ablated (the corrupt run itself under the default ablation);
 - completeness = (M(clean) - M(complement)) / (M(clean) - M(corrupt)): how much is lost when the
   circuit's own edges are ablated and everything else is kept (1 for a complete circuit).
 """
