@@ -23,6 +23,7 @@ from analyses.patching.graph import Graph, edge_count
 from analyses.patching.metrics import KLToClean, LogitDiff, Metric, ProbDiff
 from analyses.patching.path import path_patch
 from analyses.patching.results import Circuit, EdgeScores, FaithfulnessCurve, NodeEffects, PathEffects
+from analyses.patching.sparse import release_scratch
 
 METHODS = ("activation", "path", "attribution", "eap", "eap-ig", "circuit")
 
@@ -30,7 +31,7 @@ __all__ = [
     "METHODS", "Circuit", "EdgeScores", "FaithfulnessCurve", "Graph", "GraphError", "KLToClean", "LogitDiff",
     "Metric", "NodeEffects", "PathEffects", "PatchingError", "ProbDiff", "TaskError", "UnknownMethodError",
     "activation_patch", "atp", "check_method", "eap", "eap_ig", "edge_count", "evaluate_circuit",
-    "faithfulness_curve", "masked_logits", "masked_values", "path_patch", "tasks",
+    "faithfulness_curve", "masked_logits", "masked_values", "path_patch", "release_scratch", "tasks",
 ]
 
 

@@ -52,7 +52,9 @@ def masked_values(model, task, ablate: Float[Tensor, "circuit edge"], *, metric=
                   progress: bool | None = None) -> Float[Tensor, " circuit"]:
     """Metric of the base run with each row's edges ablated in proportion to its mask (1 = ablated).
 
-    Differentiable in `ablate` when it requires grad (then computed in one chunk).
+    Differentiable in `ablate` when it requires grad (then computed in one chunk). Otherwise, on CPU, the scratch
+    memory of the node-by-node evaluation (within `budget_mb`) stays with the model for its next call, which then
+    finds its pages ready; `release_scratch(model)` frees it.
 
     >>> import interp
     >>> from analyses.patching import tasks
@@ -106,8 +108,9 @@ def _node_values(model, task, graph: Graph, base, ablate: Tensor, metric: Metric
         per = sparse.circuit_bytes(model, graph, len(base), base.ids.shape[1] - start)
         slices = list(runs.chunks(ablate.shape[0], 1, per, budget_mb))
         out = torch.empty(ablate.shape[0], device=model.device, dtype=runs.value_dtype(model))
-        for part in runs.progress(slices, len(slices), progress, "circuits"):
-            out[part] = sparse.node_values(refs, ablate[part].to(model.device)).to(out.dtype)
+        with refs:
+            for part in runs.progress(slices, len(slices), progress, "circuits"):
+                out[part] = sparse.node_values(refs, ablate[part].to(model.device)).to(out.dtype)
     return out
 
 

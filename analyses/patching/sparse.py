@@ -35,6 +35,8 @@ tests check 1e-5 in fp32, on both architectures, padded or not).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -48,6 +50,28 @@ from interp.tokens import Tokens
 
 BASE, OTHER, MIXED = 0, 1, 2
 PACKED = ("eager", "sdpa")  # attention implementations that take a custom 4-D mask, so both references run in one pass
+
+# Each CPU model's scratch memory, kept between calls. A freed block that large goes back to the system, and the
+# first touch of each of its fresh pages would cost the next call about as much as the arithmetic that fills it
+# (a CUDA device keeps freed blocks in its caching allocator already). A call takes the block out while it runs,
+# so calls at the same time never share one; it goes when the model does, or with `release_scratch`.
+_kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def release_scratch(model=None) -> int:
+    """Free the scratch memory that circuit evaluation keeps between calls on CPU, for one model or all of them;
+    the number of bytes freed. The next call allocates afresh.
+
+        >>> import interp, torch
+        >>> from analyses.patching import Graph, masked_values, tasks
+        >>> model = interp.load("toy")
+        >>> none = torch.ones(1, Graph.from_model(model).n_edges)   # one circuit: every edge ablated
+        >>> values = masked_values(model, tasks.induction(model, n_prompts=4), none)
+        >>> release_scratch(model) > 0, release_scratch(model)
+        (True, 0)
+    """
+    models = list(_kept) if model is None else [model]
+    return sum(block.nbytes for block in (_kept.pop(m, None) for m in models) if block is not None)
 
 
 def applies(model, metric: Metric, n_pos: int) -> bool:
@@ -87,7 +111,7 @@ class References:
         self._folded: tuple[int, list[tuple[Tensor, Tensor, Tensor]]] = (-1, [])
         self._fold_buffer: Tensor | None = None
         self.eps = [self.arch.module(model.hf, "ln1", layer).eps for layer in range(model.n_layers)]
-        self._scratch: tuple[Tensor, Tensor] | None = None
+        self._block: Tensor | None = None  # the scratch memory, from `_kept` or allocated by `scratch`
         self.cos_sin = engine.rotary(model, final, base.position_ids.to(model.device))
         self.base_qkv = [self._rotated([cache[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], 0)
                          for ly in range(model.n_layers)]  # (prompt, head, pos, d_head), every position
@@ -185,16 +209,30 @@ class References:
 
     def scratch(self, k: int) -> tuple[Tensor, Tensor]:
         """The bank (1 + sender, circuit, prompt, pos, d_model) and input (receiver, circuit, ...) buffers for k
-        circuits, kept for the next chunk: fresh pages cost about as much as the arithmetic that fills them. The
-        bank's row 0 holds the inputs' common term (`_Chunk._inputs`), sender s's change is row 1 + s."""
-        if self._scratch is None or self._scratch[0].shape[1] < k:
-            shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
-            receivers = max(map(len, self.stages))
-            # batched steps also read rows of circuits that are not mixed there: whatever they hold is discarded
-            self._scratch = tuple(torch.empty(rows, *shape, dtype=self.acc, device=self.model.device)
-                                  for rows in (1 + len(self.graph.senders), receivers))
-        bank, x = self._scratch
-        return bank[:, :k], x[:, :k]
+        circuits, in one block of memory that later chunks, and on CPU later calls, reuse (see `_kept`). The
+        bank's row 0 holds the inputs' common term (`_Chunk._inputs`), sender s's change is row 1 + s. They hold
+        whatever an earlier use left: every row is written before it counts."""
+        shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
+        per, rows = shape[0] * shape[1] * shape[2] * shape[3], 1 + len(self.graph.senders)  # one row; the bank's
+        size = (rows + max(map(len, self.stages))) * per
+        if self._block is None:
+            self._block = _kept.pop(self.model, None)
+        block = self._block
+        if block is None or block.numel() < size or block.dtype != self.acc or block.device != self.model.device:
+            self._block = block = None  # the old one goes before the new one is allocated
+            self._block = block = torch.empty(size, dtype=self.acc, device=self.model.device)
+        return block[:rows * per].view(rows, *shape), block[rows * per:size].view(-1, *shape)
+
+    def __enter__(self) -> References:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Done with the scratch memory: on CPU it is kept for the model's next call, if larger than any kept."""
+        block, self._block = self._block, None
+        if block is not None and block.device.type == "cpu":
+            kept = _kept.get(self.model)
+            if kept is None or kept.nbytes < block.nbytes:
+                _kept[self.model] = block
 
     def folded(self, layer: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         """ln1 folded into each head's q, k and v projections: per kind, (g W, sum of g W over d_model, b W + b'),

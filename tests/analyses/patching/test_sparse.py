@@ -170,6 +170,54 @@ def test_chunks_of_circuits_agree_with_one_batch(arch):
     assert torch.equal(one, several) or (one - several).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("layers, heads", [(2, 2), (4, 2), (4, 4)], ids=["2x2", "4x2", "4x4"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_scratch_kept_between_calls_carries_nothing_over(monkeypatch, arch, padded, layers, heads):
+    """On CPU a call's scratch memory is kept for the model's next call. Whatever it holds then (NaN here) changes
+    no value; a call that needs more memory replaces it with a larger block."""
+    sizes = {"num_hidden_layers": layers, "num_attention_heads": heads} if arch == "neox" else {"n_layer": layers,
+                                                                                                "n_head": heads}
+    model = tiny_model(arch, **sizes)
+    task = random_task(model, padded=padded, changed=(5, 7))
+    graph = Graph.from_model(model)
+    rows = _rows(graph, seed=4)
+    rank = torch.randperm(graph.n_edges, generator=torch.Generator().manual_seed(4))
+    curve = torch.stack([(rank >= n).float() for n in circuits.sizes(graph.n_edges, 12)])
+    sparse.release_scratch(model)
+    masked_values(model, task, rows[:3])
+    kept = sparse._kept[model]
+    for later in (rows[1:3], rows, curve):
+        sparse._kept[model].fill_(float("nan"))
+        got = masked_values(model, task, later)
+        assert (got - _by_hooks(monkeypatch, model, task, later)).abs().max() < 1e-5
+        if len(later) <= 3:  # fewer circuits: the same block
+            assert sparse._kept[model] is kept
+    assert sparse._kept[model].numel() > kept.numel()
+
+
+def test_scratch_is_never_shared_and_goes_with_the_model():
+    import gc
+
+    model = tiny_model()
+    task = random_task(model, changed=(5, 7))
+    graph, metric = Graph.from_model(model), LogitDiff.of(task)
+    first = sparse.References(model, graph, task.clean, 5, metric, other=task.corrupt)
+    second = sparse.References(model, graph, task.clean, 5, metric, other=task.corrupt)
+    with first, second:  # two evaluations at once: two blocks
+        assert first.scratch(2)[0].data_ptr() != second.scratch(2)[0].data_ptr()
+        size = first._block.nbytes
+    assert sparse.release_scratch(model) == size  # one of them kept
+    masked_values(model, task, _rows(graph))
+    assert sparse.release_scratch() > 0 and sparse.release_scratch() == 0
+    masked_values(model, task, _rows(graph))
+    gc.collect()
+    entries = len(sparse._kept)
+    del model, first, second
+    gc.collect()
+    assert len(sparse._kept) == entries - 1
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_half_precision_padded_agrees_with_the_hooks_to_its_rounding(monkeypatch, arch, dtype):
