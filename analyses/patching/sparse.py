@@ -364,15 +364,18 @@ class _Chunk:
         counts = used.sum(1).tolist()
         ablated_in = self.refs.other_in[t]
         first = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)  # the ablated input's weight
+        everywhere = (mixed & ~last).any(1).tolist()
         for c in mixed.any(1).nonzero().flatten().tolist():
-            self.rows[0, c] = ablated_in
+            span = slice(None) if everywhere[c] else slice(-1, None)  # the positions read: all, or the last
+            self.rows[0, c, :, span] = ablated_in[:, span]
             if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
                 self._fill(c, torch.arange(count))
                 bank, k = self.rows[:1 + count, c], torch.cat([first, coef[c]])
             else:
                 cols = used[c].nonzero().flatten()
                 self._fill(c, cols)
-                bank, k = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c], torch.cat([first, coef[c, cols]])
+                bank = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c, :, span]
+                k = torch.cat([first, coef[c, cols]])
             for group, pos in ((mixed[c] & ~last[c], slice(None)), (mixed[c] & last[c], slice(-1, None))):
                 rows = group.nonzero().flatten().tolist()
                 if not rows:
@@ -508,17 +511,20 @@ class _Chunk:
 
     def _mlp(self, layer: int, j: int, status: Tensor) -> None:
         """One layer's MLP: at every position over the run of circuits from the first to the last that need it
-        there, then at the last position where it is mixed and only read there."""
+        there, and at the last position where it is mixed and only read there, in one pass (the weights, which
+        dwarf the last positions' rows, are read once)."""
         index, src = self.graph.sender_index(f"mlp{layer}"), self.refs.src
         mixed, every = status == MIXED, self.every[:, self.graph.receiver_index(f"mlp{layer}")]
-        circuits = (mixed & every).nonzero().flatten()
-        if len(circuits):
-            c0, c1 = int(circuits[0]), int(circuits[-1]) + 1
-            out = self._run_mlp(layer, self.x[j, c0:c1])
-            torch.sub(src[index], out, out=self.bank[index, c0:c1])
-        last = (mixed & ~every).nonzero().flatten().tolist()
-        if last:
-            self._write_last(index, last, self._run_mlp(layer, self.x[j, last, :, -1:]))
+        circuits, last = (mixed & every).nonzero().flatten(), (mixed & ~every).nonzero().flatten().tolist()
+        run = slice(int(circuits[0]), int(circuits[-1]) + 1) if len(circuits) else slice(0)
+        everywhere, alone = self.x[j, run], self.x[j, last, :, -1:]  # (circuit, prompt, pos or 1, d_model)
+        if len(circuits) or last:
+            out = self._run_mlp(layer, torch.cat([everywhere.flatten(0, -2), alone.flatten(0, -2)]))
+            split = everywhere[..., 0].numel()
+            if len(circuits):
+                torch.sub(src[index], out[:split].view(everywhere.shape), out=self.bank[index, run])
+            if last:
+                self._write_last(index, last, out[split:].view(alone.shape))
         self._set(index, status[:, None])
 
     def _write_last(self, sender: int, circuits: list[int], out: Tensor) -> None:
