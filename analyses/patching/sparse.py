@@ -361,23 +361,25 @@ class _Chunk:
         last = (~self.every[:, recv]).to(mixed.device)  # (circuit, receiver): read at the last position alone
         coef = (self.ablated[:, :count, _span(recv)] - 1) * changing[:, :, None]  # -keep: (circuit, sender, receiver)
         used = (coef.ne(0) & mixed[:, None, :]).any(2)  # (circuit, sender): senders whose change reaches a mixed one
-        counts = used.sum(1).tolist()
+        whole = 2 * used.sum(1) >= count  # (circuit,): most senders count: the whole bank, no copy of its rows
+        self._fill(torch.where(whole[:, None], True, used) & mixed.any(1, keepdim=True))
         ablated_in = self.refs.other_in[t]
         first = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)  # the ablated input's weight
-        everywhere = (mixed & ~last).any(1).tolist()
-        for c in mixed.any(1).nonzero().flatten().tolist():
-            span = slice(None) if everywhere[c] else slice(-1, None)  # the positions read: all, or the last
+        groups = [[[j for j, m in enumerate(row) if m] for row in part.tolist()]
+                  for part in (mixed & ~last, mixed & last)]  # per circuit, its mixed receivers: everywhere, last
+        for c, every in enumerate(whole.tolist()):
+            everywhere, alone = groups[0][c], groups[1][c]
+            if not everywhere and not alone:
+                continue
+            span = slice(None) if everywhere else slice(-1, None)  # the positions read: all, or the last
             self.rows[0, c, :, span] = ablated_in[:, span]
-            if 2 * counts[c] >= count:  # most senders count: the whole bank, no copy of its rows
-                self._fill(c, torch.arange(count))
+            if every:
                 bank, k = self.rows[:1 + count, c], torch.cat([first, coef[c]])
             else:
                 cols = used[c].nonzero().flatten()
-                self._fill(c, cols)
                 bank = self.rows[torch.cat([cols.new_zeros(1), 1 + cols]), c, :, span]
                 k = torch.cat([first, coef[c, cols]])
-            for group, pos in ((mixed[c] & ~last[c], slice(None)), (mixed[c] & last[c], slice(-1, None))):
-                rows = group.nonzero().flatten().tolist()
+            for rows, pos in ((everywhere, slice(None)), (alone, slice(-1, None))):
                 if not rows:
                     continue
                 j0, j1 = rows[0], rows[-1] + 1
@@ -388,20 +390,20 @@ class _Chunk:
                 else:  # written in place
                     torch.mm(k[:, j0:j1].T, bank.reshape(len(k), -1), out=self.x[j0:j1, c].view(j1 - j0, -1))
 
-    def _fill(self, c: int, senders: Tensor) -> None:
-        """Circuit c's bank rows of these senders, where first read: a BASE sender's change is the run-wide delta,
-        an OTHER sender's is 0 (multiplied by 0, not skipped, so it must be a number). Rows never read are
-        never written, so their memory is never touched."""
-        senders = senders[~self.filled[c, senders]]
-        if not len(senders):
-            return
-        status = self.status[c, senders]
-        base, other = senders[status == BASE], senders[status == OTHER]
-        if len(base):
-            self.bank[base, c] = self.refs.delta[base]
-        if len(other):
-            self.bank[other, c] = 0
-        self.filled[c, senders] = True
+    def _fill(self, read: Tensor) -> None:
+        """The bank rows that `read` (circuit, sender) marks, where first read: a BASE sender's change is the
+        run-wide delta, an OTHER sender's is 0 (multiplied by 0, not skipped, so it must be a number). Rows
+        never read are never written, so their memory is never touched."""
+        count = read.shape[1]
+        new = read.cpu() & ~self.filled[:, :count]
+        status = self.status[:, :count]
+        circuits, senders = (new & (status == BASE)).nonzero(as_tuple=True)
+        if len(senders):
+            self.bank[senders, circuits] = self.refs.delta[senders]
+        circuits, senders = (new & (status == OTHER)).nonzero(as_tuple=True)
+        if len(senders):
+            self.bank[senders, circuits] = 0
+        self.filled[:, :count] |= new
 
     # ---- nodes --------------------------------------------------------------------------------
 
