@@ -442,14 +442,14 @@ class _Chunk:
                 rows = alone.nonzero().flatten().tolist()
                 if rows:
                     result = z[h, :, :, -1:][rows].to(self.acc) @ w_o[h]  # (circuit, prompt, 1, d_model)
-                    circuits = [c0 + c for c in rows]
-                    self._write_last(first + h, circuits, result)
+                    self._write_last(first + h, [c0 + c for c in rows], result)
         self._set(first, head_status)
 
     def _piece(self, layer: int, which: int, x: Tensor, st: Tensor, pos: slice, last: Tensor | None = None) -> Tensor:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
-        run's, and projected from x where the head's input is mixed (over that head's run of such circuits);
-        at the last position alone where `last` (head, circuit) says so. k and v come with the base run's
+        run's, and projected from x where the head's input is mixed (every head over the run of circuits where
+        any is, in one product: whatever the others' rows of x hold is discarded); at the last position alone
+        where `last` (head, circuit) says so. k and v come with the base run's
         prefix (the positions before the first change), which every query reads."""
         refs, mixed = self.refs, st == MIXED
         lead = 0 if which == 0 else refs.start
@@ -465,20 +465,20 @@ class _Chunk:
         if refs.cos_sin is not None and which < 2:
             cos_sin = [t[:, refs.start:][:, pos] for t in refs.cos_sin]
         alone = mixed & last if last is not None else torch.zeros_like(mixed)
-        for h in mixed.any(1).nonzero().flatten().tolist():
-            rows = (mixed[h] & ~alone[h]).nonzero().flatten()
-            if len(rows):
-                run = slice(int(rows[0]), int(rows[-1]) + 1)
-                got = self._rotate(self._project(layer, which, h, x[h, run][:, :, pos]), cos_sin)
-                mine = out[h, run, :, lead:]
-                if len(rows) == run.stop - run.start:
-                    mine.copy_(got)
-                else:  # circuits in the run that are not mixed keep the reference values
-                    mine.copy_(torch.where(mixed[h, run][:, None, None, None], got, mine))
+        every = mixed & ~alone
+        circuits = every.any(0).nonzero().flatten()
+        if len(circuits):  # every head over the run of circuits where any is mixed: one product for them all
+            run = slice(int(circuits[0]), int(circuits[-1]) + 1)
+            xs = x[:, run][:, :, :, pos]  # (head, circuit, prompt, pos, d_model)
+            got = self._project(layer, which, slice(None), xs.reshape(xs.shape[0], -1, xs.shape[-1]))
+            got = self._rotate(got.view(-1, *xs.shape[2:-1], got.shape[-1]), cos_sin).view(*xs.shape[:-1], -1)
+            mine = out[:, run, :, lead:]
+            keep = every[:, run]
+            mine.copy_(got if bool(keep.all()) else torch.where(keep[:, :, None, None, None], got, mine))
+        for h in alone.any(1).nonzero().flatten().tolist():
             rows = alone[h].nonzero().flatten().tolist()
-            if rows:
-                got = self._project(layer, which, h, x[h][:, :, pos][:, :, -1:][rows])
-                out[h, rows, :, -1:] = self._rotate(got, cos_sin and [t[:, -1:] for t in cos_sin])
+            got = self._project(layer, which, h, x[h][:, :, pos][:, :, -1:][rows])
+            out[h, rows, :, -1:] = self._rotate(got, cos_sin and [t[:, -1:] for t in cos_sin])
         return out.to(self.model.dtype)
 
     def _rotate(self, x: Tensor, cos_sin: list[Tensor] | None) -> Tensor:
@@ -489,15 +489,18 @@ class _Chunk:
         turned = x.transpose(0, 1)  # (prompt, circuit, pos, d_head): circuits as heads
         return self.refs.arch.apply_rotary(turned, turned[:, :1], *cos_sin)[0].transpose(0, 1)
 
-    def _project(self, layer: int, which: int, head: int, x: Tensor) -> Tensor:
-        """ln1 then one head's q, k or v projection, folded into one product that reads x where it lies:
+    def _project(self, layer: int, which: int, head: int | slice, x: Tensor) -> Tensor:
+        """ln1 then the q, k or v projection of one head (x: (..., d_model)) or of every head (`slice(None)`;
+        x: (head, row, d_model)), folded into one product that reads x where it lies:
         ((x - mean) / std * g + b) W + b' = (x (g W) - mean * sum(g W)) / std + (b W + b')."""
-        w, c, b = (t[head] for t in self.refs.folded(layer)[which])  # (d_model, d_head), (d_head,), (d_head,)
+        w, c, b = (t[head] for t in self.refs.folded(layer)[which])  # ([head,] d_model, d_head), ([head,] d_head)
+        if w.dim() == 3:
+            c, b = c[:, None], b[:, None]
         d = x.shape[-1]
         mean = x.sum(-1, keepdim=True).div_(d)
         square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d)
         scale = square.sub_(mean.square()).add_(self.refs.eps[layer]).rsqrt_()
-        return (x @ w).addcmul_(mean, c, value=-1).mul_(scale).add_(b)
+        return torch.matmul(x, w).addcmul_(mean, c, value=-1).mul_(scale).add_(b)
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, only_last: bool) -> Tensor:
         """HF's attention arithmetic for every head's queries over the keys and values (the base prefix's, then the
