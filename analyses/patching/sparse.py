@@ -99,7 +99,8 @@ class References:
         self._layout(graph)
         qkv = [f"blocks.{ly}.attn.hook_{x}" for ly in range(model.n_layers) for x in "qkv"]
         final_site = f"blocks.{model.n_layers - 1}.hook_resid_post"
-        names = sorted({*sender_sites(model, "z"), *qkv, *(r for r in self.reads if r), final_site})
+        names = {*sender_sites(model, "z"), *qkv, *(r for r in self.reads if r), final_site}
+        names = sorted(names | ({"hook_pos_embed"} if self.arch.has("pos_embed") else set()))
         same = other is not None and torch.equal(other.ids, base.ids) and torch.equal(other.attention_mask,
                                                                                      base.attention_mask)
         cache, acts = self._runs(base, other if src is None and not same else None, names)
@@ -126,13 +127,18 @@ class References:
             src = self._senders(acts, 0)
             self.other_qkv = [self._rotated([acts[f"blocks.{ly}.attn.hook_{x}"] for x in "qkv"], start)
                               for ly in range(model.n_layers)]  # from `start` on
+        given = src is not None and self.other_qkv is None  # a mean or zero ablation
         self.src = src.to(self.acc)  # (sender, prompt, pos, d_model), from `start` on
         self.delta = self.src - base_out.to(self.acc)
         base_in = [(cache[r] if r else final)[:, start:].to(self.acc) for r in self.reads]
-        # every receiver's input with every edge ablated: the base input plus every earlier sender's change
+        # every receiver's input with every edge ablated: the base input plus every earlier sender's change, or,
+        # for a mean or zero ablation, what is not a sender's output plus every earlier sender's ablated output.
+        # (A zero ablation's residual is small next to the base's, and the base input less the changes would
+        # keep the base run's rounding, which is large in a half-precision model.)
+        start_in, terms = (self._rest(cache), self.src) if given else (base_in, self.delta)
         self.other_in, total, done = [], torch.zeros_like(base_in[0]), 0
-        for count, b in zip(self.counts, base_in, strict=True):
-            total += self.delta[done:count].sum(0)
+        for count, b in zip(self.counts, start_in, strict=True):
+            total += terms[done:count].sum(0)
             self.other_in.append(b + total)
             done = count
         ends = torch.cat([base_in[-1][:, -1:], self.other_in[-1][:, -1:]])  # both runs' final states, one unembedding
@@ -194,6 +200,17 @@ class References:
         allowed[:, n_pos:, n_pos:] = torch.ones(extra, extra, dtype=torch.bool).tril() & other_keys[:, None, :]
         allowed |= torch.eye(n_pos + extra, dtype=torch.bool) & ~allowed.any(-1, keepdim=True)
         return additive_mask(allowed[:, None], torch.empty(0, dtype=self.model.dtype)).to(self.model.device)
+
+    def _rest(self, cache: dict[str, Tensor]) -> list[Tensor]:
+        """What the residual stream holds at each read point besides the senders' outputs, from `start` on: the
+        attention output biases written by then, and the position embeddings where the model adds them (GPT-2)."""
+        model, start = self.model, self.start
+        rest = torch.zeros(self.n, self.n_pos - start, model.d_model, dtype=self.acc, device=model.device)
+        if "hook_pos_embed" in cache:
+            rest += cache["hook_pos_embed"][:, start:].to(self.acc)
+        biases = self.model.b_O.to(self.acc)  # (layer, d_model)
+        written = [self.writes[self.graph.sender_index(f"L{layer}H0")] for layer in range(model.n_layers)]
+        return [rest + biases[[w <= t for w in written]].sum(0) for t in range(len(self.reads))]
 
     def _senders(self, acts: dict[str, Tensor], first: int) -> Float[Tensor, "sender prompt pos d_model"]:
         """Every sender's output from position `first` on, in graph.senders order."""

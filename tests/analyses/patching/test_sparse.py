@@ -231,6 +231,24 @@ def test_half_precision_padded_agrees_with_the_hooks_to_its_rounding(monkeypatch
     assert (got - expected).abs().max() <= 8 * eps * max(1.0, float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("changed", [(0,), (5, 7)], ids=["first", "middle"])
+@pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_half_precision_agrees_with_the_same_weights_in_fp32(arch, dtype, ablation, changed, padded):
+    """A half-precision model's circuits against its own weights in fp32, under every ablation: within a few
+    roundings, also for nearly empty circuits under a zero ablation, whose residual stream is small next to
+    the base run's (taken as the base less every change, it would keep the base run's rounding)."""
+    model = tiny_model(arch, dtype=dtype)
+    exact = interp.Model(tiny_model(arch, dtype=dtype).hf.float(), model.tokenizer, name="fp32")
+    task = random_task(model, padded=padded, changed=changed)
+    rows = _rows(Graph.from_model(model), seed=3)
+    got = masked_values(model, task, rows, ablation=ablation)
+    expected = masked_values(exact, task, rows, ablation=ablation)
+    assert ((got - expected).abs() / expected.abs().clamp(min=1)).max() <= 4 * torch.finfo(dtype).eps
+
+
 @pytest.mark.parametrize("name", ["toy-2l", "toy-4l", "toy-gpt2"])
 def test_the_toy_induction_curve_equals_the_hooks_runs(monkeypatch, name):
     from analyses.patching import eap
