@@ -264,7 +264,8 @@ def as_keep(graph: Graph, edges: Tensor | Sequence[tuple[str, str]]) -> Bool[Ten
 
 def evaluate_circuit(model, task, keep, scores: EdgeScores | None = None, *, metric=None, ablation="corrupt",
                      budget_mb: float = runs.DEFAULT_BUDGET_MB) -> Circuit:
-    """Faithfulness and completeness of one circuit, from one batched pass (plus the two references).
+    """Faithfulness and completeness of one circuit, from one batched pass (plus the two references). Like
+    `masked_values`, it keeps its scratch memory for the model's next call on CPU (`release_scratch` frees it).
 
     >>> import interp
     >>> from analyses.patching import tasks
@@ -311,7 +312,8 @@ def faithfulness_curve(model, task, scores: EdgeScores, points: int = 32, *, met
     """The metric of the n-edge circuits for `points` sizes n, evaluated together along the batch.
 
     `selection` picks each size's edges: "top" (the n largest |scores|) or "greedy" (grown from the
-    logits, `EdgeScores.greedy_ranking`).
+    logits, `EdgeScores.greedy_ranking`). Like `masked_values`, it keeps its scratch memory for the
+    model's next call on CPU (`release_scratch` frees it).
 
     >>> import interp
     >>> from analyses.patching import tasks

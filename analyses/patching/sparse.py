@@ -43,9 +43,11 @@ from torch import Tensor, nn
 
 from analyses.patching import engine, runs
 from analyses.patching.attribution import sender_outputs, sender_sites
+from analyses.patching.errors import PatchingError
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import Metric
 from interp.attention import additive_mask
+from interp.model import Model
 from interp.tokens import Tokens
 
 BASE, OTHER, MIXED = 0, 1, 2
@@ -60,7 +62,8 @@ _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def release_scratch(model=None) -> int:
     """Free the scratch memory that circuit evaluation keeps between calls on CPU, for one model or all of them;
-    the number of bytes freed. The next call allocates afresh.
+    the bytes freed (allocated; the pages ever written, which are what the process holds, can be fewer). The
+    next call allocates afresh.
 
         >>> import interp, torch
         >>> from analyses.patching import Graph, masked_values, tasks
@@ -70,6 +73,9 @@ def release_scratch(model=None) -> int:
         >>> release_scratch(model) > 0, release_scratch(model)
         (True, 0)
     """
+    if model is not None and not isinstance(model, Model):
+        raise PatchingError(f"release_scratch got {type(model).__name__} {model!r:.60}; pass the interp.Model the "
+                            "circuits ran on (e.g. the one interp.load returned), or nothing to free every model's.")
     models = list(_kept) if model is None else [model]
     return sum(block.nbytes for block in (_kept.pop(m, None) for m in models) if block is not None)
 

@@ -9,6 +9,7 @@ import torch
 import interp
 from analyses.patching import circuits, sparse, tasks
 from analyses.patching.circuits import masked_values
+from analyses.patching.errors import PatchingError
 from analyses.patching.graph import Graph
 from analyses.patching.metrics import LogitDiff
 
@@ -216,6 +217,15 @@ def test_scratch_is_never_shared_and_goes_with_the_model():
     del model, first, second
     gc.collect()
     assert len(sparse._kept) == entries - 1
+
+
+@pytest.mark.parametrize("wrong", ["toy", "hf", "list"])
+def test_releasing_scratch_of_something_not_a_model_names_the_fix(wrong):
+    model = tiny_model()
+    masked_values(model, random_task(model), _rows(Graph.from_model(model)))
+    with pytest.raises(PatchingError, match="interp.Model"):
+        sparse.release_scratch({"toy": "toy", "hf": model.hf, "list": [model]}[wrong])
+    assert sparse._kept[model] is not None  # still kept
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
