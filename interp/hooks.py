@@ -92,6 +92,8 @@ class Dispatcher:
     @contextmanager
     def attach(self, fwd: list[tuple[Site, HookFn]], bwd: list[tuple[Site, HookFn]] = (), fp32_scores=False):
         """Add an entry for the block; its torch hooks are released on any exit, in any order."""
+        if torch.is_inference_mode_enabled():
+            raise _inference_mode()
         entry = Entry(_group(fwd), _group(bwd), fp32_scores)
         needs = sorted({need for site in entry.sites() for need in self._needs(site)})
         with self._lock:
@@ -161,6 +163,8 @@ class Dispatcher:
 
     def _fire(self, site: Site, entry: Entry, x: Tensor) -> tuple[Tensor, bool]:
         """Run one entry's forward hooks on a site; register its backward hooks. Returns (x, changed)."""
+        if x.is_inference():  # the block opened outside torch.inference_mode(), the forward inside it
+            raise _inference_mode()
         original, version = x, x._version
         for fn in entry.fwd.get(site, ()):
             new = apply_hook(fn, site, x)
@@ -372,3 +376,8 @@ def apply_hook(fn: HookFn, site: Site, x: Tensor) -> Tensor | None:
             f"({site.spec.axes}). Return None to leave it unchanged, or a tensor of that shape."
         )
     return new.to(dtype=x.dtype, device=x.device)
+
+
+def _inference_mode() -> InputError:
+    return InputError("Hooks cannot run under torch.inference_mode(): its tensors keep no version counter, so an "
+                      "edit a hook makes in place would go unseen. Run the model under torch.no_grad() instead.")

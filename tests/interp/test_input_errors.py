@@ -40,6 +40,10 @@ def bare(request):
     (lambda m, ids: m.hooks(fwd={"blocks.0.hook_z": print}).__enter__(), "Closest valid names"),
     (lambda m, ids: m.hooks(fwd={"blocks.0.attn.hook_z": "not a function"}).__enter__(), "not a function"),
     (lambda m, ids: m.run_with_cache_and_grads(ids, lambda logits: 3.0), "scalar tensor"),
+    (lambda m, ids: _in_inference_mode(lambda: m.run_with_cache(ids)), "torch.no_grad"),
+    (lambda m, ids: _in_inference_mode(lambda: m.hooks(fwd={"blocks.0.hook_resid_pre": print}).__enter__()),
+     "torch.no_grad"),
+    (lambda m, ids: _forward_in_inference_mode(m, ids), "torch.no_grad"),
 ])
 def test_bad_input_is_refused_and_leaves_the_model_as_it_was(bare, ids, call, match):
     model, before, weights = bare
@@ -47,6 +51,18 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was(bare, ids, call, ma
         call(model, ids)
     assert_untouched(model.hf, before, weights)
     assert model._hooks.active() == 0
+
+
+def _in_inference_mode(call):
+    with torch.inference_mode():
+        return call()
+
+
+def _forward_in_inference_mode(model, ids):
+    """The hooks' block opened outside torch.inference_mode(), the forward run inside it."""
+    with model.hooks(fwd={"blocks.1.hook_resid_pre": lambda x, site: None}):
+        with torch.inference_mode():
+            model(ids)
 
 
 def test_numpy_and_list_ids_are_accepted(bare, ids):
