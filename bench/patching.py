@@ -1,6 +1,6 @@
 """Patching at pythia-160m size (random weights, CPU): ours against one forward per patch, TransformerLens, plain loops.
 
-    $ python bench/patching.py --threads 1              # the default: about 8 minutes on a busy 2-core machine
+    $ python bench/patching.py --threads 1              # the default: about 7 minutes on a 2-core machine
     $ python bench/patching.py --threads 1 --full       # every sender in the path-patching loop too
 
 Rows (1 prompt x 64 tokens; the corrupt prompt differs at one token; metric: logit difference at the last position):
