@@ -390,13 +390,13 @@ class _Chunk:
         first = torch.ones(1, len(recv), dtype=coef.dtype, device=coef.device)  # the ablated input's weight
         groups = [[[j for j, m in enumerate(row) if m] for row in part.tolist()]
                   for part in (mixed & ~last, mixed & last)]  # per circuit, its mixed receivers: everywhere, last
-        for c, every in enumerate(whole.tolist()):
+        for c, whole_bank in enumerate(whole.tolist()):
             everywhere, alone = groups[0][c], groups[1][c]
             if not everywhere and not alone:
                 continue
             span = slice(None) if everywhere else slice(-1, None)  # the positions read: all, or the last
             self.rows[0, c, :, span] = ablated_in[:, span]
-            if every:
+            if whole_bank:
                 bank, k = self.rows[:1 + count, c], torch.cat([first, coef[c]])
             else:
                 cols = used[c].nonzero().flatten()
@@ -472,8 +472,8 @@ class _Chunk:
         """q (0), k (1) or v (2) of every head in a run of circuits, (head, circuit, prompt, pos, d_head): a reference
         run's, and projected from x where the head's input is mixed (every head over the run of circuits where
         any is, in one product: whatever the others' rows of x hold is discarded); at the last position alone
-        where `last` (head, circuit) says so. k and v come with the base run's
-        prefix (the positions before the first change), which every query reads."""
+        where `last` (head, circuit) says so. k and v come with the base run's prefix (the positions before the
+        first change), which every query reads."""
         refs, mixed = self.refs, st == MIXED
         lead = 0 if which == 0 else refs.start
         base = refs.base_qkv[layer][which][:, :, refs.start - lead:][:, :, pos].transpose(0, 1)[:, None]  # (head, 1..)
