@@ -35,6 +35,13 @@ def qkv_bias(arch: Architecture, qkv: nn.Module, n_heads: int, which: int) -> Fl
     return arch.split_qkv(qkv.bias, n_heads, which)
 
 
+def bias(arch: Architecture, linear: nn.Module) -> Float[Tensor, " d_out"]:
+    """A linear layer's bias (zeros when it has none)."""
+    if linear.bias is None:
+        return torch.zeros_like(arch.in_out(linear)[0])
+    return linear.bias
+
+
 def out_weight(arch: Architecture, out: nn.Module, n_heads: int) -> Float[Tensor, "head d_head d_model"]:
     """W_O of one layer: the output projection reads z as (head d_head)."""
     return einops.rearrange(arch.in_out(out), "(head d_head) d_model -> head d_head d_model", head=n_heads)
@@ -109,7 +116,7 @@ class WeightViews:
 
     @property
     def b_O(self) -> Float[Tensor, "layer d_model"]:
-        return self._stack("b_O", "out", lambda m: m.bias)
+        return self._stack("b_O", "out", lambda m: bias(self.arch, m))
 
     @property
     def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
@@ -117,7 +124,7 @@ class WeightViews:
 
     @property
     def b_in(self) -> Float[Tensor, "layer d_mlp"]:
-        return self._stack("b_in", "fc_in", lambda m: m.bias)
+        return self._stack("b_in", "fc_in", lambda m: bias(self.arch, m))
 
     @property
     def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
@@ -125,7 +132,7 @@ class WeightViews:
 
     @property
     def b_out(self) -> Float[Tensor, "layer d_model"]:
-        return self._stack("b_out", "fc_out", lambda m: m.bias)
+        return self._stack("b_out", "fc_out", lambda m: bias(self.arch, m))
 
     def QK(self, layer: int) -> Float[Tensor, "head d_model d_model"]:
         """W_Q[h] W_K[h]^T of one layer: the bilinear form of the scores, ignoring biases and positions.

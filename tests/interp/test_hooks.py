@@ -87,6 +87,18 @@ def test_q_k_v_are_the_per_head_thirds_of_the_fused_projection(model, hf_model, 
                                    msg=f"{short}: is the fused layout per head [q|k|v]?")
 
 
+def test_weight_views_of_a_model_without_biases_are_zeros_that_rebuild_its_outputs(ids):
+    model = interp.Model(tiny_hf(attention_bias=False))
+    names = ["blocks.1.ln1.hook_out", "blocks.1.attn.hook_z", "blocks.1.hook_attn_out"]
+    _, cache = model.run_with_cache(ids, names=names)
+    assert not model.b_O.any() and not model.b_Q.any() and model.b_O.shape == (model.n_layers, model.d_model)
+    q = torch.einsum("bpm,hmd->bphd", cache["ln1_out", 1], model.W_Q[1]) + model.b_Q[1]
+    assert q.shape[-2:] == (model.n_heads, model.d_head)
+    via_w_o = torch.einsum("bphd,hdm->bpm", cache["z", 1], model.W_O[1]) + model.b_O[1]
+    torch.testing.assert_close(via_w_o, cache["attn_out", 1], atol=1e-5, rtol=1e-5)
+    assert model.b_in.shape == (model.n_layers, model.d_mlp) and model.b_out.shape == (model.n_layers, model.d_model)
+
+
 def test_result_sums_to_attn_out_and_z_through_w_o_too(model, ids):
     names = ["blocks.2.attn.hook_result", "blocks.2.attn.hook_z", "blocks.2.hook_attn_out"]
     _, cache = model.run_with_cache(ids, names=names)

@@ -46,6 +46,18 @@ def test_node_by_node_equals_the_hooks_masked_runs(monkeypatch, arch, padded, ab
     assert expected.std() > 1e-2  # the circuits differ
 
 
+@pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
+def test_a_model_without_attention_biases_against_its_weights_in_fp64(ablation):
+    """No q/k/v or output bias (GPT-NeoX's attention_bias=False): the missing biases count as zeros."""
+    model = tiny_model("neox", attention_bias=False)
+    exact = interp.Model(tiny_model("neox", attention_bias=False).hf.double(), model.tokenizer, name="fp64")
+    task = random_task(model, padded=True, changed=(5, 7))
+    rows = _rows(Graph.from_model(model), seed=5)
+    assert model.hf.gpt_neox.layers[0].attention.dense.bias is None
+    got = masked_values(model, task, rows, ablation=ablation)
+    assert (got - masked_values(exact, task, rows, ablation=ablation)).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "unpacked"])
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_both_references_in_one_packed_pass_equal_two_runs(monkeypatch, arch, attention):
