@@ -35,6 +35,7 @@ tests check 1e-5 in fp32, on both architectures, padded or not).
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -236,7 +237,7 @@ class References:
         bank's row 0 holds the inputs' common term (`_Chunk._inputs`), sender s's change is row 1 + s. They hold
         whatever an earlier use left: every row is written before it counts."""
         shape = (k, self.n, self.n_pos - self.start, self.model.d_model)
-        per, rows = shape[0] * shape[1] * shape[2] * shape[3], 1 + len(self.graph.senders)  # one row; the bank's
+        per, rows = math.prod(shape), 1 + len(self.graph.senders)  # one row's elements; the bank's rows
         size = (rows + max(map(len, self.stages))) * per
         if self._block is None:
             self._block = _kept.pop(self.model, None)

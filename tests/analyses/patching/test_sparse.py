@@ -209,6 +209,19 @@ def test_scratch_kept_between_calls_carries_nothing_over(monkeypatch, arch, padd
     assert sparse._kept[model].numel() > kept.numel()
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+def test_a_poisoned_kept_scratch_gives_the_same_bits_as_fresh_memory(arch, dtype, padded):
+    model = tiny_model(arch, dtype=dtype)
+    task = random_task(model, padded=padded, changed=(5, 7))
+    rows = _rows(Graph.from_model(model), seed=6)
+    sparse.release_scratch(model)
+    fresh = masked_values(model, task, rows)
+    sparse._kept[model].fill_(float("nan"))
+    assert torch.equal(masked_values(model, task, rows), fresh)
+
+
 def test_scratch_is_never_shared_and_goes_with_the_model():
     import gc
 
